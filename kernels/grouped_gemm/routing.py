@@ -1,0 +1,29 @@
+"""Routing permutation around the grouped GEMM: sort (token, slot) pairs by expert and
+combine the expert outputs back, weighted by the gates."""
+
+import jax
+import jax.numpy as jnp
+
+
+def sort_by_expert(expert_ids: jax.Array, num_experts: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Stable sort of the T*k routed (token, slot) pairs by expert.
+
+  expert_ids: [T, k] int -> (order [T*k]: flat (token*k + slot) index of each sorted row,
+  group_sizes [num_experts] int32). Sorted row i holds token order[i] // k.
+  """
+  flat = expert_ids.reshape(-1).astype(jnp.int32)
+  order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+  group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+  return order, group_sizes
+
+
+def combine(y_sorted: jax.Array, order: jax.Array, gates: jax.Array) -> jax.Array:
+  """Un-permutes expert outputs and sums each token's slots weighted by its gates.
+
+  y_sorted: [T*k, N], order: [T*k], gates: [T, k] -> [T, N] in FP32.
+  """
+  t, k = gates.shape
+  y = jnp.zeros_like(y_sorted, dtype=jnp.float32).at[order].set(
+      y_sorted.astype(jnp.float32))
+  return jnp.einsum("tkn,tk->tn", y.reshape(t, k, -1), gates.astype(jnp.float32))

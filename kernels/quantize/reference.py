@@ -1,0 +1,71 @@
+"""FP8 e4m3 quantization, the specification (DESIGN.md section 4).
+
+scale = amax / 448 over each quantization group (FP32; a zero amax gives scale 1);
+value = round_to_nearest_even(clip(x / scale, -448, 448)) as float8_e4m3fn.
+Rows (per token, per output channel) and 2-D blocks (1x128 activations, 128x128 weights)
+share this one definition.
+"""
+
+import jax
+import jax.numpy as jnp
+
+FP8_DTYPE = jnp.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def scale_from_amax(amax: jax.Array) -> jax.Array:
+  """FP32 scale for a group whose largest magnitude is `amax`; zero amax gives 1."""
+  amax = amax.astype(jnp.float32)
+  return jnp.where(amax > 0, amax / FP8_MAX, jnp.float32(1.0))
+
+
+def cast_to_fp8(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """x / scale, clipped to +-448 and rounded to nearest even, as float8_e4m3fn."""
+  y = x.astype(jnp.float32) / scale
+  return jnp.clip(y, -FP8_MAX, FP8_MAX).astype(FP8_DTYPE)
+
+
+def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-row quantization over the last axis.
+
+  x: [..., M, K] -> (value [..., M, K] fp8, scale [..., M] f32). Per-token activations and
+  per-output-channel weights ([N, K], K-major) are both this.
+  """
+  amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1)
+  scale = scale_from_amax(amax)
+  return cast_to_fp8(x, scale[..., None]), scale
+
+
+def quantize_blocks(x: jax.Array, block_rows: int, block_cols: int = 128
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Block quantization of the last two axes in block_rows x block_cols tiles.
+
+  x: [..., M, K] -> (value [..., M, K] fp8, scale [..., ceil(M/br), ceil(K/bc)] f32).
+  Edge blocks that M or K does not fill are quantized over the elements they hold.
+  """
+  *lead, m, k = x.shape
+  mb, kb = -(-m // block_rows), -(-k // block_cols)
+  pad = [(0, 0)] * len(lead) + [(0, mb * block_rows - m), (0, kb * block_cols - k)]
+  xp = jnp.pad(jnp.abs(x.astype(jnp.float32)), pad)
+  amax = jnp.max(xp.reshape(*lead, mb, block_rows, kb, block_cols), axis=(-3, -1))
+  scale = scale_from_amax(amax)
+  return cast_to_fp8(x, expand_block_scale(scale, m, k, block_rows, block_cols)), scale
+
+
+def expand_block_scale(scale: jax.Array, m: int, k: int, block_rows: int,
+                       block_cols: int) -> jax.Array:
+  """[..., Mb, Kb] block scales -> [..., m, k] per-element scales."""
+  full = jnp.repeat(jnp.repeat(scale, block_rows, axis=-2), block_cols, axis=-1)
+  return full[..., :m, :k]
+
+
+def dequantize_rows(value: jax.Array, scale: jax.Array) -> jax.Array:
+  """Inverse of quantize_rows, in FP32."""
+  return value.astype(jnp.float32) * scale[..., None]
+
+
+def dequantize_blocks(value: jax.Array, scale: jax.Array, block_rows: int,
+                      block_cols: int = 128) -> jax.Array:
+  """Inverse of quantize_blocks, in FP32."""
+  m, k = value.shape[-2:]
+  return value.astype(jnp.float32) * expand_block_scale(scale, m, k, block_rows, block_cols)

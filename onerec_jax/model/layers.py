@@ -1,0 +1,95 @@
+"""The model's building blocks: the two matmul entry points (Linear, GroupedLinear),
+RMSNorm and SwiGLU.
+
+Every weight product of the model goes through Linear and every expert product through
+GroupedLinear, so the FP8 interceptor (onerec_jax.quant) has exactly two places to act.
+Weights are K-major ([N, K], experts [E, N, K]), the PyTorch Linear layout.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import onerec_kernels.grouped_gemm as grouped_gemm_op
+
+Dtype = Any
+
+# fan-in scaled init for K-major weights: fan_in is the last axis.
+_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                in_axis=-1, out_axis=-2)
+_expert_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                in_axis=-1, out_axis=-2, batch_axis=(0,))
+
+
+def matmul_precision(dtype: Dtype):
+  """FP32 models compute in true FP32 (no TF32 on GPU); lower dtypes use the default."""
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+class Linear(nn.Module):
+  """y = x @ weight.T, bias-free; weight [features, K]."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., K] -> [..., N]
+    w = self.param("weight", _kernel_init, (self.features, x.shape[-1]), self.param_dtype)
+    y = jnp.einsum("...k,nk->...n", x.astype(self.dtype), w.astype(self.dtype),
+                   preferred_element_type=jnp.float32,
+                   precision=matmul_precision(self.dtype))
+    return y.astype(self.dtype)
+
+
+class GroupedLinear(nn.Module):
+  """Per-expert Linear over rows sorted by expert; weight [num_experts, features, K]."""
+
+  num_experts: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:  # [M,K] -> [M,N]
+    w = self.param("weight", _expert_init, (self.num_experts, self.features, x.shape[-1]),
+                   self.param_dtype)
+    return grouped_gemm_op.grouped_gemm(x.astype(self.dtype), w.astype(self.dtype),
+                                        group_sizes, out_dtype=self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps) * weight, computed in FP32, returned in `dtype`."""
+
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * w.astype(jnp.float32)).astype(self.dtype)
+
+
+def swiglu(gate_up: jax.Array) -> jax.Array:
+  """silu(gate) * up for a fused [..., 2F] projection laid out [gate; up]."""
+  gate, up = jnp.split(gate_up, 2, axis=-1)
+  return nn.silu(gate) * up
+
+
+class SwiGLU(nn.Module):
+  """Dense SwiGLU FFN: down(silu(gate(x)) * up(x)), gate and up fused in one Linear."""
+
+  d_model: int
+  d_ff: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = Linear(2 * self.d_ff, name="gate_up_proj", **kw)(x)
+    return Linear(self.d_model, name="down_proj", **kw)(swiglu(h))
