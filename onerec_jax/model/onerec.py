@@ -144,6 +144,7 @@ class Router(nn.Module):
     gates = jnp.take_along_axis(scores, ids, axis=-1)
     if cfg.norm_topk_prob:
       gates = gates / (jnp.sum(gates, axis=-1, keepdims=True) + 1e-20)
+    self.sow("intermediates", "expert_ids", ids)  # for tests and routing statistics
     return ids.astype(jnp.int32), gates * cfg.routed_scaling_factor
 
 
