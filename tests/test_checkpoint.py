@@ -1,0 +1,171 @@
+"""Conversion from the PyTorch format: exact round trips, every source format, and a clear
+error for each bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from helpers import state_dict_numpy, torch_model
+from onerec_jax import checkpoint
+from onerec_jax.checkpoint import CheckpointError, convert, export, jax_to_torch, load
+from onerec_jax.config import preset
+
+CFG = preset("tiny-moe")
+
+
+@pytest.fixture(scope="module")
+def state():
+  return state_dict_numpy(torch_model(CFG, seed=11))
+
+
+def _write(tmp_path, tensors, name="model.safetensors"):
+  src = tmp_path / "src"
+  src.mkdir(exist_ok=True)
+  save_file(tensors, str(src / name))
+  (src / "config.json").write_text(CFG.to_json())
+  return src
+
+
+def _assert_bit_exact(original, exported):
+  assert set(original) == set(exported)
+  for name, t in original.items():
+    assert exported[name].dtype == t.dtype, name
+    np.testing.assert_array_equal(exported[name].view(np.uint16), t.view(np.uint16),
+                                  err_msg=name)
+
+
+def test_round_trip_is_bit_exact(tmp_path, state):
+  src = _write(tmp_path, state)
+  dest = convert(src, tmp_path / "jax", progress=False)
+  config, params = load(dest)
+  assert config == CFG
+  assert params["layer_2"]["mlp"]["experts"]["gate_up_proj"]["weight"].dtype == np.float16
+  assert params["layer_2"]["mlp"]["experts"]["gate_up_proj"]["weight"].shape == (
+      CFG.n_routed_experts, 2 * CFG.expert_d_ff, CFG.d_model)
+  _assert_bit_exact(state, jax_to_torch(params, config))
+  # export writes the PyTorch format that conversion reads.
+  again = convert(export(params, config, tmp_path / "exported"), tmp_path / "jax2",
+                  progress=False)
+  _assert_bit_exact(state, jax_to_torch(load(again)[1], config))
+
+
+def test_sharded_safetensors_folder(tmp_path, state):
+  src = tmp_path / "sharded"
+  src.mkdir()
+  names = sorted(state)
+  shards = {"a.safetensors": names[::2], "b.safetensors": names[1::2]}
+  weight_map = {}
+  for shard, keys in shards.items():
+    save_file({k: state[k] for k in keys}, str(src / shard))
+    weight_map.update({k: shard for k in keys})
+  (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+  (src / "config.json").write_text(CFG.to_json())
+  _, params = load(convert(src, tmp_path / "jax", progress=False))
+  _assert_bit_exact(state, jax_to_torch(params, CFG))
+
+
+def test_torch_pt_file_loaded_with_weights_only(tmp_path, state):
+  src = tmp_path / "pt"
+  src.mkdir()
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, src / "model.pt")
+  (src / "config.json").write_text(CFG.to_json())
+  _, params = load(convert(src / "model.pt", tmp_path / "jax", progress=False))
+  _assert_bit_exact(state, jax_to_torch(params, CFG))
+
+
+def test_pickled_object_is_refused(tmp_path):
+  class Evil:
+    def __reduce__(self):
+      return (print, ("executed",))
+  torch.save({"x": Evil()}, tmp_path / "evil.pt")
+  (tmp_path / "config.json").write_text(CFG.to_json())
+  with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    convert(tmp_path / "evil.pt", tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", r"missing tensors \(1\): \['layers.1.self_attn.k_proj.weight'\]"),
+    ("unexpected", r"unexpected tensors \(1\): \['layers.0.extra.weight'\]"),
+    ("shape", r"wrong shapes \(1\): \['heads.2.proj.weight: \(16, 63\) \(expected \(16, 64\)\)'\]"),
+    ("nan", r"tensor 'layers.3.mlp.experts.5.up_proj.weight' has 1 NaN/Inf values"),
+    ("inf", r"tensor 'context.k_norms.1.weight' has 2 NaN/Inf values"),
+])
+def test_bad_checkpoints_fail_naming_the_tensor(tmp_path, state, damage, message):
+  bad = dict(state)
+  if damage == "missing":
+    del bad["layers.1.self_attn.k_proj.weight"]
+  elif damage == "unexpected":
+    bad["layers.0.extra.weight"] = np.zeros((2, 2), np.float16)
+  elif damage == "shape":
+    bad["heads.2.proj.weight"] = bad["heads.2.proj.weight"][:, :63].copy()
+  elif damage == "nan":
+    t = bad["layers.3.mlp.experts.5.up_proj.weight"].copy()
+    t[1, 2] = np.nan
+    bad["layers.3.mlp.experts.5.up_proj.weight"] = t
+  else:
+    t = bad["context.k_norms.1.weight"].copy()
+    t[:2] = np.inf
+    bad["context.k_norms.1.weight"] = t
+  src = _write(tmp_path, bad)
+  with pytest.raises(CheckpointError, match=message):
+    convert(src, tmp_path / "jax", progress=False)
+  assert not (tmp_path / "jax").exists()
+
+
+def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, state, monkeypatch):
+  src = _write(tmp_path, state)
+
+  def boom(*args, **kwargs):
+    raise KeyboardInterrupt("interrupted")
+
+  monkeypatch.setattr(checkpoint.store.ocp.StandardCheckpointer, "wait_until_finished", boom)
+  with pytest.raises(KeyboardInterrupt):
+    convert(src, tmp_path / "jax", progress=False)
+  assert not (tmp_path / "jax").exists()
+  assert not list(tmp_path.glob(".jax.partial-*"))
+  with pytest.raises(CheckpointError, match="not a complete onerec-jax checkpoint"):
+    load(tmp_path / "jax")
+
+
+def test_half_written_folder_does_not_load(tmp_path, state):
+  dest = convert(_write(tmp_path, state), tmp_path / "jax", progress=False)
+  (dest / checkpoint.store.METADATA_NAME).unlink()
+  with pytest.raises(CheckpointError, match="onerec_checkpoint.json missing"):
+    load(dest)
+
+
+def test_existing_destination_needs_overwrite(tmp_path, state):
+  src = _write(tmp_path, state)
+  convert(src, tmp_path / "jax", progress=False)
+  with pytest.raises(CheckpointError, match="exists; pass overwrite=True"):
+    convert(src, tmp_path / "jax", progress=False)
+  convert(src, tmp_path / "jax", progress=False, overwrite=True)
+  assert load(tmp_path / "jax")[0] == CFG
+
+
+def test_source_errors(tmp_path, state):
+  with pytest.raises(CheckpointError, match="checkpoint not found"):
+    convert(tmp_path / "nope.safetensors", tmp_path / "jax", config=CFG)
+  src = tmp_path / "noconfig"
+  src.mkdir()
+  save_file(state, str(src / "model.safetensors"))
+  with pytest.raises(CheckpointError, match="no config.json beside"):
+    convert(src, tmp_path / "jax")
+  (tmp_path / "weights.npz").write_bytes(b"x")
+  with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+    convert(tmp_path / "weights.npz", tmp_path / "jax", config=CFG)
+  with pytest.raises(CheckpointError, match="precision 'int4'"):
+    convert(src, tmp_path / "jax", config=CFG, precision="int4")
+  (src / "config.json").write_text(json.dumps({**CFG.to_dict(), "n_heads": 3}))
+  with pytest.raises(CheckpointError, match=r"kv_heads=2: must divide n_heads=3"):
+    convert(src, tmp_path / "jax")
+
+
+def test_cli_convert(tmp_path, state):
+  from onerec_jax.cli import main
+  src = _write(tmp_path, state)
+  assert main(["convert", str(src), str(tmp_path / "jax")]) == 0
+  _assert_bit_exact(state, jax_to_torch(load(tmp_path / "jax")[1], CFG))
