@@ -1,0 +1,106 @@
+"""Apply-time FP8: flax method interceptors keyed on module paths.
+
+`fp8(rules)` replaces the __call__ of every module whose path a quantizing rule matches and
+whose "weight" is a QArray by its scheme's FP8 op; `capture(rules)` records the inputs and
+outputs of the same modules. Both are generic: they read the module's weight with
+get_variable and never run the wrapped method (whose self.param would reject a QArray),
+so they need no knowledge of the model's classes.
+"""
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import flax.struct
+import jax
+
+from onerec_jax.quant.params import WEIGHT
+from onerec_jax.quant.rules import Rules
+from onerec_jax.quant.schemes import NONE, SCHEMES, QArray, Scheme, quantized_matmul
+
+
+@flax.struct.dataclass
+class Captured:
+  """One call of a matched module: its positional arguments and its output."""
+
+  scheme: str = flax.struct.field(pytree_node=False)
+  args: tuple[jax.Array, ...]
+  output: jax.Array
+
+
+# (module, path, scheme, next_fun, args, kwargs) -> output
+_OnMatch = Callable[[nn.Module, str, Scheme, Callable, tuple, dict], Any]
+
+
+@contextlib.contextmanager
+def _intercept(rules: Rules, on_match: _OnMatch) -> Iterator[None]:
+  """Calls on_match for __call__ of modules a quantizing rule matches, once they have a
+  weight (during init they have none yet and run unchanged)."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    module = context.module
+    path = "/".join(module.path)
+    scheme = rules.scheme(path)
+    if scheme == NONE or not module.has_variable("params", WEIGHT):
+      return next_fun(*args, **kwargs)
+    return on_match(module, path, SCHEMES[scheme], next_fun, args, kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def _fp8_call(module: nn.Module, path: str, scheme: Scheme, args: tuple,
+              kwargs: dict) -> jax.Array:
+  """The module's __call__ as its scheme's FP8 op, in the module's compute dtype."""
+  w = module.get_variable("params", WEIGHT)
+  if not isinstance(w, QArray):
+    raise TypeError(f"fp8: {path} is quantized {scheme.name!r} by the rules but its weight "
+                    f"is a plain {w.dtype} array; quantize the params with "
+                    f"quantize_params(params, rules) first")
+  if getattr(module, "features", None) != w.shape[-2]:
+    raise TypeError(f"fp8: {path} ({type(module).__name__}) is not a matmul module whose "
+                    f"features match its {w.shape} weight; rules may only quantize Linear "
+                    f"(per_channel) and GroupedLinear (block) modules")
+  x, *rest = args
+  dtype = getattr(module, "dtype", x.dtype)
+  return quantized_matmul(scheme.name, x, w, *rest, out_dtype=dtype, **kwargs)
+
+
+@contextlib.contextmanager
+def fp8(rules: Rules) -> Iterator[dict[str, str]]:
+  """Runs the modules the rules quantize through the FP8 ops, the rest unchanged.
+
+  `with fp8(rules) as ops: model.apply({"params": quantize_params(params, rules)}, ...)`;
+  ops maps each module path that ran an FP8 op to the op's name (filled at trace time, so
+  also under jit).
+  """
+  ops: dict[str, str] = {}
+
+  def on_match(module, path, scheme, next_fun, args, kwargs):
+    del next_fun  # never run: its self.param would reject the QArray
+    ops[path] = scheme.op_name
+    return _fp8_call(module, path, scheme, args, kwargs)
+
+  with _intercept(rules, on_match):
+    yield ops
+
+
+@contextlib.contextmanager
+def capture(rules: Rules) -> Iterator[dict[str, list[Captured]]]:
+  """Records the arguments and output of every call of a module the rules quantize.
+
+  Yields path -> [Captured, one per call]; a pytree, so a jitted function can return it.
+XX
+  """
+  calls: dict[str, list[Captured]] = {}
+
+  def on_match(module, path, scheme, next_fun, args, kwargs):
+    del module
+    y = next_fun(*args, **kwargs)
+    calls.setdefault(path, []).append(Captured(scheme.name, tuple(args), y))
+    return y
+
+  with _intercept(rules, on_match):
+    yield calls

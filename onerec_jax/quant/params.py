@@ -1,0 +1,52 @@
+"""Offline post-training quantization of a parameter tree."""
+
+from typing import Any
+
+from flax import traverse_util
+
+from onerec_jax.quant.rules import Rules
+from onerec_jax.quant.schemes import NONE, QArray, quantize_weight
+
+WEIGHT = "weight"  # the parameter holding a matmul module's matrix (Linear, GroupedLinear)
+
+
+class QuantizationError(ValueError):
+  """Rules that do not fit a parameter tree; the message lists every problem."""
+
+
+def quantize_params(params: Any, rules: Rules) -> dict[str, Any]:
+  """Returns params with every weight its rules quantize replaced by a QArray.
+
+  params is the "params" collection (nested dicts); the module path of a weight is the
+  "/"-joined key path above its "weight" leaf. Raises QuantizationError naming every rule
+  that is the first match of no weight and every weight whose shape does not fit its
+  scheme. Pure jax.numpy, so it also runs on abstract params under jax.eval_shape.
+  """
+  flat = traverse_util.flatten_dict(params)
+  used = set()
+  problems = []
+  out = {}
+  for key, leaf in flat.items():
+    out[key] = leaf
+    if key[-1] != WEIGHT:
+      continue
+    path = "/".join(key[:-1])
+    i = rules.match(path)
+    if i is None:
+      continue
+    used.add(i)
+    pattern, scheme = rules.rules[i]
+    if scheme == NONE:
+      continue
+    if isinstance(leaf, QArray):
+      problems.append(f"{path}: weight is already quantized")
+      continue
+    try:
+      out[key] = quantize_weight(leaf, scheme)
+    except ValueError as e:
+      problems.append(f"{path} (rule {pattern!r}): {e}")
+  problems += [f"rule {p!r} -> {s!r} matches no weight (or only weights an earlier rule "
+               f"claims)" for i, (p, s) in enumerate(rules.rules) if i not in used]
+  if problems:
+    raise QuantizationError("quantize_params: " + "; ".join(problems))
+  return traverse_util.unflatten_dict(out)
