@@ -1,12 +1,107 @@
-"""Top-k over the last axis: the entry point generation and routing call."""
+"""Top-k entry points for generation and routing; each picks its backend.
+
+impl=None picks "triton" (GPU kernels through jax-triton; see triton_gpu.py) when JAX's
+default backend is a GPU and jax_triton imports, else "reference" (reference.py, the
+specification). "radix" runs the GPU algorithm in plain JAX (radix.py), anywhere.
+"""
+
+import functools
 
 import jax
+import jax.numpy as jnp
+
+from onerec_kernels.topk import radix
+from onerec_kernels.topk.radix import Config
+from onerec_kernels.topk.reference import (
+    ROUTER_SCORES,
+    beam_scores_reference,
+    beam_topk_reference,
+    router_gates,
+    router_scores_reference,
+    router_topk_reference,
+    top_k_reference,
+)
+
+IMPLS = ("reference", "radix", "triton")
+_FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """Values and indices of the k largest entries of each row, descending, ties broken by
-  the lowest index (jax.lax.top_k's contract, which is the reference)."""
-  return jax.lax.top_k(x, k)
+@functools.cache
+def _triton():
+  """The GPU backend module, or None where triton or jax_triton is missing."""
+  try:
+    from onerec_kernels.topk import triton_gpu
+  except ImportError:
+    return None
+  return triton_gpu
 
 
-__all__ = ["top_k"]
+def _pick(impl: str | None, dtype) -> str:
+  if impl is None:
+    on_gpu = jax.default_backend() == "gpu" and _triton() is not None
+    return "triton" if on_gpu and jnp.dtype(dtype) in _FLOATS else "reference"
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: must be one of {IMPLS}")
+  if impl == "triton" and _triton() is None:
+    raise ImportError("impl='triton' needs triton and jax_triton")
+  return impl
+
+
+def top_k(x: jax.Array, k: int, *, impl: str | None = None,
+          config: Config | None = None) -> tuple[jax.Array, jax.Array]:
+  """Values and indices of the k largest entries of each row of x [..., N], descending,
+  ties broken by the lowest index (jax.lax.top_k's contract, which is the reference)."""
+  impl = _pick(impl, x.dtype)
+  if impl == "reference":
+    return top_k_reference(x, k)
+  n = x.shape[-1]
+  if not 0 < k <= n:
+    raise ValueError(f"k={k}: must lie in [1, {n}]")
+  rows = x.reshape(-1, n)  # [R, N]
+  cfg = config or Config.default(n, k)
+  ops = radix.JaxOps if impl == "radix" else _triton().TritonOps(cfg.block)
+  values, idx = radix.top_k(rows, k, cfg, ops)
+  return values.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
+
+
+def beam_topk(logits: jax.Array, beam_scores: jax.Array, k: int,
+              valid_mask: jax.Array | None = None, *, impl: str | None = None,
+              config: Config | None = None) -> tuple[jax.Array, jax.Array]:
+  """One beam-search step: top k of log_softmax(logits) + beam_scores, invalid -inf.
+
+  logits [B, W, V], beam_scores [B, W], valid_mask [B, W, V] bool or None ->
+  (scores [B, k] f32, flat index [B, k] into W*V). The GPU kernel never writes the W*V
+  scores to memory.
+  """
+  impl = _pick(impl, logits.dtype)
+  if impl == "reference":
+    return beam_topk_reference(logits, beam_scores, k, valid_mask)
+  b, w, v = logits.shape
+  cfg = config or Config.default(w * v, k)
+  if impl == "radix":
+    return radix.top_k(beam_scores_reference(logits, beam_scores, valid_mask), k, cfg)
+  return _triton().beam_top_k(logits, beam_scores, k, valid_mask, cfg)
+
+
+def router_topk(logits: jax.Array, bias: jax.Array | None, k: int,
+                score: str = "sigmoid", norm_topk_prob: bool = True,
+                scaling: float = 1.0, *, impl: str | None = None
+                ) -> tuple[jax.Array, jax.Array]:
+  """MoE routing in one kernel on GPU: logits [T, E], bias [E] or None ->
+  (ids [T, k] int32, gates [T, k] f32); see router_topk_reference."""
+  impl = _pick(impl, logits.dtype)
+  if impl == "reference":
+    return router_topk_reference(logits, bias, k, score, norm_topk_prob, scaling)
+  if score not in ROUTER_SCORES:
+    raise ValueError(f"score={score!r}: must be one of {ROUTER_SCORES}")
+  if impl == "triton":
+    return _triton().router_top_k(logits, bias, k, score, norm_topk_prob, scaling)
+  scores = router_scores_reference(logits, score)  # [T, E]
+  ids = radix.top_k_rounds(scores if bias is None else scores + bias.astype(jnp.float32), k)
+  return ids, router_gates(scores, ids, norm_topk_prob, scaling)
+
+
+__all__ = [
+    "Config", "IMPLS", "ROUTER_SCORES", "beam_scores_reference", "beam_topk", "beam_topk_reference",
+    "router_topk", "router_topk_reference", "top_k", "top_k_reference",
+]

@@ -1,0 +1,313 @@
+"""GPU backend: the primitives of radix.py as Triton kernels, called through jax-triton.
+
+Triton, not Pallas Mosaic GPU: the filter needs an atomic counter per row and an
+in-block prefix sum for stream compaction, and the final step a bitonic sort of 64-bit
+composite keys; Triton has all three (tl.atomic_add, tl.cumsum, tl.sort). Importing
+this module needs triton and jax_triton (the entry points import it only on GPU).
+"""
+
+import jax
+import jax.numpy as jnp
+import jax_triton as jt
+import triton
+import triton.language as tl
+
+from onerec_kernels.topk import radix
+
+_WARPS = 8
+
+
+def _call(kernel, *args, out, grid, zeroed=(), warps=_WARPS, **meta):
+  return jt.triton_call(*args, kernel=kernel, out_shape=out, grid=grid,
+                        num_warps=warps, zeroed_outputs=zeroed, **meta)
+
+
+def _shape(shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@triton.jit
+def _to_key(x, BITS: tl.constexpr):
+  """radix.to_keys in Triton: order-preserving uint32 key of an fp32/bf16/fp16 tensor."""
+  if BITS == 32:
+    u = x.to(tl.uint32, bitcast=True)
+  else:
+    u = x.to(tl.uint16, bitcast=True).to(tl.uint32)
+  key = tl.where((u >> (BITS - 1)) != 0, ~u, u ^ (1 << (BITS - 1)))
+  if BITS == 16:
+    key = key & 0xFFFF
+  return key
+
+
+@triton.jit
+def _reaches(keys, ranks, th_key, th_rank):
+  return (keys > th_key) | ((keys == th_key) & (ranks >= th_rank))
+
+
+@triton.jit
+def _compact(keys, idx, inb, n, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr,
+             C: tl.constexpr):
+  """Appends the (key, index) pairs whose composite key reaches the row's threshold to the
+  row's candidate slots; the row's count grows by all of them, stored or not."""
+  ranks = (n - idx).to(tl.uint32)
+  sel = inb & _reaches(keys, ranks, tl.load(thk_ptr + row), tl.load(thr_ptr + row))
+  sel_i = sel.to(tl.int32)
+  n_sel = tl.sum(sel_i, axis=0)
+  if n_sel > 0:
+    pos = tl.atomic_add(cnt_ptr + row, n_sel) + tl.cumsum(sel_i, axis=0) - 1
+    ok = sel & (pos < C)
+    tl.store(key_ptr + row * C + pos, keys, mask=ok)
+    tl.store(idx_ptr + row * C + pos, idx, mask=ok)
+
+
+@triton.jit
+def _chunk_max_kernel(x_ptr, out_ptr, N: tl.constexpr, P: tl.constexpr,
+                      CHUNK: tl.constexpr, GROUP: tl.constexpr, BITS: tl.constexpr):
+  row = tl.program_id(0).to(tl.int64)
+  c = tl.program_id(1) * GROUP + tl.arange(0, GROUP)  # [G] chunk ids
+  offs = c[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]  # [G, S]
+  inb = offs < N
+  keys = tl.where(inb, _to_key(tl.load(x_ptr + row * N + offs, mask=inb), BITS), 0)
+  tl.store(out_ptr + row * P + c, tl.max(keys, axis=1), mask=c < P)
+
+
+@triton.jit
+def _kth_kernel(m_ptr, out_ptr, P: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr):
+  row = tl.program_id(0)
+  offs = tl.arange(0, BLOCK_P)
+  v = tl.load(m_ptr + row * P + offs, mask=offs < P, other=0)
+  v = tl.sort(v, descending=True)
+  tl.store(out_ptr + row, tl.max(tl.where(offs == K - 1, v, 0), axis=0))
+
+
+@triton.jit
+def _filter_kernel(x_ptr, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, N: tl.constexpr,
+                   C: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr):
+  row = tl.program_id(0)
+  offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+  inb = offs < N
+  keys = _to_key(tl.load(x_ptr + row.to(tl.int64) * N + offs, mask=inb), BITS)
+  _compact(keys, offs, inb, N, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, C)
+
+
+@triton.jit
+def _counts_kernel(x_ptr, pk_ptr, pr_ptr, out_ptr, N: tl.constexpr, D: tl.constexpr,
+                   BLOCK: tl.constexpr, BITS: tl.constexpr):
+  row = tl.program_id(0)
+  offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+  inb = offs < N
+  keys = _to_key(tl.load(x_ptr + row.to(tl.int64) * N + offs, mask=inb), BITS)
+  ranks = (N - offs).to(tl.uint32)
+  d = tl.arange(0, D)
+  pk, pr = tl.load(pk_ptr + row * D + d), tl.load(pr_ptr + row * D + d)  # [D]
+  sel = inb[:, None] & _reaches(keys[:, None], ranks[:, None], pk[None, :], pr[None, :])
+  tl.atomic_add(out_ptr + row * D + d, tl.sum(sel.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _sort_kernel(key_ptr, idx_ptr, cnt_ptr, okey_ptr, oidx_ptr, N: tl.constexpr,
+                 K: tl.constexpr, C: tl.constexpr):
+  row = tl.program_id(0)
+  offs = tl.arange(0, C)
+  valid = offs < tl.load(cnt_ptr + row)
+  keys = tl.load(key_ptr + row * C + offs, mask=valid, other=0).to(tl.uint64)
+  ranks = tl.where(valid, N - tl.load(idx_ptr + row * C + offs, mask=valid), 0)
+  comp = tl.sort((keys << 32) | ranks.to(tl.uint64), descending=True)  # empty slots: 0
+  out = offs < K
+  tl.store(okey_ptr + row * K + offs, (comp >> 32).to(tl.uint32), mask=out)
+  tl.store(oidx_ptr + row * K + offs, (N - (comp & 0xFFFFFFFF).to(tl.int32)), mask=out)
+
+
+class TritonOps:
+  """radix.py's primitives on the GPU; x is [R, N] float32, bfloat16 or float16."""
+
+  def __init__(self, block: int):
+    self.block = block
+
+  @staticmethod
+  def chunk_max(x: jax.Array, chunk: int) -> jax.Array:
+    r, n = x.shape
+    p = -(-n // chunk)
+    group = max(1, 4096 // chunk)
+    return _call(_chunk_max_kernel, x, out=_shape((r, p), jnp.uint32),
+                 grid=(r, -(-p // group)), N=n, P=p, CHUNK=chunk, GROUP=group,
+                 BITS=radix.key_bits(x.dtype))
+
+  @staticmethod
+  def kth_largest(maxima: jax.Array, k: int) -> jax.Array:
+    r, p = maxima.shape
+    return _call(_kth_kernel, maxima, out=_shape((r,), jnp.uint32), grid=(r,),
+                 warps=16, P=p, K=k, BLOCK_P=radix._pow2(p))
+
+  def filter(self, x: jax.Array, th_key: jax.Array, th_rank: jax.Array,
+             capacity: int) -> radix.Candidates:
+    r, n = x.shape
+    return _call(_filter_kernel, x, th_key, th_rank, out=_candidates(r, capacity),
+                 grid=(r, -(-n // self.block)), zeroed=(2,), N=n, C=capacity,
+                 BLOCK=self.block, BITS=radix.key_bits(x.dtype))
+
+  def counts(self, x: jax.Array, piv_key: jax.Array, piv_rank: jax.Array) -> jax.Array:
+    (r, n), d = x.shape, piv_key.shape[1]
+    block = max(128, self.block // d)
+    return _call(_counts_kernel, x, piv_key, piv_rank,
+                 out=_shape((r, d), jnp.int32), grid=(r, -(-n // block)), zeroed=(0,),
+                 N=n, D=d, BLOCK=block, BITS=radix.key_bits(x.dtype))
+
+  @staticmethod
+  def sort_select(keys: jax.Array, idx: jax.Array, count: jax.Array, n: int,
+                  k: int) -> tuple[jax.Array, jax.Array]:
+    r, c = keys.shape
+    return _call(_sort_kernel, keys, idx, count,
+                 out=(_shape((r, k), jnp.uint32), _shape((r, k), jnp.int32)), grid=(r,),
+                 warps=16 if c > 2048 else _WARPS, N=n, K=k, C=c)
+
+
+def _candidates(rows: int, capacity: int):
+  return (_shape((rows, capacity), jnp.uint32), _shape((rows, capacity), jnp.int32),
+          _shape((rows,), jnp.int32))
+
+
+# Fused beam search: candidate (b, w, v) scores log_softmax(logits[b, w]) [v] + beam[b, w],
+# never written to memory on the fast path. One program per (b, w) row of V logits.
+
+
+@triton.jit
+def _beam_row(logits_ptr, beam_ptr, mask_ptr, bw, offs, inb, mx, ls, V: tl.constexpr,
+              HAS_MASK: tl.constexpr):
+  """Scores of logits row bw at offs; the same float operations in every kernel, so the
+  scores are bit-identical wherever they are recomputed."""
+  x = tl.load(logits_ptr + bw * V + offs, mask=inb, other=-float("inf")).to(tl.float32)
+  score = ((x - mx) - ls) + tl.load(beam_ptr + bw).to(tl.float32)
+  if HAS_MASK:
+    score = tl.where(tl.load(mask_ptr + bw * V + offs, mask=inb, other=0) != 0, score,
+                     -float("inf"))
+  return score
+
+
+@triton.jit
+def _beam_stats_kernel(logits_ptr, beam_ptr, mask_ptr, max_ptr, mx_ptr, ls_ptr,
+                       V: tl.constexpr, G: tl.constexpr, CHUNK: tl.constexpr,
+                       HAS_MASK: tl.constexpr):
+  """Row max and log-sum-exp of one (b, w) row, and its G chunk maxima of score keys."""
+  bw = tl.program_id(0).to(tl.int64)
+  g = tl.arange(0, G)
+  offs = g[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]  # [G, S]
+  inb = offs < V
+  x = tl.load(logits_ptr + bw * V + offs, mask=inb, other=-float("inf")).to(tl.float32)
+  mx = tl.max(tl.max(x, axis=1), axis=0)
+  ls = tl.log(tl.sum(tl.sum(tl.exp(x - mx), axis=1), axis=0))
+  score = _beam_row(logits_ptr, beam_ptr, mask_ptr, bw, offs, inb, mx, ls, V, HAS_MASK)
+  keys = tl.where(inb, _to_key(score, 32), 0)
+  tl.store(max_ptr + bw * G + g, tl.max(keys, axis=1))
+  tl.store(mx_ptr + bw, mx)
+  tl.store(ls_ptr + bw, ls)
+
+
+@triton.jit
+def _beam_filter_kernel(logits_ptr, beam_ptr, mask_ptr, mx_ptr, ls_ptr, thk_ptr, thr_ptr,
+                        key_ptr, idx_ptr, cnt_ptr, W: tl.constexpr, V: tl.constexpr,
+                        BLOCK_V: tl.constexpr, C: tl.constexpr, HAS_MASK: tl.constexpr):
+  bw = tl.program_id(0)
+  b, w = bw // W, bw % W
+  v = tl.arange(0, BLOCK_V)
+  inb = v < V
+  score = _beam_row(logits_ptr, beam_ptr, mask_ptr, bw.to(tl.int64), v, inb,
+                    tl.load(mx_ptr + bw), tl.load(ls_ptr + bw), V, HAS_MASK)
+  _compact(_to_key(score, 32), w * V + v, inb, W * V, b, thk_ptr, thr_ptr, key_ptr,
+           idx_ptr, cnt_ptr, C)
+
+
+@triton.jit
+def _beam_scores_kernel(logits_ptr, beam_ptr, mask_ptr, mx_ptr, ls_ptr, out_ptr,
+                        V: tl.constexpr, BLOCK_V: tl.constexpr, HAS_MASK: tl.constexpr):
+  bw = tl.program_id(0).to(tl.int64)
+  v = tl.arange(0, BLOCK_V)
+  inb = v < V
+  score = _beam_row(logits_ptr, beam_ptr, mask_ptr, bw, v, inb, tl.load(mx_ptr + bw),
+                    tl.load(ls_ptr + bw), V, HAS_MASK)
+  tl.store(out_ptr + bw * V + v, score, mask=inb)
+
+
+def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
+               valid_mask: jax.Array | None, cfg: radix.Config
+               ) -> tuple[jax.Array, jax.Array]:
+  """radix.select on the fused beam scores: logits [B, W, V] -> (scores [B, k] f32,
+  flat indices [B, k])."""
+  b, w, v = logits.shape
+  n, block_v = w * v, radix._pow2(v)
+  chunk = min(cfg.chunk, block_v)
+  has_mask = valid_mask is not None
+  mask = valid_mask if has_mask else jnp.zeros((1,), bool)  # unread placeholder
+  meta = dict(V=v, HAS_MASK=has_mask)
+  maxima, mx, ls = _call(
+      _beam_stats_kernel, logits, beam_scores, mask,
+      out=(_shape((b, w * (block_v // chunk)), jnp.uint32), _shape((b * w,), jnp.float32),
+           _shape((b * w,), jnp.float32)),
+      grid=(b * w,), G=block_v // chunk, CHUNK=chunk, **meta)
+  filter_fn = lambda th_key, th_rank: _call(
+      _beam_filter_kernel, logits, beam_scores, mask, mx, ls, th_key, th_rank,
+      out=_candidates(b, cfg.capacity), grid=(b * w,), zeroed=(2,), W=w,
+      BLOCK_V=block_v, C=cfg.capacity, **meta)
+  materialize = lambda: _call(
+      _beam_scores_kernel, logits, beam_scores, mask, mx, ls,
+      out=_shape((b, n), jnp.float32), grid=(b * w,), BLOCK_V=block_v, **meta)
+  keys, idx = radix.select(n, k, cfg, TritonOps(cfg.block), maxima, filter_fn,
+                           materialize)
+  return radix.from_keys(keys, jnp.float32), idx
+
+
+# Router: E <= 256 experts, k <= 16; BLOCK_T tokens a program, k rounds of a row maximum
+# over 64-bit composite keys (key, E - expert), so ties go to the lowest expert.
+
+
+@triton.jit
+def _router_kernel(logits_ptr, bias_ptr, ids_ptr, gates_ptr, T: tl.constexpr,
+                   E: tl.constexpr, K: tl.constexpr, SCALING: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                   BLOCK_K: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   NORM: tl.constexpr):
+  t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+  e = tl.arange(0, BLOCK_E)
+  inb = (t[:, None] < T) & (e[None, :] < E)  # [BT, BE]
+  x = tl.load(logits_ptr + t[:, None].to(tl.int64) * E + e[None, :], mask=inb,
+              other=-float("inf")).to(tl.float32)
+  if SOFTMAX:
+    p = tl.exp(x - tl.max(x, axis=1)[:, None])
+    scores = p / tl.sum(p, axis=1)[:, None]
+  else:
+    scores = tl.sigmoid(x)
+  choice = scores
+  if HAS_BIAS:
+    choice = scores + tl.load(bias_ptr + e, mask=e < E, other=0).to(tl.float32)[None, :]
+  comp = (_to_key(choice, 32).to(tl.uint64) << 32) | (E - e).to(tl.uint64)[None, :]
+  comp = tl.where(inb, comp, 0)
+  slot = tl.arange(0, BLOCK_K)[None, :]  # [1, BK]
+  ids = tl.zeros((BLOCK_T, BLOCK_K), tl.int32)
+  gates = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+  for i in tl.static_range(K):
+    best = tl.max(comp, axis=1)[:, None]  # [BT, 1]
+    hit = comp == best
+    ids = tl.where(slot == i, E - (best & 0xFFFFFFFF).to(tl.int32), ids)
+    gates = tl.where(slot == i, tl.sum(tl.where(hit, scores, 0.0), axis=1)[:, None], gates)
+    comp = tl.where(hit, 0, comp)
+  if NORM:
+    gates = gates / (tl.sum(gates, axis=1)[:, None] + 1e-20)
+  out = (t[:, None] < T) & (slot < K)
+  tl.store(ids_ptr + t[:, None] * K + slot, ids, mask=out)
+  tl.store(gates_ptr + t[:, None] * K + slot, gates * SCALING, mask=out)
+
+
+def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
+                 norm_topk_prob: bool, scaling: float) -> tuple[jax.Array, jax.Array]:
+  """One kernel: scores, bias, top-k and gates; logits [T, E] -> (ids, gates) [T, k]."""
+  t, e = logits.shape
+  block_e = radix._pow2(e)
+  block_t = max(1, 4096 // block_e)
+  has_bias = bias is not None
+  return _call(
+      _router_kernel, logits, bias if has_bias else jnp.zeros((1,), jnp.float32),
+      out=(_shape((t, k), jnp.int32), _shape((t, k), jnp.float32)),
+      grid=(-(-t // block_t),), warps=4, T=t, E=e, K=k, SCALING=float(scaling),
+      BLOCK_T=block_t, BLOCK_E=block_e,
+      BLOCK_K=radix._pow2(k), SOFTMAX=score == "softmax", HAS_BIAS=has_bias,
+      NORM=norm_topk_prob)

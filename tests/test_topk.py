@@ -1,0 +1,190 @@
+"""Top-k ops against jax.lax.top_k and the plain-JAX references.
+
+CPU: the GPU algorithm in plain JAX (impl="radix") at small shapes, with small configs so
+that every path runs (whole-row sort, chunk-maximum bound, radix refinement). GPU (marked):
+the Triton kernels at real shapes.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from onerec_kernels import topk
+from onerec_kernels.topk import radix
+
+FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
+BOUND = topk.Config(chunk=4, capacity=64)  # bound path at n in the hundreds
+TIGHT = topk.Config(chunk=4, capacity=16)  # overflows on ties: radix refinement
+
+
+@functools.partial(jax.jit, static_argnames=("k", "impl", "config"))
+def _top_k(x, k, impl, config):
+  return topk.top_k(x, k, impl=impl, config=config)
+
+
+def _bits(v):
+  """Values as raw bits, so NaN payloads and signed zeros compare exactly."""
+  v = np.asarray(v)
+  return v.view(np.uint32 if v.dtype.itemsize == 4 else np.uint16)
+
+
+def _check(x, k, impl="radix", config=None):
+  values, idx = _top_k(x, k, impl, config)
+  ref_values, ref_idx = jax.lax.top_k(x, k)
+  np.testing.assert_array_equal(np.asarray(idx), np.asarray(ref_idx))
+  np.testing.assert_array_equal(_bits(values), _bits(ref_values))
+  assert values.dtype == x.dtype and idx.dtype == jnp.int32
+
+
+def _data(kind, shape, dtype, seed=0):
+  """Random normals, or "mixed": rows of heavy ties, all equal, all -inf, scattered -inf,
+  random, in turn."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(shape)
+  if kind == "mixed":
+    rows = np.arange(shape[0])[:, None] % 5
+    x = np.where(rows == 0, rng.integers(-3, 3, shape), x)
+    x = np.where(rows == 1, 0.5, x)
+    x = np.where((rows == 2) | ((rows == 3) & (rng.random(shape) < 0.3)), -np.inf, x)
+  return jnp.asarray(x, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kind,config", [("mixed", None), ("random", BOUND), ("mixed", BOUND),
+                                         ("mixed", TIGHT)],
+                         ids=["whole", "bound", "bound-overflow", "refine"])
+def test_radix_matches_lax(kind, dtype, config):
+  _check(_data(kind, (5, 1000 + 37), dtype), 16, config=config)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 7), (300, 1), (300, 300), (2000, 1024)])
+def test_radix_k_extremes(n, k):
+  config = topk.Config(chunk=2, capacity=1024) if n == 2000 else None
+  _check(_data("mixed", (2, n), jnp.float32), k, config=config)
+
+
+def test_radix_nan_inf_signed_zero_order():
+  special = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, np.nan]
+  x = jnp.asarray(np.tile(np.array(special, np.float32), (2, 40)))
+  for dtype in FLOATS:
+    _check(x.astype(dtype), 64, config=BOUND)
+
+
+def test_keys_round_trip_and_order():
+  x = jnp.asarray([-np.inf, -2.0, -0.0, 0.0, 1e-3, 3.0, np.inf], jnp.float32)
+  for dtype in FLOATS:
+    keys = radix.to_keys(x.astype(dtype))
+    assert bool(jnp.all(keys[1:] > keys[:-1]))
+    np.testing.assert_array_equal(_bits(radix.from_keys(keys, dtype)), _bits(x.astype(dtype)))
+
+
+def test_default_entry_point_is_reference_off_gpu():
+  x = _data("random", (4, 100), jnp.float32)
+  if jax.default_backend() != "gpu":
+    for got, ref in zip(topk.top_k(x, 5), jax.lax.top_k(x, 5)):
+      np.testing.assert_array_equal(got, ref)
+  with pytest.raises(ValueError):
+    topk.top_k(x, 5, impl="sort")
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 200), data=st.data())
+def test_radix_property(n, data):
+  k = data.draw(st.integers(1, n))
+  dtype = data.draw(st.sampled_from(FLOATS))
+  pool = np.array([-np.inf, -1.5, -0.0, 0.0, 0.25, 2.0, np.inf, np.nan], np.float32)
+  picks = data.draw(st.lists(st.integers(0, 7), min_size=2 * n, max_size=2 * n))
+  x = jnp.asarray(pool[np.array(picks)].reshape(2, n), dtype)
+  capacity = data.draw(st.sampled_from([radix._pow2(k), 2 * radix._pow2(k)]))
+  chunk = data.draw(st.sampled_from([1, 2, 4, 16]))
+  _check(x, k, config=topk.Config(chunk=chunk, capacity=capacity))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_beam_topk_radix_matches_reference(masked):
+  key = jax.random.key(1)
+  logits = jax.random.normal(key, (2, 6, 50)) * 3
+  beam = jax.random.normal(jax.random.key(2), (2, 6)) * 10  # top-k packed in few beams
+  mask = jax.random.bernoulli(jax.random.key(3), 0.6, logits.shape) if masked else None
+  got = topk.beam_topk(logits, beam, 12, mask, impl="radix", config=TIGHT)
+  ref = topk.beam_topk_reference(logits, beam, 12, mask)
+  for g, r in zip(got, ref):
+    np.testing.assert_array_equal(g, r)
+
+
+@pytest.mark.parametrize("score", topk.ROUTER_SCORES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_router_rounds_match_reference(score, with_bias):
+  logits = jax.random.normal(jax.random.key(4), (64, 53), jnp.bfloat16)  # bf16: ties
+  bias = jax.random.normal(jax.random.key(5), (53,)) * 0.1 if with_bias else None
+  got = topk.router_topk(logits, bias, 3, score, scaling=2.5, impl="radix")
+  ref = topk.router_topk_reference(logits, bias, 3, score, scaling=2.5)
+  np.testing.assert_array_equal(got[0], ref[0])
+  np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+
+
+# GPU: the Triton kernels. -------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kind", ["random", "mixed"])
+@pytest.mark.parametrize("n,k", [(100, 100), (8192, 512), (1_000_003, 1000)])
+def test_triton_top_k_exact(kind, dtype, n, k):
+  _check(_data(kind, (5, n), dtype), k, impl="triton")
+
+
+@pytest.mark.gpu
+def test_triton_top_k_beam_shape_and_nan():
+  _check(_data("random", (32, 512 * 8192), jnp.float32), 512, impl="triton")
+  special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0], np.float32)
+  x = jnp.asarray(np.tile(special, (3, 5000)))
+  for dtype in FLOATS:
+    _check(x.astype(dtype), 700, impl="triton")
+  _check(_data("random", (5, 70_000), jnp.float32), 1, impl="triton")
+
+
+def _assert_same_selection(got, ref, scores):
+  """Kernel and reference log_softmax may differ in the last bits: the values agree to
+  rounding and each chosen index's reference score is its reported score."""
+  (values, idx), (ref_values, _) = got, ref
+  np.testing.assert_allclose(values, ref_values, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(np.take_along_axis(np.asarray(scores), np.asarray(idx), 1),
+                             values, rtol=1e-6, atol=1e-5)
+  assert all(len(set(row)) == len(row) for row in np.asarray(idx).tolist())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("w,spread,masked", [(128, 1.0, False), (512, 1.0, True),
+                                              (256, 30.0, False), (7, 1.0, True)])
+def test_triton_beam_topk(dtype, w, spread, masked):
+  logits = (jax.random.normal(jax.random.key(6), (4, w, 8192)) * 4).astype(dtype)
+  beam = jax.random.normal(jax.random.key(7), (4, w)) * spread  # 30: few beams win
+  mask = jax.random.bernoulli(jax.random.key(8), 0.5, logits.shape) if masked else None
+  got = jax.jit(topk.beam_topk, static_argnames=("k", "impl"))(
+      logits, beam, k=w, valid_mask=mask, impl="triton")
+  ref = topk.beam_topk_reference(logits, beam, w, mask)
+  _assert_same_selection(got, ref, topk.beam_scores_reference(logits, beam, mask))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,e,k", [(16384, 53, 3), (32768, 256, 8), (1000, 256, 16)])
+@pytest.mark.parametrize("score", ["sigmoid", "softmax"])
+def test_triton_router(t, e, k, score):
+  logits = jax.random.normal(jax.random.key(9), (t, e), jnp.bfloat16)
+  bias = jax.random.normal(jax.random.key(10), (e,)) * 0.01
+  got = topk.router_topk(logits, bias, k, score, scaling=2.5, impl="triton")
+  ref = topk.router_topk_reference(logits, bias, k, score, scaling=2.5)
+  choice = np.asarray(topk.router_scores_reference(logits, score) + bias)  # [T, E]
+  ids, ref_ids = np.asarray(got[0]), np.asarray(ref[0])
+  np.testing.assert_allclose(np.take_along_axis(choice, ids, 1),  # same choice to rounding
+                             np.take_along_axis(choice, ref_ids, 1), rtol=1e-6)
+  same = np.all(ids == ref_ids, axis=1)
+  assert same.mean() > 0.999
+  np.testing.assert_allclose(np.asarray(got[1])[same], np.asarray(ref[1])[same], rtol=1e-5,
+                             atol=1e-6)
