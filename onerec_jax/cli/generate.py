@@ -1,0 +1,152 @@
+"""Generate the top items for user contexts by beam search; prints them, writes JSON.
+
+Loads a checkpoint (default: the shipped demo) or random weights of a preset, takes
+contexts from an .npz file (docs/generate.md) or makes random ones, runs batches of
+--batch-size requests (one compiled bucket) and reports the compile time, per-batch
+latency and throughput. With --valid-items or --random-items only real items are
+decoded. A pre-quantized FP8 checkpoint runs with the FP8 rules it was saved with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from onerec_jax import generate as gen
+from onerec_jax.config import preset
+from onerec_jax.model.onerec import init_params
+
+DEMO = "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  model = parser.add_argument_group("model")
+  model.add_argument("--checkpoint", default=DEMO,
+                     help="converted checkpoint folder, or 'demo' for the shipped demo "
+                          "(converted on first use; the default)")
+  model.add_argument("--preset", help="use random weights of this config preset instead")
+  model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                     help="compute dtype (default: the config's)")
+  src = parser.add_mutually_exclusive_group()
+  src.add_argument("--contexts", metavar="NPZ", help="context file (docs/generate.md)")
+  src.add_argument("--random", type=int, metavar="N",
+                   help="N random contexts (the default, with N = 8)")
+  search = parser.add_argument_group("search")
+  search.add_argument("--beam-width", type=int, default=64, help="items per request")
+  search.add_argument("--batch-size", type=int, default=32,
+                      help="requests per compiled batch (the last one is padded)")
+  items = search.add_mutually_exclusive_group()
+  items.add_argument("--valid-items", metavar="NPZ",
+                     help="decode only these items: item_ids [N], semantic_ids [N, levels]")
+  items.add_argument("--random-items", type=int, metavar="N",
+                     help="decode only N random valid items (for trials)")
+  out = parser.add_argument_group("output")
+  out.add_argument("--top", type=int, default=5, help="items printed per request")
+  out.add_argument("--print-requests", type=int, default=3, help="requests printed")
+  out.add_argument("--output", metavar="JSON", help="write every result and the timings")
+  parser.add_argument("--seed", type=int, default=0, help="for random weights/contexts")
+
+
+def _load_model(args):
+  """(config, params, rules, source) for the chosen weights."""
+  if args.preset:
+    config = preset(args.preset)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
+    return config, params, None, f"random weights of preset {args.preset}"
+  from onerec_jax import checkpoint  # orbax is needed only for checkpoints
+  if args.checkpoint == DEMO:
+    config, params = checkpoint.load_demo()
+    return config, params, None, "shipped demo checkpoint"
+  config, params = checkpoint.load(args.checkpoint)
+  return config, params, checkpoint.load_rules(args.checkpoint), args.checkpoint
+
+
+def _items(args, config):
+  if args.valid_items:
+    with np.load(args.valid_items) as data:
+      ids, sem = data["item_ids"], data["semantic_ids"]
+  elif args.random_items:
+    ids, sem = gen.random_items(config, args.random_items, args.seed)
+  else:
+    return None
+  return gen.build_item_table(ids, sem, config.codebook_sizes)
+
+
+def _results(res: gen.Result, request_ids) -> list[dict]:
+  """Per request, its non-empty slots best first."""
+  out = []
+  for i, rid in enumerate(request_ids):
+    items = []
+    for w in np.flatnonzero(res.semantic_ids[i, :, 0] != gen.EMPTY):
+      item = {"semantic_ids": res.semantic_ids[i, w].tolist(),
+              "score": float(res.scores[i, w])}
+      if res.item_ids is not None:
+        item["item_id"] = int(res.item_ids[i, w])
+      items.append(item)
+    out.append({"request": int(rid), "items": items})
+  return out
+
+
+def run(args: argparse.Namespace) -> int:
+  try:
+    config, params, rules, source = _load_model(args)
+    if args.dtype:
+      config = config.replace(dtype=args.dtype)
+    if args.contexts:
+      features, mask, request_ids = gen.load_contexts(args.contexts, config)
+    else:
+      features, mask = gen.random_contexts(config, args.random or 8, args.seed), None
+      request_ids = np.arange(args.random or 8)
+    table = _items(args, config)
+    batch = gen.check_inputs(config, features, mask, args.beam_width, table)
+    if args.batch_size < 1:
+      raise gen.GenerateInputError(f"--batch-size must be positive, got {args.batch_size}")
+  except (gen.GenerateInputError, OSError, KeyError, ValueError) as e:
+    print(f"onerec-jax generate: error: {e}", file=sys.stderr)
+    return 2
+
+  buckets = (args.batch_size,)
+  kw = dict(beam_width=args.beam_width, valid_items=table, rules=rules,
+            batch_buckets=buckets)
+  compile_s = gen.warmup(params, config, **kw)[args.batch_size]
+  print(f"{source}: {jax.devices()[0].device_kind}, beam width {args.beam_width}, "
+        f"batch {args.batch_size}, dtype {config.dtype}"
+        f"{'' if table is None else f', {table.num_items} valid items'}; "
+        f"compiled in {compile_s:.2f} s", file=sys.stderr)
+  parts, latencies = [], []
+  spans = gen.chunks(batch, buckets)
+  for start, stop, _ in tqdm.tqdm(spans, desc="batches", unit="batch", file=sys.stderr,
+                                  disable=len(spans) < 4):
+    take = lambda d: None if d is None else {k: v[start:stop] for k, v in d.items()}
+    t0 = time.perf_counter()
+    parts.append(gen.generate(params, config, take(features), mask=take(mask), **kw))
+    latencies.append(time.perf_counter() - t0)
+  res = gen.Result(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
+                     for i in range(3)))
+  total = sum(latencies)
+  timing = {"compile_s": compile_s, "batches": len(latencies),
+            "latency_ms_median": 1e3 * float(np.median(latencies)),
+            "latency_ms_max": 1e3 * max(latencies), "throughput_rps": batch / total,
+            "device": jax.devices()[0].device_kind}
+  results = _results(res, request_ids)
+  for r in results[:args.print_requests]:
+    shown = ", ".join(f"{tuple(it['semantic_ids'])}"
+                      f"{'' if 'item_id' not in it else ' #%d' % it['item_id']}"
+                      f" {it['score']:.3f}" for it in r["items"][:args.top])
+    print(f"request {r['request']}: {shown}")
+  print(f"{batch} requests in {len(latencies)} batches: median batch latency "
+        f"{timing['latency_ms_median']:.1f} ms, {timing['throughput_rps']:.1f} requests/s "
+        f"(compile {compile_s:.2f} s)")
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump({"source": source, "config": config.to_dict(), "beam_width": args.beam_width,
+                 "batch_size": args.batch_size,
+                 "valid_items": None if table is None else table.num_items,
+                 "timing": timing, "results": results}, f, indent=1)
+  return 0

@@ -1,0 +1,120 @@
+"""Semantic-ID beam search: one jit-compiled function for a padded request batch.
+
+The context processor runs once per request and its K/V are shared by the request's beams
+(the model's decoder works on [B, W, T, D]); the self-attention KV cache follows the beams;
+step 1 decodes BOS as a single beam per request; every step keeps the top W of
+W * (children per beam) candidates through the kernels' top-k entry point. Everything
+stays on the device from the context features to the returned triples.
+
+Empty slots (fewer than W candidates reachable at some step) have score -inf, semantic IDs
+-1 and item id -1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import onerec_kernels.topk as topk_op
+
+from onerec_jax.config import Config
+from onerec_jax.generate.items import ItemTable
+from onerec_jax.model.onerec import OneRecV2, init_cache
+
+EMPTY = -1  # semantic and item id of an empty slot
+
+
+class Beams(NamedTuple):
+  """Live beams of a request batch after `level` steps."""
+
+  scores: jax.Array  # [B, W] f32, sum of log-probabilities; -inf: empty slot
+  codes: jax.Array  # [B, W, level] int32, always valid codes (0 in empty slots)
+  nodes: jax.Array  # [B, W] int32, trie node of the prefix (constrained decoding only)
+
+
+def _fp8_scope(rules):
+  """FP8 interception, entered inside the jitted function so every trace sees it."""
+  if rules is None:
+    return contextlib.nullcontext()
+  from onerec_jax.quant import fp8  # imported only when asked for: quant is optional here
+  return fp8(rules)
+
+
+def _expand(beams: Beams, logp: jax.Array, table: ItemTable | None, level: int):
+  """Scores of every beam's candidate continuations: [B, W', M], with the candidates'
+  codes and trie nodes ([B, W', M], or None where a candidate's code is its index)."""
+  scores = beams.scores[..., None]  # [B, W', 1]
+  if table is None:
+    return scores + logp, None, None
+  offsets = table.offsets[level]
+  first = offsets[beams.nodes]  # [B, W']
+  count = offsets[beams.nodes + 1] - first
+  slot = jnp.arange(table.max_children[level])
+  ok = slot < count[..., None]  # [B, W', M]
+  nodes = jnp.where(ok, first[..., None] + slot, 0)
+  codes = table.codes[level][nodes]
+  cand = jnp.where(ok, scores + jnp.take_along_axis(logp, codes, axis=-1), -jnp.inf)
+  return cand, codes, nodes
+
+
+def _select(beams: Beams, cand, codes, nodes, beam_width: int) -> tuple[Beams, jax.Array]:
+  """Top beam_width candidates of each request; returns the new beams and their parents
+  [B, W] (indices into the previous beams)."""
+  b, w_prev, m = cand.shape
+  flat = cand.reshape(b, w_prev * m)
+  if w_prev * m < beam_width:  # fewer candidates than slots: pad with empty ones
+    flat = jnp.pad(flat, ((0, 0), (0, beam_width - w_prev * m)), constant_values=-jnp.inf)
+  scores, idx = topk_op.top_k(flat, beam_width)  # [B, W], descending
+  idx = jnp.minimum(idx, w_prev * m - 1)  # padding slots point at a real (-inf) candidate
+  parent = idx // m
+  pick = lambda a: jnp.take_along_axis(a.reshape(b, w_prev * m), idx, axis=1)
+  code = idx % m if codes is None else pick(codes)
+  node = beams.nodes if nodes is None else pick(nodes)  # unused when unconstrained
+  prefix = jnp.take_along_axis(beams.codes, parent[..., None], axis=1)
+  return Beams(scores, jnp.concatenate([prefix, code[..., None]], axis=-1), node), parent
+
+
+def _reorder(cache, parent: jax.Array):
+  """Gathers each new beam's self-attention KV cache from its parent ([B, W', ...])."""
+  return jax.tree.map(
+      lambda c: jnp.take_along_axis(c, parent.reshape(parent.shape + (1,) * (c.ndim - 2)),
+                                    axis=1), cache)
+
+
+class Output(NamedTuple):
+  semantic_ids: jax.Array  # [B, W, levels] int32, EMPTY in empty slots
+  scores: jax.Array  # [B, W] f32, descending; -inf in empty slots
+  item_ids: jax.Array | None  # [B, W] int32 (constrained decoding), EMPTY in empty slots
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_width", "rules"))
+def beam_search(params: Any, features: dict[str, jax.Array], mask: dict[str, jax.Array],
+                table: ItemTable | None, *, config: Config, beam_width: int,
+                rules=None) -> Output:
+  """Beam search over a padded batch: features[name] [B, n, width], mask [B, n] bool.
+
+  No input checks: generate() validates and pads, and is the API to call.
+  """
+  model = OneRecV2(config)
+  apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
+  with _fp8_scope(rules):
+    context = apply("encode", features, mask)  # K/V [B, N, G, dh], shared by the beams
+    b = mask[config.pathways[0].name].shape[0]
+    beams = Beams(scores=jnp.zeros((b, 1), jnp.float32),
+                  codes=jnp.zeros((b, 1, 0), jnp.int32), nodes=jnp.zeros((b, 1), jnp.int32))
+    cache = init_cache(config, b, 1)  # step 1 has one live beam; the gather widens it
+    for level in range(config.levels):
+      # [B, W', 1]: the last code (BOS at level 0 ignores its id)
+      last = beams.codes[:, :, -1:] if level else jnp.zeros((b, 1, 1), jnp.int32)
+      h, cache = apply("decode", context, last, level, cache)  # [B, W', 1, D]
+      logp = jax.nn.log_softmax(apply("head", h[:, :, 0], level), axis=-1)  # [B, W', V]
+      beams, parent = _select(beams, *_expand(beams, logp, table, level), beam_width)
+      if level + 1 < config.levels:
+        cache = _reorder(cache, parent)
+  alive = beams.scores > -jnp.inf
+  semantic_ids = jnp.where(alive[..., None], beams.codes, EMPTY)
+  item_ids = None if table is None else jnp.where(alive, table.item_ids[beams.nodes], EMPTY)
+  return Output(semantic_ids, beams.scores, item_ids)

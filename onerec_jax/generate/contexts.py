@@ -1,0 +1,66 @@
+"""Request-context files and synthetic contexts.
+
+File format (.npz, written by save_contexts): one float array per pathway, named after
+it, [B, n, width] with n <= the pathway's max_len; optionally `<pathway>_mask` [B, n]
+bool (True = real token; absent = all real) and `request_ids` [B] int (default 0..B-1).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from onerec_jax.config import Config
+from onerec_jax.generate.items import GenerateInputError
+
+MASK_SUFFIX = "_mask"
+
+
+def load_contexts(path: str | os.PathLike, config: Config):
+  """(features, mask or None, request_ids) from an .npz context file."""
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files}
+  names = [p.name for p in config.pathways]
+  known = set(names) | {n + MASK_SUFFIX for n in names} | {"request_ids"}
+  unknown = sorted(set(arrays) - known)
+  if unknown:
+    raise GenerateInputError(f"{path}: unknown arrays {unknown}; expected pathways {names}, "
+                             f"optional '<pathway>{MASK_SUFFIX}' and 'request_ids'")
+  features = {n: arrays[n] for n in names if n in arrays}
+  mask = {n: arrays[n + MASK_SUFFIX] for n in names if n + MASK_SUFFIX in arrays} or None
+  batch = len(next(iter(features.values()))) if features else 0
+  request_ids = arrays.get("request_ids", np.arange(batch))
+  return features, mask, request_ids
+
+
+def save_contexts(path: str | os.PathLike, features: dict[str, Any],
+                  mask: dict[str, Any] | None = None, request_ids=None) -> None:
+  """Writes contexts in the format load_contexts reads."""
+  arrays = {n: np.asarray(x) for n, x in features.items()}
+  arrays.update({n + MASK_SUFFIX: np.asarray(m, bool) for n, m in (mask or {}).items()})
+  if request_ids is not None:
+    arrays["request_ids"] = np.asarray(request_ids)
+  np.savez(path, **arrays)
+
+
+def random_contexts(config: Config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Full-length standard-normal features for every pathway: [batch, max_len, width]."""
+  rng = np.random.default_rng(seed)
+  return {p.name: rng.standard_normal((batch, p.max_len, p.width), np.float32)
+          for p in config.pathways}
+
+
+def random_items(config: Config, count: int, seed: int = 0):
+  """(item_ids [count], semantic_ids [count, levels]): distinct uniform random tuples."""
+  rng = np.random.default_rng(seed)
+  total = int(np.prod(config.codebook_sizes, dtype=np.float64))
+  if count > total:
+    raise GenerateInputError(f"{count} random items exceed the {total} semantic-ID tuples")
+  keys = np.unique(rng.integers(0, total, size=int(count * 1.1) + 16, dtype=np.int64))
+  while keys.size < count:  # rare top-up when the codebook space is nearly full
+    keys = np.unique(np.append(keys, rng.integers(0, total, size=count, dtype=np.int64)))
+  keys = rng.permutation(keys)[:count]
+  sem = np.stack(np.unravel_index(keys, config.codebook_sizes), axis=1).astype(np.int32)
+  return np.arange(count, dtype=np.int32), sem

@@ -1,0 +1,95 @@
+"""The valid-item table for constrained decoding, compiled into a trie in CSR form.
+
+Items are tuples of semantic IDs (s_1 .. s_L). The nodes of level j are the distinct
+length-j prefixes in sorted order (level 0 is the root alone; level L nodes are the items).
+Node p of level j owns the contiguous run of level-(j+1) nodes
+[offsets[j][p], offsets[j][p + 1]), whose last codes are codes[j][...]. A beam carries the
+index of its node, so a decoding step needs no search: it gathers at most max_children[j]
+children per beam. Memory: 4 bytes per node and per offset, about 16 bytes per item for
+codebook-8192 triples (docs/generate.md).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class GenerateInputError(ValueError):
+  """Input that generate refuses before anything runs on the device; says what and why."""
+
+
+@flax.struct.dataclass
+class ItemTable:
+  """Device-side valid-item trie; build it with build_item_table."""
+
+  offsets: tuple[jax.Array, ...]  # level j: [P_j + 1] int32 (P_0 = 1, the root)
+  codes: tuple[jax.Array, ...]  # level j: [P_{j+1}] int32, last code of each child node
+  item_ids: jax.Array  # [P_L] int32, the item of each leaf
+  max_children: tuple[int, ...] = flax.struct.field(pytree_node=False)  # per level
+  codebook_sizes: tuple[int, ...] = flax.struct.field(pytree_node=False)
+
+  @property
+  def num_items(self) -> int:
+    return int(self.item_ids.shape[0])
+
+  @property
+  def nbytes(self) -> int:
+    return sum(int(a.nbytes) for a in jax.tree.leaves(self))
+
+
+def build_item_table(item_ids, semantic_ids, codebook_sizes) -> ItemTable:
+  """Compiles item_ids [N] <-> semantic_ids [N, L] into an ItemTable.
+
+  Refuses (GenerateInputError) codes outside their codebook, negative or non-int32 item
+  ids, and repeated triples or item ids: the table must be a one-to-one map.
+  """
+  item_ids = np.asarray(item_ids)
+  sem = np.asarray(semantic_ids)
+  sizes = tuple(int(c) for c in codebook_sizes)
+  levels = len(sizes)
+  if sem.ndim != 2 or sem.shape[1] != levels:
+    raise GenerateInputError(
+        f"valid items: semantic_ids has shape {sem.shape}, expected [N, {levels}]")
+  if item_ids.shape != sem.shape[:1]:
+    raise GenerateInputError(f"valid items: item_ids has shape {item_ids.shape}, expected "
+                             f"[{sem.shape[0]}] (one id per semantic-ID row)")
+  if sem.shape[0] == 0:
+    raise GenerateInputError("valid items: the table is empty")
+  for name, a in (("semantic_ids", sem), ("item_ids", item_ids)):
+    if not np.issubdtype(a.dtype, np.integer):
+      raise GenerateInputError(f"valid items: {name} must be integers, got {a.dtype}")
+  for j, size in enumerate(sizes):
+    bad = np.flatnonzero((sem[:, j] < 0) | (sem[:, j] >= size))
+    if bad.size:
+      raise GenerateInputError(
+          f"valid items: {bad.size} rows have level-{j} codes outside [0, {size}), e.g. row "
+          f"{bad[0]}: {sem[bad[0]].tolist()}")
+  bad = np.flatnonzero((item_ids < 0) | (item_ids > np.iinfo(np.int32).max))
+  if bad.size:
+    raise GenerateInputError(f"valid items: {bad.size} item ids outside [0, 2^31), e.g. "
+                             f"row {bad[0]}: {item_ids[bad[0]]} (-1 marks empty beams)")
+  if np.unique(item_ids).size != item_ids.size:
+    raise GenerateInputError("valid items: repeated item ids")
+
+  order = np.lexsort(sem.T[::-1])  # by s_1, then s_2, ...
+  sem, item_ids = sem[order], item_ids[order]
+  # new[j][i]: row i starts a new length-(j+1) prefix.
+  changed = np.concatenate([np.ones((1, levels), bool), sem[1:] != sem[:-1]], axis=0)
+  new = np.logical_or.accumulate(changed, axis=1).T  # [L, N]
+  if not new[-1].all():
+    i = int(np.flatnonzero(~new[-1])[0])
+    raise GenerateInputError(f"valid items: semantic IDs {sem[i].tolist()} belong to items "
+                             f"{item_ids[i - 1]} and {item_ids[i]}; each item needs its own")
+  starts = [np.zeros(1, np.int64)] + [np.flatnonzero(n) for n in new]  # first row per node
+  offsets, codes, max_children = [], [], []
+  for j in range(levels):
+    off = np.append(np.searchsorted(starts[j + 1], starts[j]), starts[j + 1].size)
+    offsets.append(jnp.asarray(off, jnp.int32))
+    codes.append(jnp.asarray(sem[starts[j + 1], j], jnp.int32))
+    max_children.append(int(np.diff(off).max()))
+  return ItemTable(offsets=tuple(offsets), codes=tuple(codes),
+                   item_ids=jnp.asarray(item_ids, jnp.int32),
+                   max_children=tuple(max_children), codebook_sizes=sizes)
