@@ -1,0 +1,168 @@
+"""Times the top-k kernels against jax.lax.top_k, torch.topk and one read of the input.
+
+Beam shapes: B=32 rows of W*8192 candidates, k=W, for W in {128, 256, 512}, fp32 and bf16:
+the plain top-k on materialized scores and the fused beam step on logits. Router shapes:
+16384 x 53 (k=3) and 32768 x 256 (k=8). Writes JSON (device, versions, commit, shapes,
+median times, ratios) and prints a table. Run on a GPU:
+  python scripts/bench_topk.py --out bench/results/topk_h100.json
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from onerec_kernels import topk
+
+V = 8192
+
+
+def _median_ms(fn, sync, reps: int, warmup: int = 3) -> float:
+  """Median wall time of fn() in ms, each call synchronised; after warm-up calls."""
+  for _ in range(warmup):
+    sync(fn())
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    sync(fn())
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times)
+
+
+def _jax_sync(out):
+  jax.block_until_ready(out)
+
+
+def _torch_ops():
+  """torch.topk on the same device buffers (through DLPack), or None without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  sync = lambda _: torch.cuda.synchronize()
+  to_torch = lambda a: torch.from_dlpack(a)
+  return torch, to_torch, sync
+
+
+def _time_all(cases: dict, reps: int) -> dict:
+  """Median ms of each case; the slow sorts (lax, xla) a quarter as many times."""
+  slow = lambda name: name.startswith(("lax", "xla"))
+  return {name: _median_ms(fn, sync, max(5, reps // 4) if slow(name) else reps)
+          for name, (fn, sync) in cases.items()}
+
+
+def bench_beam(w: int, dtype, reps: int, torch_ops) -> dict:
+  k1, k2, k3 = jax.random.split(jax.random.key(w), 3)
+  scores = jax.random.normal(k1, (32, w * V), jnp.float32).astype(dtype)  # [B, W*V]
+  logits = jax.random.normal(k2, (32, w, V), jnp.float32).astype(dtype)  # [B, W, V]
+  beam = jax.random.normal(k3, (32, w), jnp.float32)
+  floor = jax.jit(jnp.max)
+  kernel = jax.jit(lambda x: topk.top_k(x, w, impl="triton"))
+  fused = jax.jit(lambda l, b: topk.beam_topk(l, b, w, impl="triton"))
+  lax_stable = jax.jit(lambda x: jax.lax.top_k(x, w))
+  lax_unstable = jax.jit(lambda x: jax.lax.top_k(x, w, is_stable=False))
+  fused_xla = jax.jit(lambda l, b: topk.beam_topk(l, b, w, impl="reference"))
+  cases = {
+      "floor_read": (lambda: floor(scores), _jax_sync),
+      "triton_top_k": (lambda: kernel(scores), _jax_sync),
+      "triton_beam_fused": (lambda: fused(logits, beam), _jax_sync),
+      "lax_top_k": (lambda: lax_stable(scores), _jax_sync),
+      "lax_top_k_unstable": (lambda: lax_unstable(scores), _jax_sync),
+      "xla_beam_reference": (lambda: fused_xla(logits, beam), _jax_sync),
+  }
+  if torch_ops:
+    torch, to_torch, sync = torch_ops
+    st = to_torch(scores)
+    cases["torch_topk"] = (lambda: torch.topk(st, w, dim=-1), sync)
+  times = _time_all(cases, reps)
+  # The same kernel when the top W sit in a few beams (the bound is loose: refinement).
+  packed = jax.random.normal(k3, (32, w), jnp.float32) * 30
+  times["triton_beam_fused_packed"] = _median_ms(lambda: fused(logits, packed), _jax_sync,
+                                                 max(5, reps // 4))
+  return times
+
+
+def bench_router(t: int, e: int, k: int, dtype, reps: int, torch_ops) -> dict:
+  k1, k2 = jax.random.split(jax.random.key(e))
+  logits = jax.random.normal(k1, (t, e), jnp.float32).astype(dtype)
+  bias = jax.random.normal(k2, (e,), jnp.float32) * 0.01
+  floor = jax.jit(jnp.max)
+  kernel = jax.jit(lambda x, b: topk.router_topk(x, b, k, impl="triton"))
+  xla = jax.jit(lambda x, b: topk.router_topk(x, b, k, impl="reference"))
+  lax_stable = jax.jit(lambda x: jax.lax.top_k(x, k))
+  lax_unstable = jax.jit(lambda x: jax.lax.top_k(x, k, is_stable=False))
+  cases = {
+      "floor_read": (lambda: floor(logits), _jax_sync),
+      "triton_router": (lambda: kernel(logits, bias), _jax_sync),
+      "xla_router_reference": (lambda: xla(logits, bias), _jax_sync),
+      "lax_top_k": (lambda: lax_stable(logits), _jax_sync),
+      "lax_top_k_unstable": (lambda: lax_unstable(logits), _jax_sync),
+  }
+  if torch_ops:
+    torch, to_torch, sync = torch_ops
+    lt = to_torch(logits)
+    cases["torch_topk"] = (lambda: torch.topk(lt, k, dim=-1), sync)
+  return _time_all(cases, reps)
+
+
+def _ratios(times: dict, kernel: str) -> dict:
+  t = times[kernel]
+  out = {"kernel_over_floor": t / times["floor_read"],
+         "lax_top_k_over_kernel": times["lax_top_k"] / t,
+         "lax_top_k_unstable_over_kernel": times["lax_top_k_unstable"] / t}
+  if "torch_topk" in times:
+    out["torch_topk_over_kernel"] = times["torch_topk"] / t
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True, help="JSON file to write")
+  parser.add_argument("--reps", type=int, default=50)
+  parser.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
+  args = parser.parse_args()
+  commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                         text=True).stdout.strip()
+  torch_ops = _torch_ops()
+  rows = []
+  for w in (128, 256, 512):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      times = bench_beam(w, dtype, args.reps, torch_ops)
+      rows.append({"op": "beam", "shape": [32, w * V], "k": w,
+                   "dtype": jnp.dtype(dtype).name, "ms": times,
+                   "ratios": _ratios(times, "triton_top_k"),
+                   "ratios_fused": _ratios(times, "triton_beam_fused")})
+  for t, e, k in ((16384, 53, 3), (32768, 256, 8)):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      times = bench_router(t, e, k, dtype, args.reps, torch_ops)
+      rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
+                   "ms": times, "ratios": _ratios(times, "triton_router")})
+  result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "torch": torch_ops[0].__version__ if torch_ops else None, "commit": commit,
+            "timing": f"median of {args.reps} synchronised calls after 3 warm-ups "
+                      "(lax_*, xla_*: a quarter as many)", "rows": rows}
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"{result['device']}  jax {result['jax']}  commit {commit[:10]}")
+  print(f"{'op':6} {'shape':>14} {'k':>4} {'dtype':8} {'floor':>7} {'kernel':>7} {'fused':>7} "
+        f"{'packed':>7} {'lax':>7} {'lax_u':>7} {'torch':>7} {'k/fl':>5} {'lax/k':>6} "
+        f"{'tch/k':>6} {'fu/fl':>5}")
+  for r in rows:
+    ms, ra = r["ms"], r["ratios"]
+    kern = ms.get("triton_top_k", ms.get("triton_router"))
+    print(f"{r['op']:6} {'x'.join(map(str, r['shape'])):>14} {r['k']:>4} {r['dtype']:8} "
+          f"{ms['floor_read']:7.3f} {kern:7.3f} {ms.get('triton_beam_fused', np.nan):7.3f} "
+          f"{ms.get('triton_beam_fused_packed', np.nan):7.3f} "
+          f"{ms['lax_top_k']:7.3f} {ms['lax_top_k_unstable']:7.3f} "
+          f"{ms.get('torch_topk', np.nan):7.3f} {ra['kernel_over_floor']:5.2f} "
+          f"{ra['lax_top_k_over_kernel']:6.1f} {ra.get('torch_topk_over_kernel', np.nan):6.1f} "
+          f"{r.get('ratios_fused', {}).get('kernel_over_floor', np.nan):5.2f}")
+
+
+if __name__ == "__main__":
+  main()
