@@ -169,3 +169,16 @@ def test_cli_convert(tmp_path, state):
   src = _write(tmp_path, state)
   assert main(["convert", str(src), str(tmp_path / "jax")]) == 0
   _assert_bit_exact(state, jax_to_torch(load(tmp_path / "jax")[1], CFG))
+
+
+def test_convert_script_to_fp16(tmp_path, state):
+  import pathlib
+  import subprocess
+  import sys
+  src = _write(tmp_path, state)
+  script = pathlib.Path(__file__).parents[1] / "scripts" / "convert_checkpoint.py"
+  done = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "jax")],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert "wrote" in done.stdout
+  _assert_bit_exact(state, jax_to_torch(load(tmp_path / "jax")[1], CFG))
