@@ -58,9 +58,10 @@ def random_items(config: Config, count: int, seed: int = 0):
   total = int(np.prod(config.codebook_sizes, dtype=np.float64))
   if count > total:
     raise GenerateInputError(f"{count} random items exceed the {total} semantic-ID tuples")
-  keys = np.unique(rng.integers(0, total, size=int(count * 1.1) + 16, dtype=np.int64))
-  while keys.size < count:  # rare top-up when the codebook space is nearly full
-    keys = np.unique(np.append(keys, rng.integers(0, total, size=count, dtype=np.int64)))
+  keys = np.empty(0, np.int64)
+  while keys.size < count:  # draws collide rarely unless the codebook space is nearly full
+    keys = np.sort(np.append(keys, rng.integers(0, total, size=count + 16, dtype=np.int64)))
+    keys = keys[np.append(True, keys[1:] != keys[:-1])]  # sort-based unique: fast
   keys = rng.permutation(keys)[:count]
   sem = np.stack(np.unravel_index(keys, config.codebook_sizes), axis=1).astype(np.int32)
   return np.arange(count, dtype=np.int32), sem

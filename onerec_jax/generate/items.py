@@ -11,6 +11,8 @@ codebook-8192 triples (docs/generate.md).
 
 from __future__ import annotations
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -71,24 +73,29 @@ def build_item_table(item_ids, semantic_ids, codebook_sizes) -> ItemTable:
   if bad.size:
     raise GenerateInputError(f"valid items: {bad.size} item ids outside [0, 2^31), e.g. "
                              f"row {bad[0]}: {item_ids[bad[0]]} (-1 marks empty beams)")
-  if np.unique(item_ids).size != item_ids.size:
+  sorted_ids = np.sort(item_ids)
+  if np.any(sorted_ids[1:] == sorted_ids[:-1]):
     raise GenerateInputError("valid items: repeated item ids")
-
-  order = np.lexsort(sem.T[::-1])  # by s_1, then s_2, ...
-  sem, item_ids = sem[order], item_ids[order]
-  # new[j][i]: row i starts a new length-(j+1) prefix.
-  changed = np.concatenate([np.ones((1, levels), bool), sem[1:] != sem[:-1]], axis=0)
-  new = np.logical_or.accumulate(changed, axis=1).T  # [L, N]
-  if not new[-1].all():
-    i = int(np.flatnonzero(~new[-1])[0])
-    raise GenerateInputError(f"valid items: semantic IDs {sem[i].tolist()} belong to items "
-                             f"{item_ids[i - 1]} and {item_ids[i]}; each item needs its own")
-  starts = [np.zeros(1, np.int64)] + [np.flatnonzero(n) for n in new]  # first row per node
+  radix = [math.prod(sizes[j + 1:]) for j in range(levels)]  # mixed-radix key, s_1 first
+  if math.prod(sizes) >= 2**63:
+    raise GenerateInputError(f"valid items: codebooks {sizes} do not fit a 64-bit key")
+  key = sum(sem[:, j].astype(np.int64) * radix[j] for j in range(levels))
+  order = np.argsort(key)  # one integer sort: several times faster than np.lexsort
+  key, item_ids = key[order], item_ids[order]
+  same = np.flatnonzero(key[1:] == key[:-1])
+  if same.size:
+    i = int(same[0]) + 1
+    raise GenerateInputError(
+        f"valid items: semantic IDs {[int(c) for c in np.unravel_index(key[i], sizes)]} belong to items "
+        f"{item_ids[i - 1]} and {item_ids[i]}; each item needs its own")
+  starts = [np.zeros(1, np.int64)]  # first sorted row of each node, level by level
   offsets, codes, max_children = [], [], []
   for j in range(levels):
+    prefix = key // radix[j]
+    starts.append(np.flatnonzero(np.append(True, prefix[1:] != prefix[:-1])))
     off = np.append(np.searchsorted(starts[j + 1], starts[j]), starts[j + 1].size)
     offsets.append(jnp.asarray(off, jnp.int32))
-    codes.append(jnp.asarray(sem[starts[j + 1], j], jnp.int32))
+    codes.append(jnp.asarray(prefix[starts[j + 1]] % sizes[j], jnp.int32))
     max_children.append(int(np.diff(off).max()))
   return ItemTable(offsets=tuple(offsets), codes=tuple(codes),
                    item_ids=jnp.asarray(item_ids, jnp.int32),
