@@ -1,0 +1,133 @@
+"""The model under FP8: which modules are quantized and which ops ran, exact identity when
+nothing is quantized, and FP8 vs unquantized logits on the small presets (random weights).
+"""
+
+import functools
+
+import chex
+import jax
+import pytest
+from flax import traverse_util
+
+from onerec_jax import analysis
+from onerec_jax.config import preset
+from onerec_jax.model import OneRecV2, init_params
+from onerec_jax.quant import QArray, Rules, default_rules, fp8, quantize_params
+
+BATCH = 16
+# Logits floors, FP8 vs unquantized, random weights (docs/fp8.md). Every module alone is at
+# about 28.8 dB; a dense model's logits keep more than 20 dB. In the random MoE presets
+# every sublayer adds an output of comparable size to the residual stream, so the modules'
+# errors add up (28 modules in demo), and a random router's near-tied scores let the FP8
+# noise flip about 5% of the top-k choices; measured 17.3 to 24 dB over three seeds each.
+SQNR_FLOOR_DB = {"tiny": 20.0, "tiny-moe": 15.0, "demo": 15.0}
+COSINE_FLOOR = 0.99
+
+
+def _expected_ops(config) -> dict[str, str]:
+  """The paper's set, written out by hand from the config."""
+  ops = {}
+  for i in range(config.n_layers):
+    names = ["self_attn/qkv_proj", "self_attn/o_proj", "cross_attn/q_proj",
+             "cross_attn/o_proj"]
+    if not config.is_moe(i):
+      names += ["mlp/gate_up_proj", "mlp/down_proj"]
+    else:
+      if config.n_shared_experts:
+        names += ["mlp/shared_experts/gate_up_proj", "mlp/shared_experts/down_proj"]
+      for n in ("gate_up_proj", "down_proj"):
+        ops[f"layer_{i}/mlp/experts/{n}"] = "fp8_grouped_gemm"
+    ops.update({f"layer_{i}/{n}": "fp8_linear" for n in names})
+  return ops
+
+
+@functools.cache
+def _run(name: str):
+  """(config, params, quantized params, unquantized logits, FP8 logits, ops that ran)."""
+  config = preset(name)
+  rules = default_rules(config)
+  model = OneRecV2(config)
+  params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
+  qparams = quantize_params(params, rules)
+  ops = {}
+
+  @jax.jit
+  def run(params, qparams, features, ids):
+    ref = model.apply({"params": params}, features, ids)
+    with fp8(rules) as traced:
+      out = model.apply({"params": qparams}, features, ids)
+    ops.update(traced)
+    return ref, out
+
+  ref, out = run(params, qparams, *analysis.sample_batch(config, BATCH, seed=1))
+  return config, params, qparams, ref, out, ops
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe", "demo"])
+def test_default_rules_quantize_exactly_the_intended_modules(name):
+  config, params, qparams, _, _, ops = _run(name)
+  expected = _expected_ops(config)
+  assert ops == expected
+  flat = traverse_util.flatten_dict(qparams)
+  quantized = {"/".join(k[:-1]) for k, v in flat.items() if isinstance(v, QArray)}
+  assert quantized == set(expected)
+  orig = traverse_util.flatten_dict(params)
+  for k, v in flat.items():
+    if isinstance(v, QArray):
+      assert v.value.shape == orig[k].shape
+    else:
+      assert v is orig[k]  # everything else untouched
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe", "demo"])
+def test_fp8_logits_close_to_unquantized(name):
+  *_, ref, out, _ = _run(name)
+  for level, (a, b) in enumerate(zip(ref, out)):
+    sqnr, cos = analysis.sqnr_db(a, b), analysis.cosine(a, b)
+    print(f"{name} level {level}: SQNR {sqnr:.2f} dB, cosine {cos:.5f}")
+    assert sqnr >= SQNR_FLOOR_DB[name] and cos >= COSINE_FLOOR
+
+
+@pytest.mark.parametrize("rules", [Rules(()), Rules(((".*", "none"),))])
+def test_rules_that_quantize_nothing_change_nothing(rules):
+  config, params, _, ref, _, _ = _run("tiny-moe")
+  assert quantize_params(params, rules) == params
+  model = OneRecV2(config)
+
+  @jax.jit
+  def run(params, features, ids):
+    with fp8(rules) as ops:
+      out = model.apply({"params": params}, features, ids)
+    assert not ops
+    return out
+
+  chex.assert_trees_all_equal(run(params, *analysis.sample_batch(config, BATCH, seed=1)),
+                              ref)
+
+
+def _trace(config, params, rules):
+  model = OneRecV2(config)
+  with fp8(rules):
+    jax.eval_shape(lambda p, b: model.apply({"params": p}, *b), params,
+                   analysis.sample_batch(config, 2, seed=0))
+
+
+def test_fp8_refuses_unquantized_weights_and_non_matmul_modules():
+  config, params, qparams, *_ = _run("tiny-moe")
+  with pytest.raises(TypeError, match="layer_0/cross_attn/q_proj is quantized "
+                     "'per_channel' by the rules but its weight is a plain"):
+    _trace(config, params, default_rules(config))
+  router = Rules(((r"layer_\d/mlp/router", "per_channel"),))
+  with pytest.raises(TypeError, match=r"layer_2/mlp/router \(Router\) is not a matmul"):
+    _trace(config, quantize_params(params, router), router)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe", "demo", "0.1b", "moe-4b"])
+def test_default_rules_all_match(name):
+  """No default rule matches nothing (quantize_params would raise), for dense and MoE."""
+  config = preset(name)
+  abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  q = jax.eval_shape(lambda p: quantize_params(p, default_rules(config)), abstract)
+  n = sum(isinstance(v, QArray) for v in traverse_util.flatten_dict(q).values())
+  assert n == len(_expected_ops(config))
+  assert ("experts" in default_rules(config).to_json()) == bool(config.moe_layers)

@@ -1,0 +1,50 @@
+"""`onerec-jax stats`: the report's statistics against numpy, the per-module FP8 errors,
+and the JSON, PNG and table it writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from onerec_jax import analysis
+from onerec_jax.cli import main
+
+
+def test_tensor_stats_and_metrics():
+  x = np.arange(-100, 101, dtype=np.float32)  # 201 values
+  s = analysis.tensor_stats(x)
+  assert s["variance"] == pytest.approx(np.var(x.astype(np.float64)))
+  assert s["absmax"] == 100 and s["absp99"] == 99
+  assert analysis.sqnr_db(x, x) == float("inf")
+  assert analysis.sqnr_db(x, 1.1 * x) == pytest.approx(20.0)
+  assert analysis.cosine(x, -2 * x) == pytest.approx(-1.0)
+
+
+def test_stats_command(tmp_path, capsys):
+  assert main(["stats", "--preset", "tiny-moe", "--seed", "0", "--batch", "8",
+               "--out", str(tmp_path)]) == 0
+  text = capsys.readouterr().out
+  data = json.loads((tmp_path / "stats.json").read_text())
+  png = (tmp_path / "stats.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 10_000
+  # Every weight matrix (router included, norm gains excluded); activations of exactly the
+  # quantized modules, whose routed experts see batch * levels * top_k rows.
+  weights = {w["path"]: w for w in data["weights"]}
+  assert len(weights) == 3 + 3 + 4 * 4 + 2 * 2 + 2 * 5  # pathways, heads, attn, dense, moe
+  assert weights["layer_2/mlp/router"]["scheme"] == "none"
+  acts = {a["path"]: a for a in data["activations"]}
+  assert set(acts) == {p for p, w in weights.items() if w["scheme"] != "none"}
+  assert acts["layer_2/mlp/experts/gate_up_proj"]["shape"] == [8 * 3 * 2, 64]
+  assert acts["layer_0/self_attn/qkv_proj"]["shape"] == [8, 1, 3, 64]
+  for stat in analysis.STATS:
+    assert data["means"]["weights"][stat] == pytest.approx(
+        np.mean([w[stat] for w in data["weights"]]))
+    assert data["means"]["activations"][stat] == pytest.approx(
+        np.mean([a[stat] for a in data["activations"]]))
+  for a in data["activations"]:
+    assert 0 < a["absp99"] <= a["absmax"] and a["variance"] > 0
+    assert a["sqnr_db"] > 25, a  # docs/fp8.md: about 28-29 dB per module
+  assert len(data["logits"]) == 3
+  for a in data["activations"]:  # the table: one row per quantized module, then means
+    assert f"{a['path']:<40} {a['scheme']:<11}" in text
+  assert "mean, quantized modules" in text and "logits level 2: SQNR" in text
