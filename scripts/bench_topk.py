@@ -22,15 +22,18 @@ from onerec_kernels import topk
 V = 8192
 
 
-def _median_ms(fn, sync, reps: int, warmup: int = 3) -> float:
-  """Median wall time of fn() in ms, each call synchronised; after warm-up calls."""
+def _median_ms(fn, sync, reps: int, inner: int, warmup: int = 3) -> float:
+  """Median over reps samples of the time per call of `inner` back-to-back calls of fn,
+  synchronised once per sample (so host dispatch overlaps device work), in ms."""
   for _ in range(warmup):
     sync(fn())
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
-    sync(fn())
-    times.append((time.perf_counter() - t0) * 1e3)
+    for _ in range(inner):
+      out = fn()
+    sync(out)
+    times.append((time.perf_counter() - t0) * 1e3 / inner)
   return statistics.median(times)
 
 
@@ -50,10 +53,11 @@ def _torch_ops():
 
 
 def _time_all(cases: dict, reps: int) -> dict:
-  """Median ms of each case; the slow sorts (lax, xla) a quarter as many times."""
+  """Median ms of each case; the slow sorts (lax_*, xla_*) one call a sample, reps // 4
+  samples; the others 10 calls a sample."""
   slow = lambda name: name.startswith(("lax", "xla"))
-  return {name: _median_ms(fn, sync, max(5, reps // 4) if slow(name) else reps)
-          for name, (fn, sync) in cases.items()}
+  return {name: _median_ms(fn, sync, max(5, reps // 4), 1) if slow(name)
+          else _median_ms(fn, sync, reps, 10) for name, (fn, sync) in cases.items()}
 
 
 def bench_beam(w: int, dtype, reps: int, torch_ops) -> dict:
@@ -83,8 +87,41 @@ def bench_beam(w: int, dtype, reps: int, torch_ops) -> dict:
   # The same kernel when the top W sit in a few beams (the bound is loose: refinement).
   packed = jax.random.normal(k3, (32, w), jnp.float32) * 30
   times["triton_beam_fused_packed"] = _median_ms(lambda: fused(logits, packed), _jax_sync,
-                                                 max(5, reps // 4))
+                                                 max(5, reps // 4), 1)
   return times
+
+
+def bench_breakdown(reps: int) -> dict:
+  """Each step of the plain top-k at B=32, W=512, fp32, and the whole under other
+  configs (tuning data)."""
+  from onerec_kernels.topk import triton_gpu
+  w, n = 512, 512 * V
+  scores = jax.random.normal(jax.random.key(0), (32, n), jnp.float32)
+  cfg = topk.Config.default(n, w)
+  ops = triton_gpu.TritonOps(cfg.block)
+  maxima = jax.jit(lambda x: ops.chunk_max(x, cfg.chunk))(scores)
+  th = jax.jit(lambda m: ops.kth_largest(m, w))(maxima)
+  zero = jnp.zeros_like(th)
+  keys, idx, count = jax.jit(lambda x, t: ops.filter(x, t, zero, cfg.buffer))(scores, th)
+  cap = cfg.capacity
+  steps = {
+      "chunk_max": (jax.jit(lambda x: ops.chunk_max(x, cfg.chunk)), (scores,)),
+      "kth_largest": (jax.jit(lambda m: ops.kth_largest(m, w)), (maxima,)),
+      "filter": (jax.jit(lambda x, t: ops.filter(x, t, zero, cfg.buffer)), (scores, th)),
+      "sort_select": (jax.jit(lambda a, b, c: ops.sort_select(a[:, :cap], b[:, :cap], c, n,
+                                                                w)), (keys, idx, count)),
+  }
+  out = {name: _median_ms(lambda f=f, a=a: f(*a), _jax_sync, reps, 10)
+         for name, (f, a) in steps.items()}
+  out["max_candidates"] = int(jnp.max(count))
+  out["config"] = str(cfg)
+  for chunk in (256, 512, 1024):
+    for capacity in (2048, 4096):
+      c = topk.Config(chunk=chunk, capacity=capacity, buffer=cfg.buffer)
+      f = jax.jit(lambda x, c=c: topk.top_k(x, w, impl="triton", config=c))
+      out[f"top_k_chunk{chunk}_cap{capacity}"] = _median_ms(lambda: f(scores), _jax_sync,
+                                                            reps, 10)
+  return out
 
 
 def bench_router(t: int, e: int, k: int, dtype, reps: int, torch_ops) -> dict:
@@ -142,10 +179,11 @@ def main():
       times = bench_router(t, e, k, dtype, args.reps, torch_ops)
       rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
                    "ms": times, "ratios": _ratios(times, "triton_router")})
+  breakdown = bench_breakdown(args.reps)
   result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
             "torch": torch_ops[0].__version__ if torch_ops else None, "commit": commit,
-            "timing": f"median of {args.reps} synchronised calls after 3 warm-ups "
-                      "(lax_*, xla_*: a quarter as many)", "rows": rows}
+            "timing": _time_all.__doc__ + f" reps={args.reps}, after 3 warm-ups",
+            "rows": rows, "breakdown_w512_fp32": breakdown}
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"{result['device']}  jax {result['jax']}  commit {commit[:10]}")
@@ -162,6 +200,7 @@ def main():
           f"{ms.get('torch_topk', np.nan):7.3f} {ra['kernel_over_floor']:5.2f} "
           f"{ra['lax_top_k_over_kernel']:6.1f} {ra.get('torch_topk_over_kernel', np.nan):6.1f} "
           f"{r.get('ratios_fused', {}).get('kernel_over_floor', np.nan):5.2f}")
+  print("breakdown W=512 fp32 (ms):", json.dumps(breakdown))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from onerec_kernels import topk
 from onerec_kernels.topk import radix
 
 FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
-BOUND = topk.Config(chunk=4, capacity=64)  # bound path at n in the hundreds
-TIGHT = topk.Config(chunk=4, capacity=16)  # overflows on ties: radix refinement
+# Small configs that take each path at n in the hundreds: the bound's candidates fit;
+# refinement over the candidate buffer; refinement over whole rows.
+BOUND = topk.Config(chunk=4, capacity=64)
+LOOSE = topk.Config(chunk=64, capacity=16, buffer=256)
+WIDE = topk.Config(chunk=4, capacity=16, buffer=2048)
+TIGHT = topk.Config(chunk=4, capacity=16)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "impl", "config"))
@@ -53,10 +57,12 @@ def _data(kind, shape, dtype, seed=0):
   return jnp.asarray(x, dtype)
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("kind,config", [("mixed", None), ("random", BOUND), ("mixed", BOUND),
-                                         ("mixed", TIGHT)],
-                         ids=["whole", "bound", "bound-overflow", "refine"])
+@pytest.mark.parametrize("kind,config,dtype", [
+    ("mixed", None, jnp.float32), ("random", BOUND, jnp.float32),
+    ("random", LOOSE, jnp.float32), ("mixed", WIDE, jnp.float32),
+    ("mixed", TIGHT, jnp.float32), ("mixed", TIGHT, jnp.bfloat16),
+    ("mixed", TIGHT, jnp.float16)],
+    ids=["whole", "bound", "buffer", "buffer-ties", "rows", "rows-bf16", "rows-f16"])
 def test_radix_matches_lax(kind, dtype, config):
   _check(_data(kind, (5, 1000 + 37), dtype), 16, config=config)
 
@@ -91,7 +97,7 @@ def test_default_entry_point_is_reference_off_gpu():
     topk.top_k(x, 5, impl="sort")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 200), data=st.data())
 def test_radix_property(n, data):
   k = data.draw(st.integers(1, n))
@@ -100,8 +106,9 @@ def test_radix_property(n, data):
   picks = data.draw(st.lists(st.integers(0, 7), min_size=2 * n, max_size=2 * n))
   x = jnp.asarray(pool[np.array(picks)].reshape(2, n), dtype)
   capacity = data.draw(st.sampled_from([radix._pow2(k), 2 * radix._pow2(k)]))
+  buffer = capacity * data.draw(st.sampled_from([1, 4]))
   chunk = data.draw(st.sampled_from([1, 2, 4, 16]))
-  _check(x, k, config=topk.Config(chunk=chunk, capacity=capacity))
+  _check(x, k, config=topk.Config(chunk=chunk, capacity=capacity, buffer=buffer))
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -11,12 +11,14 @@ GPU kernels:
    largest key is kept. The k-th largest of those P maxima is a lower bound L on the row's
    k-th largest key, since k distinct elements reach it.
 3. Filter (one read): elements with composite key >= threshold (L, 0) are compacted into
-   `capacity` slots per row; a row's count is exact even when it exceeds the capacity.
-4. Radix refinement, only when some row overflowed (a loose bound: heavy ties, all-equal
-   rows, top values packed into few chunks): radix select over the composite key,
-   `digit_bits` per round from the top, counting keys >= each of the 2**digit_bits pivots,
-   until at most `capacity` keys pass the threshold; then filter again. After all bits the
-   threshold is the exact k-th composite key, which exactly k keys reach, so it ends.
+   `buffer` slots per row; a row's count is exact even when it exceeds the buffer.
+4. Radix refinement, only when some row has more than `capacity` candidates (a loose
+   bound: top values packed into few chunks, heavy ties, all-equal rows): radix select
+   over the composite key, `digit_bits` per round from the top, counting keys >= each of
+   the 2**digit_bits pivots, until at most `capacity` keys reach the threshold; then
+   filter again. It runs over the buffer when every row's candidates fit there, else over
+   the whole rows. After all bits the threshold is the exact k-th composite key, which
+   exactly k keys reach, so it ends.
 5. Final small sort of the <= capacity candidates by (key desc, index asc); the first k
    are the answer.
 """
@@ -30,23 +32,31 @@ import jax.numpy as jnp
 
 _MAX_CHUNKS = 8192  # largest bound sort (step 2)
 _DIRECT_SORT = 8192  # rows up to this length skip the bound and sort whole
+_BUFFER = 32768  # default candidate buffer per row
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Tunables; `Config.default(n, k)` is the heuristic. capacity is a power of two >= k."""
+  """Tunables; `Config.default(n, k)` is the heuristic. capacity and buffer are powers of
+  two, k <= capacity <= buffer."""
 
   chunk: int  # elements per chunk whose maximum feeds the bound
   capacity: int  # candidate slots per row for the final sort
+  buffer: int = 0  # candidate slots per row of the first filter; 0 means capacity
   block: int = 4096  # elements per program in the streaming GPU kernels
   digit_bits: int = 4  # radix digit of the refinement rounds
+
+  def __post_init__(self):
+    if self.buffer == 0:
+      object.__setattr__(self, "buffer", self.capacity)
 
   @classmethod
   def default(cls, n: int, k: int) -> "Config":
     if n <= _DIRECT_SORT:
       return cls(chunk=16, capacity=_pow2(max(n, k)))
-    return cls(chunk=max(16, _pow2(-(-n // _MAX_CHUNKS))),
-               capacity=min(8192, max(2048, 4 * _pow2(k))))
+    capacity = min(8192, max(2048, 4 * _pow2(k)))
+    return cls(chunk=max(16, _pow2(-(-n // _MAX_CHUNKS))), capacity=capacity,
+               buffer=max(capacity, min(_BUFFER, _pow2(n))))
 
 
 def _pow2(n: int) -> int:
@@ -85,41 +95,54 @@ Candidates = tuple[jax.Array, jax.Array, jax.Array]
 
 def select(n: int, k: int, cfg: Config, ops: Any, maxima: jax.Array,
            filter_fn: Callable[[jax.Array, jax.Array], Candidates],
-           materialize: Callable[[], jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Steps 2-5 for rows of length n, given the chunk maxima [R, P] (P may be 0).
+           materialize: Callable[[], jax.Array], bits: int) -> tuple[jax.Array, jax.Array]:
+  """Steps 2-5 for rows of length n with `bits`-bit keys, given the chunk maxima [R, P]
+  (P may be 0).
 
-  filter_fn(th_key [R], th_rank [R]) compacts the row's composite keys >= the threshold;
-  materialize() gives the rows [R, n] as floats for the refinement. ops supplies
-  kth_largest, filter, counts and sort_select (the backend's primitives).
+  filter_fn(th_key [R], th_rank [R]) compacts the rows' composite keys >= the threshold
+  into cfg.buffer slots; materialize() gives the rows [R, n] as floats for a refinement
+  over whole rows. ops supplies the backend's primitives (see JaxOps).
   Returns (keys [R, k] uint32, indices [R, k] int32).
   """
-  if cfg.capacity < k or cfg.capacity & (cfg.capacity - 1):
-    raise ValueError(f"{cfg}: capacity must be a power of two >= k={k}")
-  if maxima.shape[1] < k or n <= cfg.capacity:  # no bound, or every element fits
+  cap = cfg.capacity
+  if not k <= cap <= cfg.buffer or cap & (cap - 1) or cfg.buffer & (cfg.buffer - 1):
+    raise ValueError(f"{cfg}: needs powers of two k={k} <= capacity <= buffer")
+  if maxima.shape[1] < k or n <= cap:  # no bound, or every element fits
     th = jnp.zeros(maxima.shape[:1], jnp.uint32)
   else:
     th = ops.kth_largest(maxima, k)  # [R]
-  cand = filter_fn(th, jnp.zeros_like(th))
+  keys, idx, count = filter_fn(th, jnp.zeros_like(th))  # [R, buffer]
+  rows = th.shape[0]
 
-  def refine(_):
+  def fits(_):
+    return keys[:, :cap], idx[:, :cap], count
+
+  def refine_buffer(_):
+    counts = lambda pk, pr: ops.buffer_counts(keys, idx, count, n, pk, pr)
+    th_key, th_rank = radix_threshold(counts, rows, bits, n, k, cfg)
+    return ops.buffer_filter(keys, idx, count, n, th_key, th_rank, cap)
+
+  def refine_rows(_):
     x = materialize()  # [R, n]
-    th_key, th_rank = radix_threshold(x, k, cfg, ops)
-    return ops.filter(x, th_key, th_rank, cfg.capacity)
+    counts = lambda pk, pr: ops.counts(x, pk, pr)
+    th_key, th_rank = radix_threshold(counts, rows, bits, n, k, cfg)
+    return ops.filter(x, th_key, th_rank, cap)
 
-  cand = jax.lax.cond(jnp.any(cand[2] > cfg.capacity), refine, lambda _: cand, None)
+  most = jnp.max(count)
+  branch = (most > cap).astype(jnp.int32) + (most > cfg.buffer).astype(jnp.int32)
+  cand = jax.lax.switch(branch, (fits, refine_buffer, refine_rows), None)
   return ops.sort_select(*cand, n, k)
 
 
-def radix_threshold(x: jax.Array, k: int, cfg: Config, ops: Any
-                    ) -> tuple[jax.Array, jax.Array]:
+def radix_threshold(counts_fn: Callable[[jax.Array, jax.Array], jax.Array], rows: int,
+                    bits: int, n: int, k: int, cfg: Config) -> tuple[jax.Array, jax.Array]:
   """Step 4: a composite threshold (key [R], rank [R]) that at least k and at most
-  cfg.capacity composite keys of each row of x [R, N] reach."""
-  r, n = x.shape
+  cfg.capacity composite keys of each row reach; counts_fn(pivot keys [R, D], pivot ranks
+  [R, D]) counts the keys >= each pivot."""
   b = cfg.digit_bits
-  kb, rb = key_bits(x.dtype), n.bit_length()
   # (half, shift) of each digit, most significant first: key bits, then rank bits.
-  digits = ([(0, s) for s in range(kb - b, -1, -b)]
-            + [(1, s) for s in range(b * math.ceil(rb / b) - b, -1, -b)])
+  digits = ([(0, s) for s in range(bits - b, -1, -b)]
+            + [(1, s) for s in range(b * math.ceil(n.bit_length() / b) - b, -1, -b)])
   halves = jnp.array([h for h, _ in digits], jnp.int32)
   shifts = jnp.array([s for _, s in digits], jnp.uint32)
   steps = jnp.arange(1 << b, dtype=jnp.uint32)  # [D]
@@ -134,26 +157,54 @@ def radix_threshold(x: jax.Array, k: int, cfg: Config, ops: Any
     in_key = halves[i] == 0
     piv_key = jnp.where(in_key, th_key[:, None] | step, th_key[:, None])  # [R, D]
     piv_rank = jnp.where(in_key, th_rank[:, None], th_rank[:, None] | step)
-    counts = ops.counts(x, piv_key, piv_rank)  # [R, D], non-increasing in D
+    counts = counts_fn(piv_key, piv_rank)  # [R, D], non-increasing along D
     j = jnp.sum(counts >= k, axis=1, keepdims=True) - 1  # [R, 1]; counts[:, 0] >= k
     pick = lambda a: jnp.take_along_axis(a, j, axis=1)[:, 0]
     keep = lambda old, new: jnp.where(done, old, new)
     return (i + 1, keep(th_key, pick(piv_key)), keep(th_rank, pick(piv_rank)),
             done | (pick(counts) <= cfg.capacity))
 
-  zero = jnp.zeros((r,), jnp.uint32)
+  zero = jnp.zeros((rows,), jnp.uint32)
   _, th_key, th_rank, _ = jax.lax.while_loop(
-      cond, body, (0, zero, zero, jnp.zeros((r,), bool)))
+      cond, body, (0, zero, zero, jnp.zeros((rows,), bool)))
   return th_key, th_rank
-
-
-def _ranks(n: int) -> jax.Array:
-  return jnp.uint32(n) - jnp.arange(n, dtype=jnp.uint32)  # [N]
 
 
 def _reaches(keys, ranks, th_key, th_rank):
   """Composite (key, rank) >= (th_key, th_rank), thresholds broadcast against keys."""
   return (keys > th_key) | ((keys == th_key) & (ranks >= th_rank))
+
+
+def _compact(keys, idx, valid, n, th_key, th_rank, capacity) -> Candidates:
+  """Keys [R, M] (and their indices) of valid slots reaching the thresholds [R], packed
+  into capacity slots in order."""
+  r = keys.shape[0]
+  ranks = (n - idx).astype(jnp.uint32)
+  sel = valid & _reaches(keys, ranks, th_key[:, None], th_rank[:, None])  # [R, M]
+  pos = jnp.cumsum(sel, axis=1, dtype=jnp.int32) - 1
+  dest = jnp.where(sel & (pos < capacity), pos, capacity)  # capacity: dropped
+  rows = jnp.arange(r)[:, None]
+  put = lambda v: jnp.zeros((r, capacity), v.dtype).at[rows, dest].set(v, mode="drop")
+  return put(keys), put(idx), pos[:, -1] + 1
+
+
+def _count(keys, idx, valid, n, piv_key, piv_rank) -> jax.Array:
+  """Number of valid composite keys [R, M] >= each pivot [R, D]."""
+  ranks = (n - idx).astype(jnp.uint32)[:, :, None]
+  sel = valid[:, :, None] & _reaches(keys[:, :, None], ranks, piv_key[:, None, :],
+                                     piv_rank[:, None, :])  # [R, M, D]
+  return jnp.sum(sel, axis=1, dtype=jnp.int32)
+
+
+def _row_slots(x: jax.Array):
+  """(keys, indices, valid) of whole rows x [R, N]."""
+  idx = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape)
+  return to_keys(x), idx, jnp.ones(x.shape, bool)
+
+
+def _buffer_slots(keys, idx, count):
+  """(keys, indices, valid) of a candidate buffer [R, M] holding count [R] entries."""
+  return keys, idx, jnp.arange(keys.shape[1]) < count[:, None]
 
 
 class JaxOps:
@@ -173,26 +224,24 @@ class JaxOps:
     return jnp.sort(maxima, axis=1)[:, maxima.shape[1] - k]
 
   @staticmethod
-  def filter(x: jax.Array, th_key: jax.Array, th_rank: jax.Array,
-             capacity: int) -> Candidates:
-    """Compacts the composite keys of x [R, N] >= (th_key, th_rank) [R] into capacity
-    slots."""
-    r, n = x.shape
-    keys = to_keys(x)
-    sel = _reaches(keys, _ranks(n), th_key[:, None], th_rank[:, None])  # [R, N]
-    pos = jnp.cumsum(sel, axis=1, dtype=jnp.int32) - 1
-    dest = jnp.where(sel & (pos < capacity), pos, capacity)  # capacity: dropped
-    rows = jnp.arange(r)[:, None]
-    put = lambda v: jnp.zeros((r, capacity), v.dtype).at[rows, dest].set(v, mode="drop")
-    idx = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (r, n))
-    return put(keys), put(idx), pos[:, -1] + 1
+  def filter(x, th_key, th_rank, capacity) -> Candidates:
+    """Compacts the composite keys of rows x [R, N] >= (th_key, th_rank) [R]."""
+    return _compact(*_row_slots(x), x.shape[1], th_key, th_rank, capacity)
 
   @staticmethod
-  def counts(x: jax.Array, piv_key: jax.Array, piv_rank: jax.Array) -> jax.Array:
+  def buffer_filter(keys, idx, count, n, th_key, th_rank, capacity) -> Candidates:
+    """filter over a candidate buffer of rows of length n."""
+    return _compact(*_buffer_slots(keys, idx, count), n, th_key, th_rank, capacity)
+
+  @staticmethod
+  def counts(x, piv_key, piv_rank) -> jax.Array:
     """Number of composite keys of each row of x [R, N] >= each pivot [R, D]."""
-    keys, ranks = to_keys(x)[:, :, None], _ranks(x.shape[1])[None, :, None]
-    sel = _reaches(keys, ranks, piv_key[:, None, :], piv_rank[:, None, :])  # [R, N, D]
-    return jnp.sum(sel, axis=1, dtype=jnp.int32)
+    return _count(*_row_slots(x), x.shape[1], piv_key, piv_rank)
+
+  @staticmethod
+  def buffer_counts(keys, idx, count, n, piv_key, piv_rank) -> jax.Array:
+    """counts over a candidate buffer."""
+    return _count(*_buffer_slots(keys, idx, count), n, piv_key, piv_rank)
 
   @staticmethod
   def sort_select(keys: jax.Array, idx: jax.Array, count: jax.Array, n: int,
@@ -216,20 +265,21 @@ def top_k(x: jax.Array, k: int, cfg: Config | None = None, ops: Any = JaxOps
   cfg = cfg or Config.default(n, k)
   maxima = (ops.chunk_max(x, cfg.chunk) if n > cfg.capacity
             else jnp.zeros((r, 0), jnp.uint32))  # short rows: every element fits
-  filter_fn = lambda th_key, th_rank: ops.filter(x, th_key, th_rank, cfg.capacity)
-  keys, idx = select(n, k, cfg, ops, maxima, filter_fn, lambda: x)
+  filter_fn = lambda th_key, th_rank: ops.filter(x, th_key, th_rank, cfg.buffer)
+  keys, idx = select(n, k, cfg, ops, maxima, filter_fn, lambda: x, key_bits(x.dtype))
   return from_keys(keys, x.dtype), idx
 
 
 def top_k_rounds(x: jax.Array, k: int) -> jax.Array:
   """Indices [R, k] of the k largest of short rows x [R, E] by k rounds of a row maximum
   over the composite key (key, rank): the router kernel's algorithm (k <= 16)."""
-  keys, ranks = to_keys(x), _ranks(x.shape[1])  # [R, E], [E]
+  e = x.shape[1]
+  keys, ranks = to_keys(x), (e - jnp.arange(e)).astype(jnp.uint32)  # [R, E], [E]
   live = jnp.ones(x.shape, bool)
   ids = []
   for _ in range(k):
     top = jnp.max(jnp.where(live, keys, 0), axis=1, keepdims=True)  # [R, 1]
     rank = jnp.max(jnp.where(live & (keys == top), ranks, 0), axis=1, keepdims=True)
-    ids.append(x.shape[1] - rank.astype(jnp.int32))
+    ids.append(e - rank.astype(jnp.int32))
     live = live & (ranks != rank)
   return jnp.concatenate(ids, axis=1)

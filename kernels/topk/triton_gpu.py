@@ -17,6 +17,11 @@ from onerec_kernels.topk import radix
 _WARPS = 8
 
 
+def _none() -> jax.Array:
+  """Placeholder for a pointer argument the kernel does not read."""
+  return jnp.zeros((1,), jnp.int32)
+
+
 def _call(kernel, *args, out, grid, zeroed=(), warps=_WARPS, **meta):
   return jt.triton_call(*args, kernel=kernel, out_shape=out, grid=grid,
                         num_warps=warps, zeroed_outputs=zeroed, **meta)
@@ -33,10 +38,7 @@ def _to_key(x, BITS: tl.constexpr):
     u = x.to(tl.uint32, bitcast=True)
   else:
     u = x.to(tl.uint16, bitcast=True).to(tl.uint32)
-  key = tl.where((u >> (BITS - 1)) != 0, ~u, u ^ (1 << (BITS - 1)))
-  if BITS == 16:
-    key = key & 0xFFFF
-  return key
+  return tl.where((u >> (BITS - 1)) != 0, u ^ ((1 << BITS) - 1), u ^ (1 << (BITS - 1)))
 
 
 @triton.jit
@@ -81,27 +83,49 @@ def _kth_kernel(m_ptr, out_ptr, P: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.co
 
 
 @triton.jit
-def _filter_kernel(x_ptr, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, N: tl.constexpr,
-                   C: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr):
-  row = tl.program_id(0)
-  offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-  inb = offs < N
-  keys = _to_key(tl.load(x_ptr + row.to(tl.int64) * N + offs, mask=inb), BITS)
-  _compact(keys, offs, inb, N, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, C)
+def _load_slots(src_ptr, idx_ptr, cnt_ptr, row, offs, N: tl.constexpr, M: tl.constexpr,
+                BITS: tl.constexpr, FROM_BUFFER: tl.constexpr):
+  """(keys, indices, valid) at offs of a row: of the floats src [R, N] or, FROM_BUFFER, of
+  the candidate buffer (keys src, indices idx) [R, M] holding cnt[row] entries."""
+  if FROM_BUFFER:
+    inb = offs < tl.minimum(tl.load(cnt_ptr + row), M)
+    keys = tl.load(src_ptr + row * M + offs, mask=inb, other=0)
+    idx = tl.load(idx_ptr + row * M + offs, mask=inb, other=0)
+  else:
+    inb = offs < N
+    keys = _to_key(tl.load(src_ptr + row.to(tl.int64) * N + offs, mask=inb), BITS)
+    idx = offs
+  return keys, idx, inb
 
 
 @triton.jit
-def _counts_kernel(x_ptr, pk_ptr, pr_ptr, out_ptr, N: tl.constexpr, D: tl.constexpr,
-                   BLOCK: tl.constexpr, BITS: tl.constexpr):
+def _filter_kernel(src_ptr, sidx_ptr, scnt_ptr, thk_ptr, thr_ptr, key_ptr, idx_ptr,
+                   cnt_ptr, N: tl.constexpr, M: tl.constexpr, C: tl.constexpr,
+                   BLOCK: tl.constexpr, BITS: tl.constexpr, FROM_BUFFER: tl.constexpr):
   row = tl.program_id(0)
   offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-  inb = offs < N
-  keys = _to_key(tl.load(x_ptr + row.to(tl.int64) * N + offs, mask=inb), BITS)
-  ranks = (N - offs).to(tl.uint32)
+  keys, idx, inb = _load_slots(src_ptr, sidx_ptr, scnt_ptr, row, offs, N, M, BITS,
+                               FROM_BUFFER)
+  _compact(keys, idx, inb, N, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, C)
+
+
+@triton.jit
+def _counts_kernel(src_ptr, sidx_ptr, scnt_ptr, pk_ptr, pr_ptr, out_ptr, N: tl.constexpr,
+                   M: tl.constexpr, D: tl.constexpr, SPAN: tl.constexpr, SUB: tl.constexpr,
+                   BITS: tl.constexpr, FROM_BUFFER: tl.constexpr):
+  """Counts of the row's composite keys >= each of its D pivots, SPAN slots a program."""
+  row = tl.program_id(0)
   d = tl.arange(0, D)
-  pk, pr = tl.load(pk_ptr + row * D + d), tl.load(pr_ptr + row * D + d)  # [D]
-  sel = inb[:, None] & _reaches(keys[:, None], ranks[:, None], pk[None, :], pr[None, :])
-  tl.atomic_add(out_ptr + row * D + d, tl.sum(sel.to(tl.int32), axis=0))
+  pk, pr = tl.load(pk_ptr + row * D + d)[None, :], tl.load(pr_ptr + row * D + d)[None, :]
+  acc = tl.zeros((D,), tl.int32)
+  for start in range(0, SPAN, SUB):
+    offs = tl.program_id(1) * SPAN + start + tl.arange(0, SUB)
+    keys, idx, inb = _load_slots(src_ptr, sidx_ptr, scnt_ptr, row, offs, N, M, BITS,
+                                 FROM_BUFFER)
+    ranks = (N - idx).to(tl.uint32)[:, None]
+    sel = inb[:, None] & _reaches(keys[:, None], ranks, pk, pr)  # [SUB, D]
+    acc += tl.sum(sel.to(tl.int32), axis=0)
+  tl.atomic_add(out_ptr + row * D + d, acc)
 
 
 @triton.jit
@@ -139,19 +163,37 @@ class TritonOps:
     return _call(_kth_kernel, maxima, out=_shape((r,), jnp.uint32), grid=(r,),
                  warps=16, P=p, K=k, BLOCK_P=radix._pow2(p))
 
-  def filter(self, x: jax.Array, th_key: jax.Array, th_rank: jax.Array,
-             capacity: int) -> radix.Candidates:
-    r, n = x.shape
-    return _call(_filter_kernel, x, th_key, th_rank, out=_candidates(r, capacity),
-                 grid=(r, -(-n // self.block)), zeroed=(2,), N=n, C=capacity,
-                 BLOCK=self.block, BITS=radix.key_bits(x.dtype))
+  def filter(self, x, th_key, th_rank, capacity) -> radix.Candidates:
+    n = x.shape[1]
+    return self._filter((x, _none(), _none()), n, n, th_key, th_rank, capacity,
+                        radix.key_bits(x.dtype), False)
 
-  def counts(self, x: jax.Array, piv_key: jax.Array, piv_rank: jax.Array) -> jax.Array:
-    (r, n), d = x.shape, piv_key.shape[1]
-    block = max(128, self.block // d)
-    return _call(_counts_kernel, x, piv_key, piv_rank,
-                 out=_shape((r, d), jnp.int32), grid=(r, -(-n // block)), zeroed=(0,),
-                 N=n, D=d, BLOCK=block, BITS=radix.key_bits(x.dtype))
+  def buffer_filter(self, keys, idx, count, n, th_key, th_rank,
+                    capacity) -> radix.Candidates:
+    return self._filter((keys, idx, count), n, keys.shape[1], th_key, th_rank, capacity,
+                        32, True)
+
+  def counts(self, x, piv_key, piv_rank) -> jax.Array:
+    n = x.shape[1]
+    return self._counts((x, _none(), _none()), n, n, piv_key, piv_rank,
+                        radix.key_bits(x.dtype), False)
+
+  def buffer_counts(self, keys, idx, count, n, piv_key, piv_rank) -> jax.Array:
+    return self._counts((keys, idx, count), n, keys.shape[1], piv_key, piv_rank, 32, True)
+
+  def _filter(self, slots, n, m, th_key, th_rank, capacity, bits, from_buffer):
+    """slots: (floats [R, n], -, -) or a buffer (keys, indices [R, m], count [R])."""
+    r = th_key.shape[0]
+    return _call(_filter_kernel, *slots, th_key, th_rank, out=_candidates(r, capacity),
+                 grid=(r, -(-m // self.block)), zeroed=(2,), N=n, M=m, C=capacity,
+                 BLOCK=self.block, BITS=bits, FROM_BUFFER=from_buffer)
+
+  def _counts(self, slots, n, m, piv_key, piv_rank, bits, from_buffer):
+    r, d = piv_key.shape
+    return _call(_counts_kernel, *slots, piv_key, piv_rank, out=_shape((r, d), jnp.int32),
+                 grid=(r, -(-m // self.block)), zeroed=(0,), N=n, M=m, D=d,
+                 SPAN=self.block, SUB=max(16, 4096 // d), BITS=bits,
+                 FROM_BUFFER=from_buffer)
 
   @staticmethod
   def sort_select(keys: jax.Array, idx: jax.Array, count: jax.Array, n: int,
@@ -237,7 +279,7 @@ def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
   n, block_v = w * v, radix._pow2(v)
   chunk = min(cfg.chunk, block_v)
   has_mask = valid_mask is not None
-  mask = valid_mask if has_mask else jnp.zeros((1,), bool)  # unread placeholder
+  mask = valid_mask if has_mask else _none()
   meta = dict(V=v, HAS_MASK=has_mask)
   maxima, mx, ls = _call(
       _beam_stats_kernel, logits, beam_scores, mask,
@@ -246,13 +288,13 @@ def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
       grid=(b * w,), G=block_v // chunk, CHUNK=chunk, **meta)
   filter_fn = lambda th_key, th_rank: _call(
       _beam_filter_kernel, logits, beam_scores, mask, mx, ls, th_key, th_rank,
-      out=_candidates(b, cfg.capacity), grid=(b * w,), zeroed=(2,), W=w,
-      BLOCK_V=block_v, C=cfg.capacity, **meta)
+      out=_candidates(b, cfg.buffer), grid=(b * w,), zeroed=(2,), W=w,
+      BLOCK_V=block_v, C=cfg.buffer, **meta)
   materialize = lambda: _call(
       _beam_scores_kernel, logits, beam_scores, mask, mx, ls,
       out=_shape((b, n), jnp.float32), grid=(b * w,), BLOCK_V=block_v, **meta)
   keys, idx = radix.select(n, k, cfg, TritonOps(cfg.block), maxima, filter_fn,
-                           materialize)
+                           materialize, 32)
   return radix.from_keys(keys, jnp.float32), idx
 
 
@@ -305,7 +347,7 @@ def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
   block_t = max(1, 4096 // block_e)
   has_bias = bias is not None
   return _call(
-      _router_kernel, logits, bias if has_bias else jnp.zeros((1,), jnp.float32),
+      _router_kernel, logits, bias if has_bias else _none(),
       out=(_shape((t, k), jnp.int32), _shape((t, k), jnp.float32)),
       grid=(-(-t // block_t),), warps=4, T=t, E=e, K=k, SCALING=float(scaling),
       BLOCK_T=block_t, BLOCK_E=block_e,
