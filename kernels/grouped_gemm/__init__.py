@@ -1,5 +1,11 @@
-"""Grouped GEMM for MoE experts: reference, routing permutation, and the entry point."""
+"""Grouped GEMM for MoE experts: reference, Pallas kernels, routing permutation, and the
+entry points that pick the backend."""
 
+from onerec_kernels.gemm_mgpu import on_hopper
+from onerec_kernels.grouped_gemm.pallas import (
+    fp8_grouped_gemm_pallas,
+    grouped_gemm_pallas,
+)
 from onerec_kernels.grouped_gemm.reference import (
     fp8_grouped_gemm_reference,
     grouped_gemm_reference,
@@ -12,9 +18,11 @@ from onerec_kernels.quantize.reference import quantize_blocks
 def grouped_gemm(x, w, group_sizes, *, out_dtype=None):
   """y[m] = x[m] @ w[group(m)].T. x [M, K] sorted by group, w [E, N, K] -> [M, N].
 
-  The one entry point the model's experts call; it picks the backend (only the reference
-  exists yet).
+  The one entry point the model's experts call: the Pallas kernel on a Hopper GPU for
+  16-bit operands, the reference elsewhere.
   """
+  if on_hopper() and x.dtype.itemsize == 2:
+    return grouped_gemm_pallas(x, w, group_sizes, out_dtype=out_dtype)
   return grouped_gemm_reference(x, w, group_sizes, out_dtype=out_dtype)
 
 
@@ -22,14 +30,15 @@ def fp8_grouped_gemm(x, w_q, w_scale, group_sizes, *, out_dtype=None):
   """Quantizes x [M, K] in 1x128 blocks, then the block-scaled FP8 grouped GEMM with
   w_q [E, N, K] fp8 and w_scale [E, ceil(N/128), ceil(K/128)] -> [M, N].
 
-  The entry point the experts call under FP8 rules; it picks the backend (only the
-  reference exists yet).
+  The entry point the experts call under FP8 rules: the Pallas kernel on a Hopper GPU,
+  the reference elsewhere.
   """
   out_dtype = out_dtype or x.dtype
   x_q, x_scale = quantize_blocks(x, 1, 128)
-  return fp8_grouped_gemm_reference(x_q, x_scale, w_q, w_scale, group_sizes,
-                                    out_dtype=out_dtype)
+  impl = fp8_grouped_gemm_pallas if on_hopper() else fp8_grouped_gemm_reference
+  return impl(x_q, x_scale, w_q, w_scale, group_sizes, out_dtype=out_dtype)
 
 
-__all__ = ["combine", "fp8_grouped_gemm", "fp8_grouped_gemm_reference", "grouped_gemm",
+__all__ = ["combine", "fp8_grouped_gemm", "fp8_grouped_gemm_pallas",
+           "fp8_grouped_gemm_reference", "grouped_gemm", "grouped_gemm_pallas",
            "grouped_gemm_reference", "row_groups", "sort_by_expert"]

@@ -1,4 +1,7 @@
-"""FP8 quantization of rows and blocks (reference in jax.numpy)."""
+"""FP8 quantization of rows and blocks (reference in jax.numpy), and RMSNorm fused with
+per-token quantization."""
+
+from onerec_kernels.quantize.fused import rmsnorm_quantize_rows
 
 from onerec_kernels.quantize.reference import (
     FP8_DTYPE,
@@ -11,4 +14,5 @@ from onerec_kernels.quantize.reference import (
 )
 
 __all__ = ["FP8_DTYPE", "FP8_MAX", "dequantize_blocks", "dequantize_rows",
-           "quantize_blocks", "quantize_rows", "scale_from_amax"]
+           "quantize_blocks", "quantize_rows", "rmsnorm_quantize_rows",
+           "scale_from_amax"]

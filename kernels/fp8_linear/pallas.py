@@ -1,0 +1,45 @@
+"""FP8 linear on Hopper: the shared Mosaic GPU GEMM core with per-token x per-channel
+scales applied to the FP32 accumulator in the epilogue."""
+
+import jax
+import jax.numpy as jnp
+
+from onerec_kernels.gemm_mgpu import core
+
+
+def default_config(m: int, n: int, k: int) -> core.Config:
+  """Heuristic tiling per shape.
+
+  Small M (decode step 1 has 32 tokens): a 64-row tile with the two warpgroups side by
+  side along N and narrow columns, so that more SMs stream the weight. Otherwise 128x128
+  warpgroup tiles stacked along M (a 256x128 CTA; N = 1408 = 11 x 128 rules out 256-wide
+  columns).
+  """
+  del k
+  if m <= 64:
+    return core.Config(tile_m=64, tile_n=64 if n >= 1024 else 32, wg_dimension="n",
+                       max_concurrent_steps=6, epi_tile_n=32)
+  if m <= 2048:
+    return core.Config(tile_m=64, tile_n=128, wg_dimension="m", max_concurrent_steps=4)
+  return core.Config(tile_m=128, tile_n=128, wg_dimension="m", max_concurrent_steps=4,
+                     epi_tile_n=32)
+
+
+def fp8_linear_pallas(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array,
+                      w_scale: jax.Array, *, out_dtype=jnp.bfloat16,
+                      config: core.Config | None = None) -> jax.Array:
+  """x_q [M, K] fp8, x_scale [M] f32, w_q [N, K] fp8, w_scale [N] f32 -> [M, N].
+
+  Same contract as fp8_linear_reference. M, N, K are zero-padded to the tiles (no copy at
+  the model's shapes, which are multiples of 128 in N and K).
+  """
+  m, k = x_q.shape
+  n = w_q.shape[0]
+  cfg = config or default_config(m, n, k)
+  mp, np_, kp = (core.round_up(m, cfg.cta_m), core.round_up(n, cfg.cta_n),
+                 core.round_up(k, cfg.tile_k))
+  y = core.gemm(core.pad_to(x_q, (mp, kp)), core.pad_to(w_q, (np_, kp))[None],
+                core.pad_to(x_scale.astype(jnp.float32), (mp,)),
+                core.pad_to(w_scale.astype(jnp.float32), (np_,))[None],
+                out_dtype=out_dtype, cfg=cfg, scaling="rowcol")
+  return y if (mp, np_) == (m, n) else y[:m, :n]

@@ -1,0 +1,14 @@
+"""Shared Pallas Mosaic GPU GEMM core for the FP8 linear and grouped-GEMM kernels."""
+
+from onerec_kernels.gemm_mgpu.core import (
+    Config,
+    gemm,
+    num_sms,
+    on_hopper,
+    pad_to,
+    round_up,
+    tile_schedule,
+)
+
+__all__ = ["Config", "gemm", "num_sms", "on_hopper", "pad_to", "round_up",
+           "tile_schedule"]

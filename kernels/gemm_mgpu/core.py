@@ -1,0 +1,291 @@
+"""The GEMM core of the FP8 linear and grouped-GEMM kernels (Pallas Mosaic GPU, Hopper).
+
+One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
+a [M, K] and b [G, N, K] through shared memory with TMA; two compute warpgroups run wgmma
+with FP32 accumulation over a persistent grid. Both operands stay K-major because FP8
+wgmma rejects transposed operands (DESIGN.md section 4). Variants, chosen statically:
+- rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
+  to one group and the rows it owns; tiles never straddle two groups);
+- scaling: none, "rowcol" (y = s_a[m] * s_b[n] * acc in the epilogue: per-token x
+  per-channel FP8), or "block" (each 128-wide K block's product scaled by
+  s_a[m, kb] * s_b[g, kb, n] and added into the FP32 accumulator: 1x128 / 128x128 FP8;
+  a warpgroup's columns lie in one 128-block, so s_b is one scalar per step).
+Callers pad M, N and K to the tiles; padding rows and columns are sliced off outside.
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+NUM_COMPUTE_WGS = 2
+ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Tiling of one compute warpgroup and how the CTA and the grid are laid out."""
+  tile_m: int = 128  # rows of one compute warpgroup's tile (64 or 128)
+  tile_n: int = 128  # columns of one compute warpgroup's tile
+  tile_k: int = 128  # K per pipeline step; "block" scaling needs the 128 of the scales
+  max_concurrent_steps: int = 3  # pipeline stages in shared memory
+  wg_dimension: str = "m"  # the two compute warpgroups split the CTA tile along m or n
+  epi_tile_n: int = 64  # columns per epilogue store of a 16-bit output (half for FP32)
+  grid_minor_dim: int = 1  # 0: walk m fastest, 1: walk n fastest (planar snake)
+  grid_tile_width: int = 4
+
+  @property
+  def cta_m(self) -> int:
+    return self.tile_m * (NUM_COMPUTE_WGS if self.wg_dimension == "m" else 1)
+
+  @property
+  def cta_n(self) -> int:
+    return self.tile_n * (NUM_COMPUTE_WGS if self.wg_dimension == "n" else 1)
+
+
+def on_hopper() -> bool:
+  """True when the default device is an sm_90 GPU, where these kernels run natively."""
+  dev = jax.devices()[0]
+  return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
+def round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Zero-pads x at the end of each axis up to shape (no copy when already there)."""
+  if x.shape == tuple(shape):
+    return x
+  return jnp.pad(x, [(0, t - s) for s, t in zip(x.shape, shape)])
+
+
+def num_sms() -> int:
+  """Streaming multiprocessors of the default device (132 on an H100 SXM)."""
+  try:
+    return jax.devices()[0].core_count
+  except AttributeError:
+    return 132
+
+
+def tile_schedule(group_sizes: jax.Array, num_rows: int, tile: int) -> jax.Array:
+  """Row tiles of a ragged product: [4, T] int32 of (row_start, group, lo, hi).
+
+  Slot t computes rows [row_start, row_start + tile) and stores [row_start + lo,
+  row_start + hi), all of one group. A group's tiles start at its first row rounded down
+  to ROW_ALIGN (about half a tile wasted per group, not one), shifted back where they
+  would pass the rows padded to the tile. Rows past sum(group_sizes) form a last
+  pseudo-group G whose output is zero. T is a static bound; unused slots have lo == hi.
+  """
+  g = group_sizes.shape[0]
+  sizes = group_sizes.astype(jnp.int32)
+  sizes = jnp.concatenate([sizes, jnp.maximum(num_rows - sizes.sum(), 0)[None]])
+  ends = jnp.cumsum(sizes)
+  starts = ends - sizes
+  base = starts // ROW_ALIGN * ROW_ALIGN
+  count = jnp.where(sizes > 0, -(-(ends - base) // tile), 0)
+  cum = jnp.cumsum(count)
+  # sum_e ceil((size_e + ROW_ALIGN - 1) / tile) over the G + 1 groups bounds the slots.
+  num_slots = pl.cdiv(num_rows + (ROW_ALIGN - 1) * (g + 1), tile) + g + 1
+  slots = jnp.arange(num_slots, dtype=jnp.int32)
+  grp = jnp.minimum(jnp.searchsorted(cum, slots, side="right"), g).astype(jnp.int32)
+  used = slots < cum[-1]
+  row0 = base[grp] + (slots - (cum - count)[grp]) * tile
+  row_start = jnp.minimum(row0, round_up(num_rows, tile) - tile)
+  lo = jnp.where(used, jnp.maximum(starts[grp], row0) - row_start, 0)
+  hi = jnp.where(used, jnp.minimum(ends[grp], row0 + tile) - row_start, 0)
+  return jnp.stack([jnp.where(used, row_start, 0), grp, lo, hi]).astype(jnp.int32)
+
+
+def _store_rows(o_smem, o_gmem, row0, col0, lo, hi, max_rows):
+  """TMA-stores rows [lo, hi) of o_smem to o_gmem rows row0 + [lo, hi): a ladder of
+  power-of-two row counts, since a TMA box has a static shape."""
+  count = hi - lo
+  start = lo
+  size = 1 << int(math.log2(max_rows))
+  while size >= 1:
+    @pl.when(count & size != 0)
+    def _():
+      plgpu.copy_smem_to_gmem(
+          o_smem.at[pl.ds(start, size)],
+          o_gmem.at[pl.ds(row0 + start, size), pl.ds(col0, o_smem.shape[1])])
+    start = start + (count & size)
+    size //= 2
+
+
+def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
+            m_tiles: int, n_tiles: int, k_iters: int):
+  """Kernel body; refs = [schedule] a b [s_a s_b] out."""
+  refs = list(refs)
+  sched_gmem = refs.pop(0) if ragged else None
+  a_gmem, b_gmem = refs.pop(0), refs.pop(0)
+  sa_gmem, sb_gmem = (refs.pop(0), refs.pop(0)) if scaling != "none" else (None, None)
+  (out_gmem,) = refs
+  dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
+  tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+  swizzle = plgpu.find_swizzle(tk * jnp.dtype(dtype).itemsize * 8)
+  transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
+                plgpu.SwizzleTransform(swizzle))
+  epi_n = min(cfg.epi_tile_n * 2 // jnp.dtype(out_dtype).itemsize, tn)
+  out_swizzle = plgpu.find_swizzle(epi_n * jnp.dtype(out_dtype).itemsize * 8)
+  out_transforms = (
+      plgpu.TilingTransform((8, out_swizzle // jnp.dtype(out_dtype).itemsize)),
+      plgpu.SwizzleTransform(out_swizzle))
+  split_m = cfg.wg_dimension == "m"
+
+  in_specs = [
+      plgpu.BlockSpec((cfg.cta_m, tk), lambda k: (0, k), transforms=transforms),
+      plgpu.BlockSpec((cfg.cta_n, tk), lambda k: (0, k), transforms=transforms),
+  ]
+  if scaling == "block":  # s_a [Kb, M] and s_b [G + 1, Kb, N], one K block per step
+    in_specs += [plgpu.BlockSpec((1, cfg.cta_m), lambda k: (k, 0)),
+                 plgpu.BlockSpec((1, cfg.cta_n), lambda k: (k, 0))]
+
+  def make_pipeline(body, context):
+    return plgpu.emit_pipeline_warp_specialized(
+        body, grid=(k_iters,), memory_registers=40, in_specs=in_specs,
+        wg_axis="wg", num_compute_wgs=NUM_COMPUTE_WGS,
+        max_concurrent_steps=cfg.max_concurrent_steps, compute_context=context)
+
+  ignore = lambda *_, **__: None
+  pipe_args = [a_gmem, b_gmem.at[0]]
+  if scaling == "block":
+    pipe_args += [sa_gmem, sb_gmem.at[0]]
+  scoped = dict(
+      pipeline_allocs=make_pipeline(ignore, ignore).get_allocations(*pipe_args),
+      # Ragged stores slice rows at any offset: no tiled (swizzled) layout there.
+      out_smem=plgpu.SMEM((NUM_COMPUTE_WGS, 2, tm, epi_n), out_dtype,
+                          transforms=() if ragged else out_transforms))
+  if scaling == "rowcol":
+    scoped.update(sa_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tm), jnp.float32),
+                  sb_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tn), jnp.float32),
+                  s_barrier=plgpu.Barrier(num_arrivals=2, num_barriers=NUM_COMPUTE_WGS))
+
+  @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
+  def _scope(pipeline_allocs, out_smem, sa_smem=None, sb_smem=None, s_barrier=None):
+    wg = lax.axis_index("wg")
+
+    @plgpu.nd_loop((m_tiles * n_tiles,), collective_axes="sm")
+    def _tile_loop(info: plgpu.NDLoopInfo):
+      mi, ni = plgpu.planar_snake(info.index[0], (m_tiles, n_tiles),
+                                  cfg.grid_minor_dim, cfg.grid_tile_width)
+      if ragged:
+        row_start = pl.multiple_of(sched_gmem[0, mi], ROW_ALIGN)
+        grp = sched_gmem[1, mi]
+        lo, hi = sched_gmem[2, mi], sched_gmem[3, mi]
+      else:
+        row_start, grp, lo, hi = mi * cfg.cta_m, 0, 0, cfg.cta_m
+      expert = jnp.minimum(grp, num_groups - 1)  # the zero tail group reads any weights
+      m_wg = wg * tm if split_m else 0
+      n_wg = 0 if split_m else wg * tn
+      row0 = row_start + m_wg  # first output row of this warpgroup's tile
+      col0 = ni * cfg.cta_n + n_wg
+      a_rows = pl.ds(m_wg, tm)
+      b_cols = pl.ds(n_wg, tn)
+
+      def epilogue(acc):
+        """acc [tm, tn] f32 -> scaled, cast, TMA-stored (only this group's rows)."""
+        if scaling == "rowcol":
+          plgpu.barrier_wait(s_barrier.at[wg])
+          acc = acc * sa_smem[wg][:, None] * sb_smem[wg][None, :]
+        elif scaling == "none" and ragged:
+          acc = acc * jnp.where(grp < num_groups, 1.0, 0.0).astype(jnp.float32)
+        acc = acc.astype(out_dtype)
+        r_lo = jnp.clip(lo - m_wg, 0, tm)
+        r_hi = jnp.clip(hi - m_wg, 0, tm)
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        for e in range(tn // epi_n):
+          slot = e % 2
+          plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+          out_smem[wg, slot] = acc[:, e * epi_n:(e + 1) * epi_n]
+          plgpu.commit_smem()
+          if ragged:
+            _store_rows(out_smem.at[wg, slot], out_gmem, row0, col0 + e * epi_n,
+                        r_lo, r_hi, tm)
+          else:
+            plgpu.copy_smem_to_gmem(
+                out_smem.at[wg, slot],
+                out_gmem.at[pl.ds(row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
+
+      if scaling == "block":
+        def context(run):
+          epilogue(run(jnp.zeros((tm, tn), jnp.float32)))
+
+        def body(_, a_smem, b_smem, sa_smem_k, sb_smem_k, acc):
+          def step(part_ref):
+            plgpu.wgmma(part_ref, a_smem.at[a_rows], b_smem.at[b_cols].T)
+            plgpu.wgmma_wait(0)
+            return part_ref[...]
+          part = pl.run_scoped(step, plgpu.ACC((tm, tn), jnp.float32))
+          # One weight block covers the warpgroup's columns: one FMA per element.
+          scale = sa_smem_k[0, a_rows] * sb_smem_k[0, n_wg]  # [tm]
+          return acc + part * scale[:, None]
+      else:
+        def context(run):
+          if scaling == "rowcol":  # scales land while the main loop runs
+            plgpu.copy_gmem_to_smem(sa_gmem.at[pl.ds(row0, tm)], sa_smem.at[wg],
+                                    s_barrier.at[wg])
+            plgpu.copy_gmem_to_smem(sb_gmem.at[0, pl.ds(col0, tn)], sb_smem.at[wg],
+                                    s_barrier.at[wg])
+
+          def acc_scope(acc_ref):
+            run(acc_ref)
+            epilogue(acc_ref[...])
+          pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), jnp.float32))
+
+        def body(_, a_smem, b_smem, acc_ref):
+          plgpu.wgmma(acc_ref, a_smem.at[a_rows], b_smem.at[b_cols].T)
+          plgpu.wgmma_wait(0)
+          return acc_ref
+
+      @pl.when(hi > lo)
+      def _():
+        args = [a_gmem.at[pl.ds(row_start, cfg.cta_m)],
+                b_gmem.at[expert, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
+        if scaling == "block":
+          args += [sa_gmem.at[:, pl.ds(row_start, cfg.cta_m)],
+                   sb_gmem.at[grp, :, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
+        make_pipeline(body, context)(*args, allocations=pipeline_allocs)
+
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
+         b_scale: jax.Array | None = None, schedule: jax.Array | None = None, *,
+         out_dtype, cfg: Config, scaling: str = "none") -> jax.Array:
+  """out[m, n] = sum_k a[m, k] b[g(m), n, k], scaled as `scaling` says.
+
+  a [M, K] and b [G, N, K] in one dtype (fp8 e4m3 or 16-bit); M a multiple of cfg.cta_m,
+  N of cfg.cta_n, K of cfg.tile_k. a_scale / b_scale: "rowcol" [M] and [1, N];
+  "block" [K / 128, M] and [G + 1, K / 128, N] (group G all zero, for the tail rows).
+  schedule: tile_schedule(...) for a ragged product (rows sorted by group); None: dense,
+  group 0 only. -> [M, N] out_dtype.
+  """
+  m, k = a.shape
+  g, n, k2 = b.shape
+  assert k == k2 and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+  assert m % cfg.cta_m == 0 and n % cfg.cta_n == 0 and k % cfg.tile_k == 0, (m, n, k, cfg)
+  assert scaling != "block" or 128 % cfg.tile_n == 0, "a tile_n within one 128-block"
+  ragged = schedule is not None
+  m_tiles = schedule.shape[1] if ragged else m // cfg.cta_m
+  n_tiles = n // cfg.cta_n
+  kernel = plgpu.kernel(
+      functools.partial(_kernel, cfg=cfg, scaling=scaling, ragged=ragged, num_groups=g,
+                        m_tiles=m_tiles, n_tiles=n_tiles, k_iters=k // cfg.tile_k),
+      out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
+      grid=(min(num_sms(), m_tiles * n_tiles),),
+      grid_names=("sm",),
+      num_threads=NUM_COMPUTE_WGS + 1,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+  )
+  args = ([schedule] if ragged else []) + [a, b]
+  if scaling != "none":
+    args += [a_scale, b_scale]
+  return kernel(*args)

@@ -1,0 +1,208 @@
+"""Benchmarks the Pallas FP8 linear against XLA bf16 / fp16 / fp8 on one GPU (issue 7).
+
+Checks every shape against fp8_linear_reference (the bound derived in
+onerec_kernels.gemm_mgpu.testing, poisoned output, no NaN),
+then times, in one run: the kernel alone; XLA bf16, fp16 and fp8 dot; RMSNorm + quantize
++ FP8 GEMM end to end against RMSNorm + bf16 GEMM. Kernel times come from CUPTI (device
+time of every kernel a call launches), median over many calls, over rotating input sets
+larger than L2. Prints a table last; writes JSON (--out).
+
+  PYTHONPATH=<dir holding onerec_kernels> python scripts/bench_fp8_linear.py --out r.json
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.mosaic.gpu import profiler
+
+from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
+from onerec_kernels.fp8_linear.reference import fp8_linear_reference
+from onerec_kernels.gemm_mgpu import core, testing
+from onerec_kernels.quantize import rmsnorm_quantize_rows
+from onerec_kernels.quantize.reference import quantize_rows
+
+L2_BYTES = 50 << 20
+EPS = 1e-6
+
+# name -> (K, N): moe-4b Linear shapes (d_model 1408) and the 1B preset's (d_model 1792).
+SHAPES = {
+    "moe4b.qkv": (1408, 4224), "moe4b.o": (1408, 1408), "moe4b.cross_q": (1408, 1408),
+    "moe4b.cross_o": (1408, 1408), "moe4b.ffn_gate_up": (1408, 11264),
+    "moe4b.ffn_down": (5632, 1408),
+    "1b.qkv": (1792, 5376), "1b.o": (1792, 1792), "1b.ffn_gate_up": (1792, 14336),
+    "1b.ffn_down": (7168, 1792),
+}
+# Each Linear of one moe-4b decoder layer, with the number of times it runs.
+MOE4B_LAYER = ["moe4b.qkv", "moe4b.o", "moe4b.cross_q", "moe4b.cross_o",
+               "moe4b.ffn_gate_up", "moe4b.ffn_down"]
+
+
+def device_ms(f, sets, iterations=30):
+  """Median device time (ms) of f(*s) per input set s, from CUPTI, over rotating sets."""
+  fn = jax.jit(lambda ss: [f(*s) for s in ss])
+  _, times = profiler.measure(fn, iterations=iterations)(sets)
+  return statistics.median(times) / len(sets)
+
+
+def num_sets(bytes_per_set):
+  return max(1, min(8, math.ceil(2 * L2_BYTES / bytes_per_set)))
+
+
+def rmsnorm(x, g):
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + EPS)
+  return (y * g).astype(x.dtype)
+
+
+def check(m, k, n, key, cfg=None):
+  """Kernel vs reference at one shape; returns (max err / bound, relative Frobenius err)."""
+  kx, kw = jax.random.split(key)
+  x = jax.random.normal(kx, (m, k), jnp.float32) * 3.0
+  x = x.at[m // 2].set(0.0).at[0, :8].set(1000.0)  # a zero row, values beyond 448
+  w = jax.random.normal(kw, (n, k), jnp.float32) * 0.05
+  x_q, x_s = quantize_rows(x)
+  w_q, w_s = quantize_rows(w)
+  f = jax.jit(lambda a, b, c, d: fp8_linear_pallas(a, b, c, d, out_dtype=jnp.float32,
+                                                   config=cfg))
+  out = testing.poisoned_call(lambda: f(x_q, x_s, w_q, w_s), (m, n), jnp.float32)
+  ref = fp8_linear_reference(x_q, x_s, w_q, w_s, out_dtype=jnp.float32)
+  ratio, rel = testing.assert_within(out, ref,
+                                     testing.fp8_linear_error_bound(x_q, x_s, w_q, w_s),
+                                     testing.fp8_linear_rel_tol(k))
+  out_bf16 = testing.poisoned_call(
+      lambda: jax.jit(fp8_linear_pallas)(x_q, x_s, w_q, w_s), (m, n), jnp.bfloat16)
+  assert bool(jnp.all(jnp.isfinite(out_bf16.astype(jnp.float32))))
+  return ratio, rel
+
+
+def bench_shape(m, k, n, key, configs):
+  """Same-run times (ms) of every variant at one shape."""
+  set_bytes = m * k * 2 + n * k * 2
+  ns = num_sets(set_bytes)
+  keys = jax.random.split(key, 2 * ns)
+  xs = [jax.random.normal(keys[i], (m, k), jnp.bfloat16) for i in range(ns)]
+  ws = [(jax.random.normal(keys[ns + i], (n, k), jnp.float32) * 0.05) for i in range(ns)]
+  gs = [jnp.ones((k,), jnp.float32)] * ns
+  wq = [quantize_rows(w) for w in ws]
+  xq = [quantize_rows(x) for x in xs]
+  wb = [w.astype(jnp.bfloat16) for w in ws]
+  wh = [w.astype(jnp.float16) for w in ws]
+  xh = [x.astype(jnp.float16) for x in xs]
+  dims = (((1,), (1,)), ((), ()))
+  t = {}
+  t["xla_bf16"] = device_ms(lambda x, w: jax.lax.dot_general(x, w, dims), list(zip(xs, wb)))
+  t["xla_fp16"] = device_ms(lambda x, w: jax.lax.dot_general(x, w, dims), list(zip(xh, wh)))
+  t["xla_fp8"] = device_ms(
+      lambda x, w: jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.bfloat16),
+      [(a[0], b[0]) for a, b in zip(xq, wq)])
+  for name, cfg in configs.items():
+    t[name] = device_ms(lambda a, b, c, d: fp8_linear_pallas(a, b, c, d, config=cfg),
+                        [(a[0], a[1], b[0], b[1]) for a, b in zip(xq, wq)])
+  t["e2e_bf16"] = device_ms(
+      lambda x, g, w: jax.lax.dot_general(rmsnorm(x, g), w, dims), list(zip(xs, gs, wb)))
+
+  def fp8_e2e(x, g, w_q, w_s):
+    h_q, h_s = rmsnorm_quantize_rows(x, g, eps=EPS)
+    return fp8_linear_pallas(h_q, h_s, w_q, w_s, out_dtype=jnp.bfloat16)
+
+  def fp8_e2e_unfused(x, g, w_q, w_s):
+    h_q, h_s = quantize_rows(rmsnorm(x, g))
+    return fp8_linear_pallas(h_q, h_s, w_q, w_s, out_dtype=jnp.bfloat16)
+  e2e_sets = [(x, g, b[0], b[1]) for x, g, b in zip(xs, gs, wq)]
+  t["e2e_fp8"] = device_ms(fp8_e2e, e2e_sets)
+  t["e2e_fp8_unfused_quant"] = device_ms(fp8_e2e_unfused, e2e_sets)
+  t["rmsnorm_quant"] = device_ms(lambda x, g: rmsnorm_quantize_rows(x, g, eps=EPS),
+                                 list(zip(xs, gs)))
+  t["rmsnorm_bf16"] = device_ms(rmsnorm, list(zip(xs, gs)))
+  return t
+
+
+def candidate_configs(m, n, k):
+  """The heuristic default plus a few alternatives timed in the same run."""
+  cands = {"pallas_fp8": default_config(m, n, k)}
+  if m > 64:
+    cands["alt_64x128_m"] = core.Config(tile_m=64, tile_n=128, wg_dimension="m",
+                                        max_concurrent_steps=4)
+    cands["alt_128x128_m_s3"] = core.Config(tile_m=128, tile_n=128, wg_dimension="m",
+                                            max_concurrent_steps=3)
+    if n % 256 == 0:
+      cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
+                                           max_concurrent_steps=3)
+  else:
+    cands["alt_64x32_n"] = core.Config(tile_m=64, tile_n=32, wg_dimension="n",
+                                       max_concurrent_steps=6, epi_tile_n=32)
+    cands["alt_64x128_n"] = core.Config(tile_m=64, tile_n=128, wg_dimension="n",
+                                        max_concurrent_steps=4)
+  return cands
+
+
+def git_commit():
+  if os.environ.get("GIT_COMMIT"):
+    return os.environ["GIT_COMMIT"]
+  try:
+    return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", default="bench/results/fp8_linear.json")
+  ap.add_argument("--ms", default="16384,32")
+  ap.add_argument("--shapes", default=",".join(SHAPES))
+  args = ap.parse_args()
+  key = jax.random.key(0)
+  rows, checks = [], []
+  for m in [int(v) for v in args.ms.split(",")]:
+    for name in args.shapes.split(","):
+      k, n = SHAPES[name]
+      key, kc, kb = jax.random.split(key, 3)
+      ratio, rel = check(m, k, n, kc)
+      checks.append(dict(shape=name, m=m, k=k, n=n, err_over_bound=ratio, rel_err=rel))
+      t = bench_shape(m, k, n, kb, candidate_configs(m, n, k))
+      flops = 2 * m * n * k
+      best = min((v, c) for c, v in t.items() if c.startswith(("pallas", "alt")))
+      rows.append(dict(shape=name, m=m, k=k, n=n, times_ms=t,
+                       tflops={c: flops / v / 1e9 for c, v in t.items()},
+                       speedup_vs_bf16=t["xla_bf16"] / t["pallas_fp8"],
+                       best_config=best[1], best_speedup_vs_bf16=t["xla_bf16"] / best[0],
+                       e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"]))
+      print(json.dumps(rows[-1]), flush=True)
+  summary = {}
+  for m in sorted({r["m"] for r in rows}):
+    layer = [r for s in MOE4B_LAYER for r in rows if r["shape"] == s and r["m"] == m]
+    if len(layer) == len(MOE4B_LAYER):
+      summary[f"moe4b_layer_m{m}"] = dict(
+          e2e_bf16_ms=sum(r["times_ms"]["e2e_bf16"] for r in layer),
+          e2e_fp8_ms=sum(r["times_ms"]["e2e_fp8"] for r in layer),
+          gemm_bf16_ms=sum(r["times_ms"]["xla_bf16"] for r in layer),
+          gemm_fp8_ms=sum(r["times_ms"]["pallas_fp8"] for r in layer))
+      s = summary[f"moe4b_layer_m{m}"]
+      s["e2e_speedup"] = s["e2e_bf16_ms"] / s["e2e_fp8_ms"]
+      s["gemm_speedup"] = s["gemm_bf16_ms"] / s["gemm_fp8_ms"]
+  result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
+                git_commit=git_commit(), timing="CUPTI device time, median of 30 calls",
+                checks=checks, rows=rows, summary=summary)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"\n{'shape':18} {'M':>6} {'bf16':>8} {'fp16':>8} {'xla8':>8} {'ours':>8} "
+        f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6}")
+  for r in rows:
+    t = r["times_ms"]
+    print(f"{r['shape']:18} {r['m']:6} {t['xla_bf16']*1e3:8.1f} {t['xla_fp16']*1e3:8.1f} "
+          f"{t['xla_fp8']*1e3:8.1f} {t['pallas_fp8']*1e3:8.1f} "
+          f"{r['speedup_vs_bf16']:7.2f} {r['best_speedup_vs_bf16']:7.2f} "
+          f"{t['e2e_bf16']*1e3:9.1f} {t['e2e_fp8']*1e3:8.1f} {r['e2e_speedup']:6.2f}")
+  print("times in us;", json.dumps(summary))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

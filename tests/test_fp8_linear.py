@@ -1,0 +1,122 @@
+"""FP8 linear kernel: the Pallas Mosaic GPU kernel against fp8_linear_reference.
+
+On the CPU the kernel runs in Mosaic GPU interpret mode at small shapes with small tiles;
+GPU tests (marked) run the benchmark shapes.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from onerec_kernels.fp8_linear import (
+    default_config,
+    fp8_linear,
+    fp8_linear_dynamic_reference,
+    fp8_linear_pallas,
+    fp8_linear_reference,
+)
+from onerec_kernels.gemm_mgpu import core, testing
+from onerec_kernels.quantize import quantize_rows, rmsnorm_quantize_rows
+
+SMALL = core.Config(tile_m=64, tile_n=32, tile_k=128, max_concurrent_steps=2,
+                    epi_tile_n=32)
+
+
+def _operands(key, m, n, k):
+  """Quantized x [M, K] with a zero row and values beyond 448, and w [N, K]."""
+  kx, kw = jax.random.split(key)
+  x = jax.random.normal(kx, (m, k), jnp.float32) * 3.0
+  x = x.at[m // 2].set(0.0).at[0, :5].set(jnp.array([900.0, -2000.0, 460.0, 1e4, -449.0]))
+  w = jax.random.normal(kw, (n, k), jnp.float32) * 0.05
+  return (*quantize_rows(x), *quantize_rows(w))
+
+
+def _check(operands, out, k):
+  ref = fp8_linear_reference(*operands, out_dtype=jnp.float32)
+  testing.assert_within(out, ref, testing.fp8_linear_error_bound(*operands),
+                        testing.fp8_linear_rel_tol(k))
+
+
+@pytest.mark.parametrize("m,n,k,cfg", [
+    (40, 72, 200, SMALL),  # nothing a multiple of the tile
+    (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
+    (24, 96, 128, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
+                              max_concurrent_steps=2, epi_tile_n=32)),  # small M
+])
+def test_pallas_matches_reference_interpret(m, n, k, cfg):
+  ops = _operands(jax.random.key(m + n + k), m, n, k)
+  with plgpu.force_gpu_interpret_mode():
+    out = fp8_linear_pallas(*ops, out_dtype=jnp.float32, config=cfg)
+  assert out.shape == (m, n)
+  _check(ops, out, k)
+  assert bool(jnp.all(out[m // 2] == 0))  # the all-zero row
+
+
+def test_pallas_bf16_output_interpret():
+  ops = _operands(jax.random.key(7), 64, 64, 128)
+  with plgpu.force_gpu_interpret_mode():
+    out = fp8_linear_pallas(*ops, config=SMALL)
+  assert out.dtype == jnp.bfloat16
+  ref = fp8_linear_reference(*ops, out_dtype=jnp.float32)
+  rel = jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref)
+  assert float(rel) < 2.0 ** -8
+
+
+def test_entry_point_off_gpu_is_reference():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 96), jnp.bfloat16)
+  w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (48, 96)))
+  y = fp8_linear(x, w_q, w_s)
+  assert y.shape == (2, 5, 48) and y.dtype == jnp.bfloat16
+  if not core.on_hopper():
+    assert bool(jnp.all(y == fp8_linear_dynamic_reference(x, w_q, w_s)))
+
+
+@pytest.mark.parametrize("m", [1, 32, 1000, 16384])
+def test_default_config_fits(m):
+  for n, k in [(1408, 1408), (4224, 1408), (1408, 5632), (11264, 1408)]:
+    cfg = default_config(m, n, k)
+    assert cfg.tile_k == 128 and cfg.tile_m in (64, 128)
+    assert cfg.tile_n % min(cfg.epi_tile_n, cfg.tile_n) == 0
+
+
+def test_rmsnorm_quantize_rows_matches_composition():
+  x = jax.random.normal(jax.random.key(3), (64, 256), jnp.float32) * 4
+  x = x.at[3].set(0.0)
+  g = jax.random.uniform(jax.random.key(4), (256,), minval=0.5, maxval=2.0)
+  q, s = rmsnorm_quantize_rows(x, g)
+  h = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * g
+  q_ref, s_ref = quantize_rows(h)
+  assert jnp.allclose(s, s_ref, rtol=1e-6)
+  diff = jnp.abs(q.astype(jnp.float32) - q_ref.astype(jnp.float32))
+  # At most one FP8 step apart (rounding of the f32 intermediate), almost always equal.
+  assert float(jnp.max(diff / (jnp.abs(q_ref.astype(jnp.float32)) + 2.0 ** -6))) <= 0.13
+  assert float(jnp.mean(diff > 0)) < 0.01
+  assert bool(jnp.all(s[3] == 1.0)) and bool(jnp.all(q[3].astype(jnp.float32) == 0))
+
+
+# moe-4b and 1B Linear shapes (K, N) at the benchmark's M.
+GPU_SHAPES = [(1408, 4224), (1408, 1408), (1408, 11264), (5632, 1408), (1792, 5376),
+              (7168, 1792)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [16384, 32])
+@pytest.mark.parametrize("k,n", GPU_SHAPES)
+def test_pallas_benchmark_shapes_gpu(m, k, n):
+  ops = _operands(jax.random.key(m + k + n), m, n, k)
+  f = jax.jit(lambda *a: fp8_linear_pallas(*a, out_dtype=jnp.float32))
+  out = testing.poisoned_call(lambda: f(*ops), (m, n), jnp.float32)
+  _check(ops, out, k)
+  out16 = testing.poisoned_call(lambda: jax.jit(fp8_linear_pallas)(*ops), (m, n),
+                                jnp.bfloat16)
+  assert bool(jnp.all(jnp.isfinite(out16.astype(jnp.float32))))
+
+
+@pytest.mark.gpu
+def test_nan_input_is_not_hidden_gpu():
+  ops = list(_operands(jax.random.key(5), 256, 256, 256))
+  ops[1] = ops[1].at[7].set(jnp.nan)  # a NaN scale must reach the output row
+  out = jax.jit(fp8_linear_pallas)(*ops)
+  assert bool(jnp.all(jnp.isnan(out[7].astype(jnp.float32))))
+  assert bool(jnp.all(jnp.isfinite(jnp.delete(out, 7, axis=0).astype(jnp.float32))))
