@@ -255,14 +255,16 @@ def _cli(*argv):
   return cli.run(parser.parse_args(list(argv)))
 
 
-def test_cli_contexts_file_constrained(tmp_path, capsys):
+def test_cli_contexts_file_constrained_fp8(tmp_path, capsys):
   cfg = preset("tiny")
   feats, mask = _requests(cfg, 3)
   gen.save_contexts(tmp_path / "ctx.npz", feats, mask, request_ids=[7, 8, 9])
   out = tmp_path / "out.json"
   assert _cli("--preset", "tiny", "--contexts", str(tmp_path / "ctx.npz"), "--batch-size",
-              "2", "--beam-width", "4", "--random-items", "50", "--output", str(out)) == 0
+              "2", "--beam-width", "4", "--random-items", "50", "--fp8", "--output",
+              str(out)) == 0
   report = json.loads(out.read_text())
+  assert report["fp8"] and report["valid_items"] == 50
   assert [r["request"] for r in report["results"]] == [7, 8, 9]
   for r in report["results"]:
     scores = [it["score"] for it in r["items"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 
@@ -19,20 +20,24 @@ import numpy as np
 import tqdm
 
 from onerec_jax import generate as gen
+from onerec_jax import quant
 from onerec_jax.config import preset
 from onerec_jax.model.onerec import init_params
 
-DEMO = "demo"
+DEMO = "checkpoints/demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("checkpoint", nargs="?", default=DEMO,
+                      help="converted checkpoint or PyTorch-format source (default: "
+                           "%(default)s, the shipped demo, converted once and cached)")
   model = parser.add_argument_group("model")
-  model.add_argument("--checkpoint", default=DEMO,
-                     help="converted checkpoint folder, or 'demo' for the shipped demo "
-                          "(converted on first use; the default)")
   model.add_argument("--preset", help="use random weights of this config preset instead")
   model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                      help="compute dtype (default: the config's)")
+  model.add_argument("--fp8", action="store_true",
+                     help="quantize the weights now with the paper's FP8 rules (an FP8 "
+                          "checkpoint runs in FP8 without this)")
   src = parser.add_mutually_exclusive_group()
   src.add_argument("--contexts", metavar="NPZ", help="context file (docs/generate.md)")
   src.add_argument("--random", type=int, metavar="N",
@@ -60,11 +65,15 @@ def _load_model(args):
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
     return config, params, None, f"random weights of preset {args.preset}"
   from onerec_jax import checkpoint  # orbax is needed only for checkpoints
-  if args.checkpoint == DEMO:
+  path = pathlib.Path(args.checkpoint)
+  if path.resolve() == checkpoint.DEMO_SOURCE:
     config, params = checkpoint.load_demo()
     return config, params, None, "shipped demo checkpoint"
-  config, params = checkpoint.load(args.checkpoint)
-  return config, params, checkpoint.load_rules(args.checkpoint), args.checkpoint
+  if (path / checkpoint.store.METADATA_NAME).exists():
+    config, params = checkpoint.load(path)
+    return config, params, checkpoint.load_rules(path), str(path)
+  config = checkpoint.read_config(path)  # a PyTorch-format source, converted in memory
+  return config, checkpoint.torch_to_jax(checkpoint.open_source(path), config), None, str(path)
 
 
 def _items(args, config):
@@ -98,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     config, params, rules, source = _load_model(args)
     if args.dtype:
       config = config.replace(dtype=args.dtype)
+    if args.fp8 and rules is None:
+      rules = quant.default_rules(config)
+      params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
     if args.contexts:
       features, mask, request_ids = gen.load_contexts(args.contexts, config)
     else:
@@ -116,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             batch_buckets=buckets)
   compile_s = gen.warmup(params, config, **kw)[args.batch_size]
   print(f"{source}: {jax.devices()[0].device_kind}, beam width {args.beam_width}, "
-        f"batch {args.batch_size}, dtype {config.dtype}"
+        f"batch {args.batch_size}, dtype {config.dtype}{', FP8' if rules else ''}"
         f"{'' if table is None else f', {table.num_items} valid items'}; "
         f"compiled in {compile_s:.2f} s", file=sys.stderr)
   parts, latencies = [], []
@@ -145,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         f"(compile {compile_s:.2f} s)")
   if args.output:
     with open(args.output, "w") as f:
-      json.dump({"source": source, "config": config.to_dict(), "beam_width": args.beam_width,
+      json.dump({"source": source, "config": config.to_dict(), "fp8": rules is not None,
+                 "beam_width": args.beam_width,
                  "batch_size": args.batch_size,
                  "valid_items": None if table is None else table.num_items,
                  "timing": timing, "results": results}, f, indent=1)

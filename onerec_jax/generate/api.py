@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from onerec_jax.config import Config
@@ -137,14 +138,16 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
 def warmup(params: Any, config: Config, *, beam_width: int,
            valid_items: ItemTable | None = None, rules=None,
            batch_buckets: Sequence[int] = DEFAULT_BUCKETS) -> dict[int, float]:
-  """Compiles the beam search for every bucket ahead of traffic; returns the compile
-  seconds per bucket. Later generate calls in these buckets do not compile."""
+  """Compiles the beam search for every bucket ahead of traffic and runs it once (the
+  first call also sets up jit's fast dispatch path); returns the compile seconds per
+  bucket. Later generate calls in these buckets do not compile."""
   seconds = {}
   for bucket in batch_buckets:
     empty = {p.name: np.zeros((0, 1, p.width), np.float32) for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
+    kw = dict(config=config, beam_width=beam_width, rules=rules)
     t0 = time.perf_counter()
-    beam_search.lower(params, f, m, valid_items, config=config, beam_width=beam_width,
-                      rules=rules).compile()
+    beam_search.lower(params, f, m, valid_items, **kw).compile()
     seconds[bucket] = time.perf_counter() - t0
+    jax.block_until_ready(beam_search(params, f, m, valid_items, **kw))
   return seconds
