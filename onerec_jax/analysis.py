@@ -8,9 +8,8 @@ Activations are captured with onerec_jax.quant.capture (a method interceptor), n
 editing the model.
 """
 
-from typing import Any
-
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from onerec_jax import analysis
+from onerec_jax import analysis, checkpoint
 from onerec_jax.cli import main
 
 
@@ -48,3 +48,12 @@ def test_stats_command(tmp_path, capsys):
   for a in data["activations"]:  # the table: one row per quantized module, then means
     assert f"{a['path']:<40} {a['scheme']:<11}" in text
   assert "mean, quantized modules" in text and "logits level 2: SQNR" in text
+
+
+def test_stats_refuses_fp8_checkpoints_and_unknown_presets(tmp_path, capsys):
+  dest = checkpoint.convert(checkpoint.DEMO_SOURCE, tmp_path / "fp8", precision="fp8",
+                            progress=False)
+  assert main(["stats", str(dest), "--out", str(tmp_path)]) == 2
+  assert "is an FP8 checkpoint" in capsys.readouterr().err
+  assert main(["stats", "--preset", "nope", "--out", str(tmp_path)]) == 2
+  assert "unknown preset 'nope'" in capsys.readouterr().err

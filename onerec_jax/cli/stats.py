@@ -8,6 +8,7 @@ into --out and prints the table.
 import argparse
 import json
 import pathlib
+import sys
 
 import jax
 
@@ -39,6 +40,9 @@ def _load(args: argparse.Namespace):
   from onerec_jax import checkpoint  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(args.checkpoint)
   if (path / checkpoint.store.METADATA_NAME).exists():
+    if checkpoint.load_rules(path) is not None:
+      raise ValueError(f"{path} is an FP8 checkpoint; stats measures FP8 against the "
+                       "unquantized weights, so give it the FP16 checkpoint")
     config, params = checkpoint.load(path)
   else:
     config = checkpoint.read_config(path)
@@ -47,7 +51,11 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-  config, params, source = _load(args)
+  try:
+    config, params, source = _load(args)
+  except ValueError as e:  # CheckpointError, ConfigError included
+    print(f"onerec-jax stats: {e}", file=sys.stderr)
+    return 2
   rules = quant.Rules.from_json(args.rules.read_text()) if args.rules else None
   report = analysis.analyze(config, params, rules, batch=args.batch, seed=args.seed)
   report = {"source": source, **report}
