@@ -1,5 +1,6 @@
 """`onerec-jax stats`: the report's statistics against numpy, the per-module FP8 errors,
-and the JSON, PNG and table it writes."""
+and the JSON, PNG and table it writes for the shipped demo checkpoint (same structure as
+tiny-moe: 4 layers, 2 of them MoE with a shared expert)."""
 
 import json
 
@@ -20,11 +21,11 @@ def test_tensor_stats_and_metrics():
   assert analysis.cosine(x, -2 * x) == pytest.approx(-1.0)
 
 
-def test_stats_command(tmp_path, capsys):
-  assert main(["stats", "--preset", "tiny-moe", "--seed", "0", "--batch", "8",
-               "--out", str(tmp_path)]) == 0
+def test_stats_command_on_the_shipped_demo(tmp_path, capsys):
+  assert main(["stats", "--batch", "8", "--out", str(tmp_path)]) == 0
   text = capsys.readouterr().out
   data = json.loads((tmp_path / "stats.json").read_text())
+  assert data["source"] == str(checkpoint.DEMO_SOURCE)
   png = (tmp_path / "stats.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
   # Every weight matrix (router included, norm gains excluded); activations of exactly the
@@ -34,8 +35,8 @@ def test_stats_command(tmp_path, capsys):
   assert weights["layer_2/mlp/router"]["scheme"] == "none"
   acts = {a["path"]: a for a in data["activations"]}
   assert set(acts) == {p for p, w in weights.items() if w["scheme"] != "none"}
-  assert acts["layer_2/mlp/experts/gate_up_proj"]["shape"] == [8 * 3 * 2, 64]
-  assert acts["layer_0/self_attn/qkv_proj"]["shape"] == [8, 1, 3, 64]
+  assert acts["layer_2/mlp/experts/gate_up_proj"]["shape"] == [8 * 3 * 2, 128]
+  assert acts["layer_0/self_attn/qkv_proj"]["shape"] == [8, 1, 3, 128]
   for stat in analysis.STATS:
     assert data["means"]["weights"][stat] == pytest.approx(
         np.mean([w[stat] for w in data["weights"]]))

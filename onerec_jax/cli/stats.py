@@ -17,9 +17,9 @@ from onerec_jax.config import preset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("checkpoint", nargs="?", default="checkpoints/demo",
+  parser.add_argument("checkpoint", nargs="?",
                       help="converted checkpoint or PyTorch-format source "
-                           "(default: %(default)s)")
+                           "(default: the shipped demo, checkpoints/demo)")
   parser.add_argument("--preset", help="random weights of this config preset instead")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the random weights and of the sample batch")
@@ -38,7 +38,7 @@ def _load(args: argparse.Namespace):
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
     return config, params, f"preset {args.preset}, random weights, seed {args.seed}"
   from onerec_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(args.checkpoint)
+  path = pathlib.Path(args.checkpoint or checkpoint.DEMO_SOURCE)
   if (path / checkpoint.store.METADATA_NAME).exists():
     if checkpoint.load_rules(path) is not None:
       raise ValueError(f"{path} is an FP8 checkpoint; stats measures FP8 against the "
