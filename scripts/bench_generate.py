@@ -5,7 +5,7 @@ warm-up (inputs already on the device), the end-to-end latency of generate() (ho
 contexts in, host results out), throughput in requests/s, peak device memory, the device,
 the jax version and the git commit; writes JSON to --out. --items N adds constrained
 decoding over N random valid items. --kernels reference pins the kernel entry points the
-model calls (grouped GEMM, top-k) to their references: the baseline later work must beat.
+model and the search call (grouped GEMM, top-k, beam top-k) to their references: the baseline later work must beat.
 
   python scripts/bench_generate.py --preset moe-4b --batch 32 --beam 512 --out r.json
 """
@@ -31,6 +31,7 @@ def pin_reference_kernels() -> None:
   """Points the kernel entry points at their reference implementations."""
   grouped_gemm_op.grouped_gemm = grouped_gemm_op.grouped_gemm_reference
   topk_op.top_k = topk_op.top_k_reference
+  topk_op.beam_topk = topk_op.beam_topk_reference
 
 
 def _timed(fn, runs: int) -> list[float]:

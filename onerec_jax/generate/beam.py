@@ -3,8 +3,9 @@
 The context processor runs once per request and its K/V are shared by the request's beams
 (the model's decoder works on [B, W, T, D]); the self-attention KV cache follows the beams;
 step 1 decodes BOS as a single beam per request; every step keeps the top W of
-W * (children per beam) candidates through the kernels' top-k entry point. Everything
-stays on the device from the context features to the returned triples.
+W * (children per beam) candidates through the kernels' top-k entry points (the fused
+beam_topk when unconstrained). Everything stays on the device from the context features
+to the returned triples.
 
 Empty slots (fewer than W candidates reachable at some step) have score -inf, semantic IDs
 -1 and item id -1.
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import onerec_kernels.topk as topk_op
 
+from onerec_jax import quant
 from onerec_jax.config import Config
 from onerec_jax.generate.items import ItemTable
 from onerec_jax.model.onerec import OneRecV2, init_cache
@@ -37,18 +39,24 @@ class Beams(NamedTuple):
 
 def _fp8_scope(rules):
   """FP8 interception, entered inside the jitted function so every trace sees it."""
-  if rules is None:
-    return contextlib.nullcontext()
-  from onerec_jax.quant import fp8  # imported only when asked for: quant is optional here
-  return fp8(rules)
+  return contextlib.nullcontext() if rules is None else quant.fp8(rules)
 
 
-def _expand(beams: Beams, logp: jax.Array, table: ItemTable | None, level: int):
-  """Scores of every beam's candidate continuations: [B, W', M], with the candidates'
-  codes and trie nodes ([B, W', M], or None where a candidate's code is its index)."""
-  scores = beams.scores[..., None]  # [B, W', 1]
-  if table is None:
-    return scores + logp, None, None
+def _top_all(beams: Beams, logits: jax.Array, beam_width: int):
+  """Unconstrained: the top W of log_softmax(logits) + beam score over every (beam, code)
+  through the fused beam_topk entry point -> (scores [B, W], flat index into W'*V)."""
+  b, w_prev, v = logits.shape  # [B, W', V]
+  scores = beams.scores
+  if w_prev * v < beam_width:  # fewer candidates than slots: add empty (-inf) beams
+    extra = -(-beam_width // v) - w_prev
+    logits = jnp.pad(logits, ((0, 0), (0, extra), (0, 0)))
+    scores = jnp.pad(scores, ((0, 0), (0, extra)), constant_values=-jnp.inf)
+  return topk_op.beam_topk(logits, scores, beam_width)
+
+
+def _children(beams: Beams, logits: jax.Array, table: ItemTable, level: int):
+  """Constrained: candidate scores of every beam's children in the trie [B, W', M], with
+  the children's codes and nodes (M = max_children[level]; missing children -inf)."""
   offsets = table.offsets[level]
   first = offsets[beams.nodes]  # [B, W']
   count = offsets[beams.nodes + 1] - first
@@ -56,18 +64,30 @@ def _expand(beams: Beams, logp: jax.Array, table: ItemTable | None, level: int):
   ok = slot < count[..., None]  # [B, W', M]
   nodes = jnp.where(ok, first[..., None] + slot, 0)
   codes = table.codes[level][nodes]
-  cand = jnp.where(ok, scores + jnp.take_along_axis(logp, codes, axis=-1), -jnp.inf)
-  return cand, codes, nodes
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), codes, axis=-1)
+  return jnp.where(ok, beams.scores[..., None] + logp, -jnp.inf), codes, nodes
 
 
-def _select(beams: Beams, cand, codes, nodes, beam_width: int) -> tuple[Beams, jax.Array]:
-  """Top beam_width candidates of each request; returns the new beams and their parents
-  [B, W] (indices into the previous beams)."""
+def _top_children(cand: jax.Array, beam_width: int):
+  """Top W of the flattened candidates [B, W', M] -> (scores [B, W], flat index)."""
   b, w_prev, m = cand.shape
   flat = cand.reshape(b, w_prev * m)
   if w_prev * m < beam_width:  # fewer candidates than slots: pad with empty ones
     flat = jnp.pad(flat, ((0, 0), (0, beam_width - w_prev * m)), constant_values=-jnp.inf)
-  scores, idx = topk_op.top_k(flat, beam_width)  # [B, W], descending
+  return topk_op.top_k(flat, beam_width)
+
+
+def _step(beams: Beams, logits: jax.Array, table: ItemTable | None, level: int,
+          beam_width: int) -> tuple[Beams, jax.Array]:
+  """One level: the new beams and their parents [B, W] (indices into the old beams)."""
+  b, w_prev, v = logits.shape  # [B, W', V]
+  if table is None:
+    scores, idx = _top_all(beams, logits, beam_width)
+    m, codes, nodes = v, None, None
+  else:
+    cand, codes, nodes = _children(beams, logits, table, level)
+    scores, idx = _top_children(cand, beam_width)
+    m = cand.shape[-1]
   idx = jnp.minimum(idx, w_prev * m - 1)  # padding slots point at a real (-inf) candidate
   parent = idx // m
   pick = lambda a: jnp.take_along_axis(a.reshape(b, w_prev * m), idx, axis=1)
@@ -110,8 +130,8 @@ def beam_search(params: Any, features: dict[str, jax.Array], mask: dict[str, jax
       # [B, W', 1]: the last code (BOS at level 0 ignores its id)
       last = beams.codes[:, :, -1:] if level else jnp.zeros((b, 1, 1), jnp.int32)
       h, cache = apply("decode", context, last, level, cache)  # [B, W', 1, D]
-      logp = jax.nn.log_softmax(apply("head", h[:, :, 0], level), axis=-1)  # [B, W', V]
-      beams, parent = _select(beams, *_expand(beams, logp, table, level), beam_width)
+      logits = apply("head", h[:, :, 0], level)  # [B, W', V] f32
+      beams, parent = _step(beams, logits, table, level, beam_width)
       if level + 1 < config.levels:
         cache = _reorder(cache, parent)
   alive = beams.scores > -jnp.inf
