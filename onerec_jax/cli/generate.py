@@ -102,23 +102,30 @@ def _results(res: gen.Result, request_ids) -> list[dict]:
   return out
 
 
+def _prepare(args: argparse.Namespace):
+  """(config, params, rules, source, features, mask, request_ids, table, batch), with
+  every input checked."""
+  config, params, rules, source = _load_model(args)
+  if args.dtype:
+    config = config.replace(dtype=args.dtype)
+  if args.fp8 and rules is None:
+    rules = quant.default_rules(config)
+    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  if args.contexts:
+    features, mask, request_ids = gen.load_contexts(args.contexts, config)
+  else:
+    n = 8 if args.random is None else args.random
+    features, mask, request_ids = gen.random_contexts(config, n, args.seed), None, np.arange(n)
+  table = _items(args, config)
+  batch = gen.check_inputs(config, features, mask, args.beam_width, table)
+  if args.batch_size < 1:
+    raise gen.GenerateInputError(f"--batch-size must be positive, got {args.batch_size}")
+  return config, params, rules, source, features, mask, request_ids, table, batch
+
+
 def run(args: argparse.Namespace) -> int:
   try:
-    config, params, rules, source = _load_model(args)
-    if args.dtype:
-      config = config.replace(dtype=args.dtype)
-    if args.fp8 and rules is None:
-      rules = quant.default_rules(config)
-      params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-    if args.contexts:
-      features, mask, request_ids = gen.load_contexts(args.contexts, config)
-    else:
-      features, mask = gen.random_contexts(config, args.random or 8, args.seed), None
-      request_ids = np.arange(args.random or 8)
-    table = _items(args, config)
-    batch = gen.check_inputs(config, features, mask, args.beam_width, table)
-    if args.batch_size < 1:
-      raise gen.GenerateInputError(f"--batch-size must be positive, got {args.batch_size}")
+    config, params, rules, source, features, mask, request_ids, table, batch = _prepare(args)
   except (gen.GenerateInputError, OSError, KeyError, ValueError) as e:
     print(f"onerec-jax generate: error: {e}", file=sys.stderr)
     return 2
