@@ -116,12 +116,19 @@ def bench_breakdown(reps: int) -> dict:
          for name, (f, a) in steps.items()}
   out["max_candidates"] = int(jnp.max(count))
   out["config"] = str(cfg)
-  for chunk in (256, 512, 1024):
-    for capacity in (2048, 4096):
-      c = topk.Config(chunk=chunk, capacity=capacity, buffer=cfg.buffer)
-      f = jax.jit(lambda x, c=c: topk.top_k(x, w, impl="triton", config=c))
-      out[f"top_k_chunk{chunk}_cap{capacity}"] = _median_ms(lambda: f(scores), _jax_sync,
-                                                            reps, 10)
+  for chunk, block in ((256, 4096), (1024, 4096), (512, 2048), (512, 8192), (512, 16384)):
+    c = topk.Config(chunk=chunk, capacity=cfg.capacity, buffer=cfg.buffer, block=block)
+    f = jax.jit(lambda x, c=c: topk.top_k(x, w, impl="triton", config=c))
+    out[f"top_k_chunk{chunk}_block{block}"] = _median_ms(lambda: f(scores), _jax_sync, reps,
+                                                         10)
+  for t, e, k in ((16384, 53, 3), (32768, 256, 8)):
+    xs = [jax.random.normal(key, (t, e)) for key in jax.random.split(jax.random.key(1), 16)]
+    for tokens in (8, 16, 32, 64, 128):
+      for warps in (4, 8):
+        f = jax.jit(lambda *xs, tk=tokens, wp=warps: [triton_gpu.router_top_k(
+            x, None, k, "sigmoid", True, 1.0, tokens=tk, warps=wp) for x in xs])
+        out[f"router_{t}x{e}_tokens{tokens}_warps{warps}"] = _median_ms(
+            lambda: f(*xs), _jax_sync, reps, 1) / len(xs)
   return out
 
 

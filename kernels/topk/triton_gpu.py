@@ -194,8 +194,8 @@ class TritonOps:
   @staticmethod
   def kth_largest(maxima: jax.Array, k: int) -> jax.Array:
     r, p = maxima.shape
-    return _call(_kth_kernel, maxima, out=_shape((r,), jnp.uint32), grid=(r,),
-                 P=p, K=k, SUB=min(512, radix._pow2(p)))
+    return _call(_kth_kernel, maxima, out=_shape((r,), jnp.uint32), grid=(r,), warps=16,
+                 P=p, K=k, SUB=min(2048, radix._pow2(p)))
 
   def filter(self, x, th_key, th_rank, capacity) -> radix.Candidates:
     n = x.shape[1]
@@ -375,16 +375,17 @@ def _router_kernel(logits_ptr, bias_ptr, ids_ptr, gates_ptr, T: tl.constexpr,
 
 
 def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
-                 norm_topk_prob: bool, scaling: float) -> tuple[jax.Array, jax.Array]:
-  """One kernel: scores, bias, top-k and gates; logits [T, E] -> (ids, gates) [T, k]."""
+                 norm_topk_prob: bool, scaling: float, tokens: int = 0, warps: int = 4
+                 ) -> tuple[jax.Array, jax.Array]:
+  """One kernel: scores, bias, top-k and gates; logits [T, E] -> (ids, gates) [T, k].
+  tokens a program: 0 picks 4096 // E (rounded up to a power of two)."""
   t, e = logits.shape
   block_e = radix._pow2(e)
-  block_t = max(1, 4096 // block_e)
+  block_t = tokens or max(1, 4096 // block_e)
   has_bias = bias is not None
   return _call(
       _router_kernel, logits, bias if has_bias else _none(),
       out=(_shape((t, k), jnp.int32), _shape((t, k), jnp.float32)),
-      grid=(-(-t // block_t),), warps=4, T=t, E=e, K=k, SCALING=float(scaling),
-      BLOCK_T=block_t, BLOCK_E=block_e,
-      BLOCK_K=radix._pow2(k), SOFTMAX=score == "softmax", HAS_BIAS=has_bias,
-      NORM=norm_topk_prob)
+      grid=(-(-t // block_t),), warps=warps, T=t, E=e, K=k, SCALING=float(scaling),
+      BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=radix._pow2(k), SOFTMAX=score == "softmax",
+      HAS_BIAS=has_bias, NORM=norm_topk_prob)
