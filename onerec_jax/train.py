@@ -29,10 +29,10 @@ from onerec_jax.model import OneRecV2, init_params
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 2000
+  steps: int = 600
   batch_size: int = 256
   learning_rate: float = 2e-3
-  warmup_steps: int = 100
+  warmup_steps: int = 50
   weight_decay: float = 0.01  # on matrices only; norms, embeddings and biases are exempt
   clip_norm: float = 1.0
   bias_update_rate: float = 1e-3  # gamma of the aux-loss-free bias update

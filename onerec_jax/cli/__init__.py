@@ -11,6 +11,7 @@ import sys
 # Subcommand name -> module under onerec_jax.cli.
 SUBCOMMANDS = {
     "convert": "onerec_jax.cli.convert",
+    "eval": "onerec_jax.cli.eval",
     "generate": "onerec_jax.cli.generate",
     "stats": "onerec_jax.cli.stats",
 }

@@ -1,0 +1,225 @@
+"""FP16 vs FP8 recommendation quality on a dataset's test split (the paper's A/B claim).
+
+From one FP16 checkpoint: the top beam_width items of every test user by constrained beam
+search (onerec_jax.generate) in FP16 and under each FP8 scheme; recall@{1,10,50} and NDCG@10
+of the next item, the overlap of the FP16 and FP8 top-10 and top-W lists, the SQNR of the
+teacher-forced logits, and the per-module FP8 error table of onerec_jax.analysis. Schemes:
+"fp8", the paper's (default rules: per-channel/per-token, 128x128 blocks for experts), and
+"per_tensor", a deliberately bad one (one scale per weight tensor and one per activation
+tensor, on the same modules) that shows the evaluation can tell a bad scheme apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from onerec_kernels.quantize import dequantize_rows, quantize_rows
+
+from onerec_jax import analysis, quant
+from onerec_jax import generate as gen
+from onerec_jax.config import Config
+from onerec_jax.data import Dataset, popularity_ranking
+from onerec_jax.model import OneRecV2
+
+RECALL_AT = (1, 10, 50)
+NDCG_AT = 10
+SCHEMES = ("fp8", "per_tensor")
+
+
+# Metrics -----------------------------------------------------------------------------------
+def recall_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+  """Fraction of users whose target is in their top k: ranked [n, W], targets [n]."""
+  return float(np.mean(np.any(ranked[:, :k] == targets[:, None], axis=1)))
+
+
+def ndcg_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+  """Mean NDCG@k with one relevant item per user: 1 / log2(rank + 2) if ranked in top k."""
+  hit = ranked[:, :k] == targets[:, None]  # [n, k]
+  return float(np.mean(np.sum(hit / np.log2(np.arange(k) + 2.0), axis=1)))
+
+
+def overlap_at(a: np.ndarray, b: np.ndarray, k: int) -> float:
+  """Mean fraction of the top-k lists two models share, per user (empty slots, -1, never
+  count as shared)."""
+  shared = [len(set(x[:k]) & set(y[:k]) - {gen.EMPTY}) for x, y in zip(a, b)]
+  return float(np.mean(shared) / k)
+
+
+def ranking_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  out = {f"recall@{k}": recall_at(ranked, targets, k) for k in RECALL_AT}
+  out[f"ndcg@{NDCG_AT}"] = ndcg_at(ranked, targets, NDCG_AT)
+  return out
+
+
+def relative_change(ref: float, test: float) -> float:
+  """(test - ref) / ref; 0 when both are 0."""
+  return 0.0 if ref == test else (test - ref) / ref if ref else math.inf
+
+
+# The deliberately bad scheme ---------------------------------------------------------------
+def _per_tensor(x: jax.Array) -> jax.Array:
+  """x through FP8 with one scale for the whole tensor (quantized as one row), in FP32."""
+  value, scale = quantize_rows(x.reshape(1, -1))
+  return dequantize_rows(value, scale).reshape(x.shape)
+
+
+def per_tensor_params(params: Any, rules: quant.Rules) -> Any:
+  """Every weight that `rules` quantize replaced by its per-tensor FP8 value, in FP32 (a
+  different dtype from the FP16 tree, so jitted functions trace it separately)."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      k: _per_tensor(v) if k[-1] == "weight" and rules.scheme("/".join(k[:-1])) != "none"
+      else v for k, v in flat.items()})
+
+
+@contextlib.contextmanager
+def per_tensor_activations(rules: quant.Rules) -> Iterator[None]:
+  """The inputs of the modules that `rules` quantize go through per-tensor FP8 (use with
+  per_tensor_params: then every product is an FP8 x FP8 product accumulated in FP32)."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    path = "/".join(context.module.path)
+    if context.method_name != "__call__" or rules.scheme(path) == "none":
+      return next_fun(*args, **kwargs)
+    x, *rest = args
+    return next_fun(_per_tensor(x).astype(x.dtype), *rest, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One way to run the model: its params, FP8 rules for quant.fp8 (or None), and the
+  context manager its apply calls run in (or None)."""
+
+  params: Any
+  rules: quant.Rules | None = None
+  scope: Callable[[], contextlib.AbstractContextManager] | None = None
+
+  def enter(self) -> contextlib.AbstractContextManager:
+    return self.scope() if self.scope else contextlib.nullcontext()
+
+
+def variants(params: Any, config: Config) -> dict[str, Variant]:
+  """FP16 and the two FP8 schemes from the same FP16 params."""
+  rules = quant.default_rules(config)
+  return {
+      "fp16": Variant(params),
+      "fp8": Variant(quant.quantize_params(params, rules), rules),
+      "per_tensor": Variant(per_tensor_params(params, rules),
+                            scope=lambda: per_tensor_activations(rules)),
+  }
+
+
+# Running the model -------------------------------------------------------------------------
+def rank(variant: Variant, config: Config, features: dict[str, np.ndarray],
+         table: gen.ItemTable, beam_width: int, batch_size: int) -> np.ndarray:
+  """Item ids [n, beam_width], best first, by constrained beam search."""
+  with variant.enter():
+    res = gen.generate(variant.params, config, features, beam_width=beam_width,
+                       valid_items=table, rules=variant.rules, batch_buckets=(batch_size,))
+  return res.item_ids
+
+
+def teacher_forced_logits(variant: Variant, config: Config, features, ids,
+                          batch_size: int) -> list[np.ndarray]:
+  """Per-level logits [n, C_j] of the true targets' prefixes."""
+  model = OneRecV2(config)
+
+  @jax.jit
+  def run(params, f, i):
+    with variant.enter(), (quant.fp8(variant.rules) if variant.rules
+                           else contextlib.nullcontext()):
+      return model.apply({"params": params}, f, i)
+
+  parts = [run(variant.params, {k: v[lo:lo + batch_size] for k, v in features.items()},
+               jnp.asarray(ids[lo:lo + batch_size]))
+           for lo in range(0, len(ids), batch_size)]
+  return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(config.levels)]
+
+
+# The evaluation ----------------------------------------------------------------------------
+def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int = 64,
+             batch_size: int = 64, max_users: int | None = None,
+             schemes: tuple[str, ...] = SCHEMES, analysis_batch: int = 32,
+             progress=print) -> dict[str, Any]:
+  """The full report (JSON-serialisable) for FP16 params on dataset's test split."""
+  if beam_width < max(RECALL_AT):
+    raise ValueError(f"beam_width={beam_width} must be at least {max(RECALL_AT)} for "
+                     f"recall@{max(RECALL_AT)}")
+  users, cuts = dataset.examples("test")
+  users, cuts = users[:max_users], cuts[:max_users]
+  features = dataset.features(users, cuts)
+  targets = dataset.targets(users, cuts)
+  target_ids = dataset.semantic_ids[targets]
+  table = gen.build_item_table(dataset.item_ids, dataset.semantic_ids,
+                               config.codebook_sizes)
+  pop = np.broadcast_to(popularity_ranking(dataset)[:beam_width], (len(users), beam_width))
+  runs = variants(params, config)
+
+  ranked, logits = {}, {}
+  for name in ("fp16",) + tuple(schemes):
+    progress(f"evaluate: {name}: beam search over {len(users)} test users")
+    ranked[name] = rank(runs[name], config, features, table, beam_width, batch_size)
+    logits[name] = teacher_forced_logits(runs[name], config, features, target_ids,
+                                         batch_size)
+  fp16 = ranking_metrics(ranked["fp16"], targets)
+  report = {
+      "test_users": len(users), "beam_width": beam_width, "valid_items": table.num_items,
+      "popularity_baseline": ranking_metrics(pop, targets), "fp16": fp16, "schemes": {}}
+  for name in schemes:
+    metrics = ranking_metrics(ranked[name], targets)
+    report["schemes"][name] = {
+        "metrics": metrics,
+        "relative_change": {k: relative_change(fp16[k], metrics[k]) for k in fp16},
+        "overlap@10": overlap_at(ranked["fp16"], ranked[name], 10),
+        f"overlap@{beam_width}": overlap_at(ranked["fp16"], ranked[name], beam_width),
+        "logits_sqnr_db": [analysis.sqnr_db(a, b)
+                           for a, b in zip(logits["fp16"], logits[name])],
+    }
+  progress("evaluate: per-module FP8 error table")
+  report["module_errors"] = analysis.analyze(config, params, batch=analysis_batch)
+  return report
+
+
+def markdown_table(report: dict[str, Any], scheme: str) -> str:
+  """The paper's A/B table shape: metric, FP16, FP8, relative change."""
+  s = report["schemes"][scheme]
+  w = report["beam_width"]
+  lines = [f"| metric | FP16 | FP8 ({scheme}) | relative change |", "| --- | ---: | ---: | ---: |"]
+  for k, v in report["fp16"].items():
+    lines.append(f"| {k} | {v:.4f} | {s['metrics'][k]:.4f} | "
+                 f"{100 * s['relative_change'][k]:+.2f}% |")
+  lines.append(f"| top-10 overlap with FP16 | | {100 * s['overlap@10']:.1f}% | |")
+  lines.append(f"| top-{w} overlap with FP16 | | {100 * s[f'overlap@{w}']:.1f}% | |")
+  sqnr = ", ".join(f"{x:.1f}" for x in s["logits_sqnr_db"])
+  lines.append(f"| logits SQNR per level (dB) | | {sqnr} | |")
+  return "\n".join(lines)
+
+
+def baseline_table(report: dict[str, Any]) -> str:
+  """Popularity baseline against the FP16 model."""
+  lines = ["| metric | popularity | model (FP16) |", "| --- | ---: | ---: |"]
+  for k, v in report["fp16"].items():
+    lines.append(f"| {k} | {report['popularity_baseline'][k]:.4f} | {v:.4f} |")
+  return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+  """All tables: baseline, one A/B table per scheme, the per-module FP8 error table."""
+  parts = [f"Test users: {report['test_users']}, beam width {report['beam_width']}, "
+           f"{report['valid_items']} valid items.", "", baseline_table(report)]
+  for name in report["schemes"]:
+    parts += ["", markdown_table(report, name)]
+  parts += ["", "Per-module FP8 error (default rules; onerec_jax.analysis):", "", "```",
+            analysis.format_table(report["module_errors"]), "```"]
+  return "\n".join(parts)

@@ -1,0 +1,80 @@
+"""Evaluation: metrics against hand-computed cases, the per-tensor scheme, and one small
+end-to-end run of the FP16 vs FP8 report."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onerec_jax import data, evaluate, quant
+from onerec_jax.config import preset
+from onerec_jax.model import init_params
+
+# Two users, lists of 4 items; user 0's target is ranked 2nd, user 1's is absent.
+RANKED = np.array([[7, 3, 9, 1], [4, 5, 6, 8]])
+TARGETS = np.array([3, 2])
+
+
+def test_recall_and_ndcg_by_hand():
+  assert evaluate.recall_at(RANKED, TARGETS, 1) == 0.0
+  assert evaluate.recall_at(RANKED, TARGETS, 2) == 0.5
+  assert evaluate.recall_at(RANKED, TARGETS, 4) == 0.5
+  # User 0: hit at rank 2 (index 1) -> 1 / log2(3); user 1: 0.
+  assert evaluate.ndcg_at(RANKED, TARGETS, 4) == pytest.approx(0.5 / math.log2(3))
+  assert evaluate.ndcg_at(RANKED, TARGETS, 1) == 0.0
+  assert evaluate.ndcg_at(np.array([[3, 1]]), np.array([3]), 2) == 1.0
+  m = evaluate.ranking_metrics(np.tile(np.arange(60), (2, 1)), np.array([0, 49]))
+  assert m == {"recall@1": 0.5, "recall@10": 0.5, "recall@50": 1.0, "ndcg@10": 0.5}
+
+
+def test_overlap_and_relative_change_by_hand():
+  other = np.array([[3, 7, 2, 0], [8, -1, -1, -1]])
+  # top-2: user 0 shares {7, 3} (2/2), user 1 shares nothing (0/2).
+  assert evaluate.overlap_at(RANKED, other, 2) == 0.5
+  # top-4: user 0 shares {7, 3} (2/4), user 1 shares {8} (1/4); empty slots never count.
+  assert evaluate.overlap_at(RANKED, other, 4) == pytest.approx(3 / 8)
+  assert evaluate.overlap_at(other, other, 4) == pytest.approx((4 + 1) / 8)
+  assert evaluate.relative_change(0.5, 0.49) == pytest.approx(-0.02)
+  assert evaluate.relative_change(0.0, 0.0) == 0.0
+
+
+def test_per_tensor_scheme_uses_one_scale():
+  x = jnp.array([[1000.0, 1.0], [0.001, -2.0]])
+  scale = 1000.0 / 448.0
+  want = (np.asarray(x) / scale).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale
+  np.testing.assert_allclose(evaluate._per_tensor(x), want, rtol=1e-6)
+  # 0.001 underflows under the tensor-wide scale (a per-row one would keep it).
+  assert evaluate._per_tensor(x)[1, 0] == 0.0
+
+
+def test_per_tensor_params_touch_only_the_rules_modules():
+  cfg = preset("tiny-moe")
+  params = init_params(cfg, jax.random.key(0))
+  rules = quant.default_rules(cfg)
+  out = evaluate.per_tensor_params(params, rules)
+  assert out["layer_0"]["self_attn"]["qkv_proj"]["weight"].dtype == jnp.float32
+  assert out["layer_2"]["mlp"]["experts"]["down_proj"]["weight"].dtype == jnp.float32
+  assert out["head_0_proj"]["weight"] is params["head_0_proj"]["weight"]
+  assert out["context"]["pathway_static"]["weight"] is params["context"]["pathway_static"][
+      "weight"]
+
+
+def test_end_to_end_report():
+  cfg = preset("tiny")  # dense: the smallest model to compile (MoE is covered above)
+  dataset = data.generate(data.DataConfig(n_items=256, n_users=300, n_topics=4,
+                                          subtopics_per_topic=4), cfg)
+  params = init_params(cfg, jax.random.key(0))
+  report = evaluate.evaluate(params, cfg, dataset, beam_width=50, batch_size=16,
+                             max_users=16, analysis_batch=4, progress=lambda _: None)
+  assert report["test_users"] == 16 and report["valid_items"] == 256
+  assert set(report["schemes"]) == set(evaluate.SCHEMES)
+  for s in report["schemes"].values():
+    assert 0 < s["overlap@10"] <= 1 and 0 < s["overlap@50"] <= 1
+    assert all(10 < x < 60 for x in s["logits_sqnr_db"])  # FP8: finite, far from exact
+    assert set(s["relative_change"]) == set(report["fp16"])
+  assert report["module_errors"]["activations"]
+  text = evaluate.markdown(report)
+  assert "| recall@10 |" in text and "FP8 (per_tensor)" in text and "SQNR" in text
