@@ -35,15 +35,41 @@ SCHEMES = ("fp8", "per_tensor")
 
 
 # Metrics -----------------------------------------------------------------------------------
+def hits_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+  """Per user, 1 if the target is in the top k: ranked [n, W], targets [n] -> [n]."""
+  return np.any(ranked[:, :k] == targets[:, None], axis=1).astype(np.float64)
+
+
+def dcg_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+  """Per user NDCG@k with one relevant item: 1 / log2(rank + 2) if ranked in the top k."""
+  hit = ranked[:, :k] == targets[:, None]  # [n, k]
+  return np.sum(hit / np.log2(np.arange(k) + 2.0), axis=1)
+
+
 def recall_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
-  """Fraction of users whose target is in their top k: ranked [n, W], targets [n]."""
-  return float(np.mean(np.any(ranked[:, :k] == targets[:, None], axis=1)))
+  """Fraction of users whose target is in their top k."""
+  return float(np.mean(hits_at(ranked, targets, k)))
 
 
 def ndcg_at(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
-  """Mean NDCG@k with one relevant item per user: 1 / log2(rank + 2) if ranked in top k."""
-  hit = ranked[:, :k] == targets[:, None]  # [n, k]
-  return float(np.mean(np.sum(hit / np.log2(np.arange(k) + 2.0), axis=1)))
+  return float(np.mean(dcg_at(ranked, targets, k)))
+
+
+def per_user_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+  """recall@{1,10,50} and NDCG@10 per user, each [n]."""
+  out = {f"recall@{k}": hits_at(ranked, targets, k) for k in RECALL_AT}
+  out[f"ndcg@{NDCG_AT}"] = dcg_at(ranked, targets, NDCG_AT)
+  return out
+
+
+def ranking_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  return {k: float(v.mean()) for k, v in per_user_metrics(ranked, targets).items()}
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+  """Standard error of mean(b) - mean(a) over the same users (per-user values [n])."""
+  d = b - a
+  return float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
 def overlap_at(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -172,15 +198,19 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
     ranked[name] = rank(runs[name], config, features, table, beam_width, batch_size)
     logits[name] = teacher_forced_logits(runs[name], config, features, target_ids,
                                          batch_size)
-  fp16 = ranking_metrics(ranked["fp16"], targets)
+  per_user = {name: per_user_metrics(r, targets) for name, r in ranked.items()}
+  fp16 = {k: float(v.mean()) for k, v in per_user["fp16"].items()}
   report = {
       "test_users": len(users), "beam_width": beam_width, "valid_items": table.num_items,
       "popularity_baseline": ranking_metrics(pop, targets), "fp16": fp16, "schemes": {}}
   for name in schemes:
-    metrics = ranking_metrics(ranked[name], targets)
+    metrics = {k: float(v.mean()) for k, v in per_user[name].items()}
     report["schemes"][name] = {
         "metrics": metrics,
         "relative_change": {k: relative_change(fp16[k], metrics[k]) for k in fp16},
+        # Sampling noise of that change (paired over users), relative to FP16.
+        "relative_change_se": {k: paired_se(per_user["fp16"][k], per_user[name][k])
+                               / fp16[k] if fp16[k] else 0.0 for k in fp16},
         "overlap@10": overlap_at(ranked["fp16"], ranked[name], 10),
         f"overlap@{beam_width}": overlap_at(ranked["fp16"], ranked[name], beam_width),
         "logits_sqnr_db": [analysis.sqnr_db(a, b)
@@ -195,10 +225,12 @@ def markdown_table(report: dict[str, Any], scheme: str) -> str:
   """The paper's A/B table shape: metric, FP16, FP8, relative change."""
   s = report["schemes"][scheme]
   w = report["beam_width"]
-  lines = [f"| metric | FP16 | FP8 ({scheme}) | relative change |", "| --- | ---: | ---: | ---: |"]
+  lines = [f"| metric | FP16 | FP8 ({scheme}) | relative change (± s.e.) |",
+           "| --- | ---: | ---: | ---: |"]
   for k, v in report["fp16"].items():
     lines.append(f"| {k} | {v:.4f} | {s['metrics'][k]:.4f} | "
-                 f"{100 * s['relative_change'][k]:+.2f}% |")
+                 f"{100 * s['relative_change'][k]:+.2f}% ± "
+                 f"{100 * s['relative_change_se'][k]:.2f}% |")
   lines.append(f"| top-10 overlap with FP16 | | {100 * s['overlap@10']:.1f}% | |")
   lines.append(f"| top-{w} overlap with FP16 | | {100 * s[f'overlap@{w}']:.1f}% | |")
   sqnr = ", ".join(f"{x:.1f}" for x in s["logits_sqnr_db"])

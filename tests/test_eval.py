@@ -74,7 +74,14 @@ def test_end_to_end_report():
   for s in report["schemes"].values():
     assert 0 < s["overlap@10"] <= 1 and 0 < s["overlap@50"] <= 1
     assert all(10 < x < 60 for x in s["logits_sqnr_db"])  # FP8: finite, far from exact
-    assert set(s["relative_change"]) == set(report["fp16"])
+    assert set(s["relative_change"]) == set(s["relative_change_se"]) == set(report["fp16"])
   assert report["module_errors"]["activations"]
   text = evaluate.markdown(report)
   assert "| recall@10 |" in text and "FP8 (per_tensor)" in text and "SQNR" in text
+
+
+def test_paired_standard_error_by_hand():
+  a = np.array([1.0, 1.0, 0.0, 0.0])
+  b = np.array([1.0, 0.0, 1.0, 0.0])  # differences 0, -1, 1, 0: sd sqrt(2/3), n 4
+  assert evaluate.paired_se(a, b) == pytest.approx(math.sqrt(2 / 3) / 2)
+  assert evaluate.paired_se(a, a) == 0.0
