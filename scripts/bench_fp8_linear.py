@@ -125,17 +125,12 @@ def bench_shape(m, k, n, key, configs):
 
 
 def candidate_configs(m, n, k):
-  """The heuristic default plus a few alternatives timed in the same run."""
+  """The heuristic default plus alternatives timed in the same run."""
   cands = {"pallas_fp8": default_config(m, n, k)}
-  if m > 64:
-    cands["alt_64x128_m"] = core.Config(tile_m=64, tile_n=128, wg_dimension="m",
-                                        max_concurrent_steps=4)
-    cands["alt_128x128_m_s3"] = core.Config(tile_m=128, tile_n=128, wg_dimension="m",
-                                            max_concurrent_steps=3)
-    if n % 256 == 0:
-      cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
-                                           max_concurrent_steps=3)
-  else:
+  if m > 64 and n % 256 == 0:
+    cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
+                                         max_concurrent_steps=3)
+  elif m <= 64:
     cands["alt_64x32_n"] = core.Config(tile_m=64, tile_n=32, wg_dimension="n",
                                        max_concurrent_steps=6, epi_tile_n=32)
     cands["alt_64x128_n"] = core.Config(tile_m=64, tile_n=128, wg_dimension="n",

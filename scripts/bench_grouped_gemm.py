@@ -29,8 +29,11 @@ from onerec_kernels.grouped_gemm.pallas import (  # noqa: E402
     fp8_grouped_gemm_pallas,
     grouped_gemm_pallas,
 )
+from onerec_kernels.fp8_linear.pallas import fp8_linear_pallas  # noqa: E402
+from onerec_kernels.grouped_gemm.moe import routed_experts  # noqa: E402
 from onerec_kernels.grouped_gemm.reference import fp8_grouped_gemm_reference  # noqa: E402
-from onerec_kernels.quantize.reference import quantize_blocks  # noqa: E402
+from onerec_kernels.grouped_gemm.routing import combine, sort_by_expert  # noqa: E402
+from onerec_kernels.quantize.reference import quantize_blocks, quantize_rows  # noqa: E402
 
 # name -> (tokens, top_k, experts, K, N, routing)
 SHAPES = {
@@ -130,13 +133,68 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
   return t, ups
 
 
+def bench_moe_layer(key, tokens=16384, d=1408, f=1408, e=53, top_k=3):
+  """Whole moe-4b MoE layer (53 routed SwiGLU experts, top-3, plus the shared expert):
+  ours in FP8 and bf16 against the same layer on jax.lax.ragged_dot and on the upstream
+  ragged_dot_mgpu, in the same run."""
+  ks = jax.random.split(key, 7)
+  x = jax.random.normal(ks[0], (tokens, d), jnp.bfloat16)
+  _, ids = jax.lax.top_k(jax.random.gumbel(ks[1], (tokens, e)), top_k)
+  gates = jax.random.uniform(ks[2], (tokens, top_k))
+  w1 = (jax.random.normal(ks[3], (e, 2 * f, d)) * 0.03).astype(jnp.bfloat16)
+  w2 = (jax.random.normal(ks[4], (e, d, f)) * 0.03).astype(jnp.bfloat16)
+  s1 = (jax.random.normal(ks[5], (2 * f, d)) * 0.03).astype(jnp.bfloat16)
+  s2 = (jax.random.normal(ks[6], (d, f)) * 0.03).astype(jnp.bfloat16)
+  (w1q, w1s), (w2q, w2s) = quantize_blocks(w1, 128, 128), quantize_blocks(w2, 128, 128)
+  (s1q, s1s), (s2q, s2s) = quantize_rows(s1), quantize_rows(s2)
+  dims = (((1,), (1,)), ((), ()))
+
+  def shared_bf16(h):
+    gate, up = jnp.split(jax.lax.dot_general(h, s1, dims), 2, axis=-1)
+    return jax.lax.dot_general(jax.nn.silu(gate) * up, s2, dims).astype(jnp.float32)
+
+  def shared_fp8(h):
+    gate, up = jnp.split(fp8_linear_pallas(*quantize_rows(h), s1q, s1s), 2, axis=-1)
+    return fp8_linear_pallas(*quantize_rows(jax.nn.silu(gate) * up), s2q, s2s).astype(
+        jnp.float32)
+
+  def experts_with(gemm, w_up, w_down):
+    def run(h, i, g):
+      order, gs = sort_by_expert(i, e)
+      gate, up = jnp.split(gemm(h[order // top_k], w_up, gs), 2, axis=-1)
+      return combine(gemm(jax.nn.silu(gate) * up, w_down, gs), order, g)
+    return run
+
+  layers = {
+      "fp8_pallas": lambda h, i, g: routed_experts(
+          h, i, g, w1q, w2q, gate_up_scale=w1s, down_scale=w2s) + shared_fp8(h),
+      "bf16_pallas": lambda h, i, g: routed_experts(h, i, g, w1, w2) + shared_bf16(h),
+      "bf16_upstream_ragged_dot_mgpu": lambda h, i, g: experts_with(
+          functools.partial(upstream, block_m=128, block_n=128, steps=4), w1, w2)(h, i, g)
+          + shared_bf16(h),
+      "bf16_lax_ragged_dot": lambda h, i, g: experts_with(
+          jax.lax.ragged_dot, w1.transpose(0, 2, 1), w2.transpose(0, 2, 1))(h, i, g)
+          + shared_bf16(h),
+  }
+  t = {}
+  for name, fn in layers.items():
+    t[name] = device_ms(fn, [(x, ids, gates)], iterations=5 if "lax" in name else 20)
+  return dict(tokens=tokens, experts=e, top_k=top_k, d_model=d, expert_d_ff=f,
+              times_ms=t, fp8_vs_own_bf16=t["bf16_pallas"] / t["fp8_pallas"],
+              fp8_vs_best_jax_bf16=min(t["bf16_upstream_ragged_dot_mgpu"],
+                                       t["bf16_lax_ragged_dot"]) / t["fp8_pallas"])
+
+
 def candidate_configs(m, n, k):
   cands = {"pallas_fp8": default_config(m, n, k, fp8=True)}
-  if m >= 1024:
+  if m < 1024:
+    cands["alt_64x128_m_s4"] = core.Config(tile_m=64, tile_n=128, wg_dimension="m",
+                                           max_concurrent_steps=4)
+  else:
     cands["alt_64x128_m_s5"] = core.Config(tile_m=64, tile_n=128, wg_dimension="m",
                                            max_concurrent_steps=5)
-    cands["alt_64x64_n"] = core.Config(tile_m=64, tile_n=64, wg_dimension="n",
-                                       max_concurrent_steps=6)
+    cands["alt_128x64_n"] = core.Config(tile_m=128, tile_n=64, wg_dimension="n",
+                                        max_concurrent_steps=4)
   return cands
 
 
@@ -144,10 +202,11 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default="bench/results/grouped_gemm.json")
   ap.add_argument("--shapes", default=",".join(SHAPES))
+  ap.add_argument("--moe", action="store_true", help="also time the whole MoE layer")
   args = ap.parse_args()
   key = jax.random.key(0)
   rows, checks = [], []
-  for name in args.shapes.split(","):
+  for name in filter(None, args.shapes.split(",")):
     tokens, top_k, e, k, n, kind = SHAPES[name]
     key, kr, kc, kb = jax.random.split(key, 4)
     gs = route(kr, tokens, top_k, e, kind)
@@ -170,9 +229,10 @@ def main():
         fp8_vs_own_bf16=t["pallas_bf16"] / t["pallas_fp8"],
         fp8_over_weight_read=t["pallas_fp8"] / weight_read_ms))
     print(json.dumps(rows[-1]), flush=True)
+  moe = bench_moe_layer(key) if args.moe else None
   result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
                 git_commit=git_commit(), timing="CUPTI device time, median of calls",
-                checks=checks, rows=rows)
+                checks=checks, rows=rows, moe_layer=moe)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
@@ -186,6 +246,10 @@ def main():
           f"{t['dense_xla_fp8']*1e3:8.1f} {r['fp8_vs_dense_bf16']:6.2f} "
           f"{r['fp8_vs_upstream']:6.2f} {r['fp8_over_weight_read']:6.2f}")
   print("times in us; best alternative configs in the JSON")
+  if moe:
+    print("MoE layer ms:", {k: round(v, 3) for k, v in moe["times_ms"].items()},
+          f"fp8 vs own bf16 {moe['fp8_vs_own_bf16']:.2f}x,",
+          f"vs best JAX bf16 {moe['fp8_vs_best_jax_bf16']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.grouped_gemm import (
+    combine,
     fp8_grouped_gemm,
     fp8_grouped_gemm_pallas,
     fp8_grouped_gemm_reference,
     grouped_gemm,
     grouped_gemm_pallas,
     grouped_gemm_reference,
+    routed_experts,
+    sort_by_expert,
 )
 from onerec_kernels.quantize import quantize_blocks
 
@@ -135,3 +138,22 @@ def test_bf16_benchmark_shape_gpu():
                               (49152, 2816), jnp.bfloat16)
   ref = grouped_gemm_reference(x, w, gs, out_dtype=jnp.float32)
   testing.assert_within(out, ref, jnp.abs(ref) * 2.0 ** -7 + 0.1, 2.0 ** -8)
+
+
+def test_routed_experts_matches_reference_interpret():
+  t, d, f, e, top_k = 24, 128, 64, 3, 2
+  ks = jax.random.split(jax.random.key(9), 4)
+  x = jax.random.normal(ks[0], (t, d), jnp.float32)
+  ids = jax.random.randint(ks[1], (t, top_k), 0, e)
+  gates = jax.random.uniform(ks[2], (t, top_k))
+  w1 = jax.random.normal(ks[3], (e, 2 * f, d)) * 0.1
+  w2 = jax.random.normal(ks[3], (e, d, f)) * 0.1
+  (w1_q, w1_s), (w2_q, w2_s) = quantize_blocks(w1, 128, 128), quantize_blocks(w2, 128, 128)
+  with plgpu.force_gpu_interpret_mode():
+    y = routed_experts(x, ids, gates, w1_q, w2_q, gate_up_scale=w1_s, down_scale=w2_s)
+  order, gs = sort_by_expert(ids, e)
+  rows = x[order // top_k]
+  h = fp8_grouped_gemm(rows, w1_q, w1_s, gs)
+  gate, up = jnp.split(h, 2, axis=-1)
+  ref = combine(fp8_grouped_gemm(jax.nn.silu(gate) * up, w2_q, w2_s, gs), order, gates)
+  np.testing.assert_allclose(y, ref, rtol=2e-2, atol=2e-2)

@@ -252,7 +252,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
                    sb_gmem.at[grp, :, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
         make_pipeline(body, context)(*args, allocations=pipeline_allocs)
 
-  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+  plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
 
 
 def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,

@@ -6,6 +6,7 @@ from onerec_kernels.grouped_gemm.pallas import (
     fp8_grouped_gemm_pallas,
     grouped_gemm_pallas,
 )
+from onerec_kernels.grouped_gemm.moe import routed_experts
 from onerec_kernels.grouped_gemm.reference import (
     fp8_grouped_gemm_reference,
     grouped_gemm_reference,
@@ -41,4 +42,4 @@ def fp8_grouped_gemm(x, w_q, w_scale, group_sizes, *, out_dtype=None):
 
 __all__ = ["combine", "fp8_grouped_gemm", "fp8_grouped_gemm_pallas",
            "fp8_grouped_gemm_reference", "grouped_gemm", "grouped_gemm_pallas",
-           "grouped_gemm_reference", "row_groups", "sort_by_expert"]
+           "grouped_gemm_reference", "routed_experts", "row_groups", "sort_by_expert"]

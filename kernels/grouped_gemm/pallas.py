@@ -15,9 +15,14 @@ def default_config(m: int, n: int, k: int, *, fp8: bool) -> core.Config:
 
   FP8 with block scales: 64x128 warpgroup tiles stacked along M (a 128x128 CTA), since a
   128x128 tile plus the per-K-block partial accumulator runs out of registers (DESIGN.md
-  section 7). 16-bit: 128x128 warpgroup tiles with 64-wide K steps.
+  section 7). Few rows (decode step 1: about 2 rows per expert): a 64-row CTA, the
+  warpgroups side by side along N, a deeper pipeline to stream the weights (measured
+  8-10% faster at 96 rows). 16-bit: 64x128 warpgroup tiles with 64-wide K steps.
   """
-  del m, n, k
+  del n, k
+  if fp8 and m < 1024:
+    return core.Config(tile_m=64, tile_n=64, tile_k=BLOCK, wg_dimension="n",
+                       max_concurrent_steps=6)
   if fp8:
     return core.Config(tile_m=64, tile_n=128, tile_k=BLOCK, wg_dimension="m",
                        max_concurrent_steps=4)
