@@ -1,8 +1,10 @@
 """Top-k entry points for generation and routing; each picks its backend.
 
 impl=None picks "triton" (GPU kernels through jax-triton; see triton_gpu.py) when JAX's
-default backend is a GPU and jax_triton imports, else "reference" (reference.py, the
-specification). "radix" runs the GPU algorithm in plain JAX (radix.py), anywhere.
+default backend is a GPU, jax_triton imports and the rows are longer than 8192 (shorter
+rows take the whole-row path of radix.py, not measured faster than XLA's top_k), else
+"reference" (reference.py, the specification). "radix" runs the GPU algorithm in plain
+JAX (radix.py), anywhere.
 """
 
 import functools
@@ -36,10 +38,12 @@ def _triton():
   return triton_gpu
 
 
-def _pick(impl: str | None, dtype) -> str:
+def _pick(impl: str | None, dtype, n: int | None = None) -> str:
+  """impl, or the default for rows of n elements (None: router rows, always the kernel)."""
   if impl is None:
     on_gpu = jax.default_backend() == "gpu" and _triton() is not None
-    return "triton" if on_gpu and jnp.dtype(dtype) in _FLOATS else "reference"
+    long_rows = n is None or n > radix.DIRECT_SORT
+    return "triton" if on_gpu and long_rows and jnp.dtype(dtype) in _FLOATS else "reference"
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r}: must be one of {IMPLS}")
   if impl == "triton" and _triton() is None:
@@ -51,7 +55,7 @@ def top_k(x: jax.Array, k: int, *, impl: str | None = None,
           config: Config | None = None) -> tuple[jax.Array, jax.Array]:
   """Values and indices of the k largest entries of each row of x [..., N], descending,
   ties broken by the lowest index (jax.lax.top_k's contract, which is the reference)."""
-  impl = _pick(impl, x.dtype)
+  impl = _pick(impl, x.dtype, x.shape[-1])
   if impl == "reference":
     return top_k_reference(x, k)
   n = x.shape[-1]
@@ -73,7 +77,7 @@ def beam_topk(logits: jax.Array, beam_scores: jax.Array, k: int,
   (scores [B, k] f32, flat index [B, k] into W*V). The GPU kernel never writes the W*V
   scores to memory.
   """
-  impl = _pick(impl, logits.dtype)
+  impl = _pick(impl, logits.dtype, logits.shape[1] * logits.shape[2])
   if impl == "reference":
     return beam_topk_reference(logits, beam_scores, k, valid_mask)
   b, w, v = logits.shape

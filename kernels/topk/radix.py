@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 _MAX_CHUNKS = 8192  # largest bound sort (step 2)
-_DIRECT_SORT = 8192  # rows up to this length skip the bound and sort whole
+DIRECT_SORT = 8192  # rows up to this length skip the bound and sort whole
 _BUFFER = 32768  # default candidate buffer per row
 
 
@@ -43,7 +43,7 @@ class Config:
   chunk: int  # elements per chunk whose maximum feeds the bound
   capacity: int  # candidate slots per row for the final sort
   buffer: int = 0  # candidate slots per row of the first filter; 0 means capacity
-  block: int = 4096  # elements per program in the streaming GPU kernels
+  block: int = 2048  # elements per program in the streaming GPU kernels
   digit_bits: int = 4  # radix digit of the refinement rounds
 
   def __post_init__(self):
@@ -52,7 +52,7 @@ class Config:
 
   @classmethod
   def default(cls, n: int, k: int) -> "Config":
-    if n <= _DIRECT_SORT:
+    if n <= DIRECT_SORT:
       return cls(chunk=16, capacity=_pow2(max(n, k)))
     capacity = min(8192, max(2048, 8 * _pow2(k)))
     return cls(chunk=max(16, _pow2(-(-n // _MAX_CHUNKS))), capacity=capacity,
