@@ -91,9 +91,11 @@ def router_topk(logits: jax.Array, bias: jax.Array | None, k: int,
                 score: str = "sigmoid", norm_topk_prob: bool = True,
                 scaling: float = 1.0, *, impl: str | None = None
                 ) -> tuple[jax.Array, jax.Array]:
-  """MoE routing in one kernel on GPU: logits [T, E], bias [E] or None ->
-  (ids [T, k] int32, gates [T, k] f32); see router_topk_reference."""
-  impl = _pick(impl, logits.dtype)
+  """MoE routing in one kernel on GPU (E <= 256, k <= 16; else the reference by default):
+  logits [T, E], bias [E] or None -> (ids [T, k] int32, gates [T, k] f32); see
+  router_topk_reference."""
+  in_range = logits.shape[-1] <= 256 and k <= 16  # the kernel's design range
+  impl = _pick(impl if impl or in_range else "reference", logits.dtype)
   if impl == "reference":
     return router_topk_reference(logits, bias, k, score, norm_topk_prob, scaling)
   if score not in ROUTER_SCORES:
@@ -106,6 +108,7 @@ def router_topk(logits: jax.Array, bias: jax.Array | None, k: int,
 
 
 __all__ = [
-    "Config", "IMPLS", "ROUTER_SCORES", "beam_scores_reference", "beam_topk", "beam_topk_reference",
-    "router_topk", "router_topk_reference", "top_k", "top_k_reference",
+    "Config", "IMPLS", "ROUTER_SCORES", "beam_scores_reference", "beam_topk",
+    "beam_topk_reference", "router_topk", "router_topk_reference", "top_k",
+    "top_k_reference",
 ]
