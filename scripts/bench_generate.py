@@ -4,8 +4,8 @@ Reports the compile time, the median device latency of beam_search over --runs r
 warm-up (inputs already on the device), the end-to-end latency of generate() (host
 contexts in, host results out), throughput in requests/s, peak device memory, the device,
 the jax version and the git commit; writes JSON to --out. --items N adds constrained
-decoding over N random valid items. --kernels reference pins the kernel entry points the
-model and the search call (grouped GEMM, top-k, beam top-k) to their references: the baseline later work must beat.
+decoding over N random valid items. --kernels reference pins every kernel entry point to its
+reference (ONEREC_KERNELS=reference): the baseline later work must beat.
 
   python scripts/bench_generate.py --preset moe-4b --batch 32 --beam 512 --out r.json
 """
@@ -20,18 +20,10 @@ import time
 import jax
 import numpy as np
 
-import onerec_kernels.grouped_gemm as grouped_gemm_op
-import onerec_kernels.topk as topk_op
+from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
 from onerec_jax.model.onerec import init_params
-
-
-def pin_reference_kernels() -> None:
-  """Points the kernel entry points at their reference implementations."""
-  grouped_gemm_op.grouped_gemm = grouped_gemm_op.grouped_gemm_reference
-  topk_op.top_k = topk_op.top_k_reference
-  topk_op.beam_topk = topk_op.beam_topk_reference
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -93,7 +85,7 @@ def main() -> None:
   p.add_argument("--out", default=None)
   args = p.parse_args()
   if args.kernels == "reference":
-    pin_reference_kernels()
+    os.environ[backend.ENV] = "reference"  # before anything is traced
   cfg = preset(args.preset).replace(param_dtype=args.param_dtype)
   t0 = time.perf_counter()
   params = jax.block_until_ready(

@@ -5,6 +5,7 @@ from onerec_kernels.fp8_linear.reference import (
     fp8_linear_dynamic_reference,
     fp8_linear_reference,
 )
+from onerec_kernels.backend import reference_only
 from onerec_kernels.gemm_mgpu import on_hopper
 from onerec_kernels.quantize.reference import quantize_rows
 
@@ -15,7 +16,7 @@ def fp8_linear(x, w_q, w_scale, *, out_dtype=None):
   The one entry point the model's Linear calls under FP8 rules: the Pallas Mosaic GPU
   kernel on a Hopper GPU, the reference elsewhere.
   """
-  if not on_hopper():
+  if reference_only() or not on_hopper():
     return fp8_linear_dynamic_reference(x, w_q, w_scale, out_dtype=out_dtype)
   lead = x.shape[:-1]
   x_q, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]))

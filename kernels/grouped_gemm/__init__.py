@@ -1,6 +1,7 @@
 """Grouped GEMM for MoE experts: reference, Pallas kernels, routing permutation, and the
 entry points that pick the backend."""
 
+from onerec_kernels.backend import reference_only
 from onerec_kernels.gemm_mgpu import on_hopper
 from onerec_kernels.grouped_gemm.pallas import (
     fp8_grouped_gemm_pallas,
@@ -22,7 +23,7 @@ def grouped_gemm(x, w, group_sizes, *, out_dtype=None):
   The one entry point the model's experts call: the Pallas kernel on a Hopper GPU for
   16-bit operands, the reference elsewhere.
   """
-  if on_hopper() and x.dtype.itemsize == 2:
+  if not reference_only() and on_hopper() and x.dtype.itemsize == 2:
     return grouped_gemm_pallas(x, w, group_sizes, out_dtype=out_dtype)
   return grouped_gemm_reference(x, w, group_sizes, out_dtype=out_dtype)
 
@@ -36,7 +37,8 @@ def fp8_grouped_gemm(x, w_q, w_scale, group_sizes, *, out_dtype=None):
   """
   out_dtype = out_dtype or x.dtype
   x_q, x_scale = quantize_blocks(x, 1, 128)
-  impl = fp8_grouped_gemm_pallas if on_hopper() else fp8_grouped_gemm_reference
+  impl = (fp8_grouped_gemm_reference if reference_only() or not on_hopper()
+          else fp8_grouped_gemm_pallas)
   return impl(x_q, x_scale, w_q, w_scale, group_sizes, out_dtype=out_dtype)
 
 

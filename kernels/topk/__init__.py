@@ -3,7 +3,8 @@
 impl=None picks "triton" (GPU kernels through jax-triton; see triton_gpu.py) when JAX's
 default backend is a GPU, jax_triton imports and the rows are longer than 8192 (shorter
 rows take the whole-row path of radix.py, not measured faster than XLA's top_k), else
-"reference" (reference.py, the specification). "radix" runs the GPU algorithm in plain
+"reference" (reference.py, the specification), and always "reference" under
+ONEREC_KERNELS=reference (onerec_kernels.backend). "radix" runs the GPU algorithm in plain
 JAX (radix.py), anywhere.
 """
 
@@ -12,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from onerec_kernels.backend import reference_only
 from onerec_kernels.topk import radix
 from onerec_kernels.topk.radix import Config
 from onerec_kernels.topk.reference import (
@@ -41,6 +43,8 @@ def _triton():
 def _pick(impl: str | None, dtype, n: int | None = None) -> str:
   """impl, or the default for rows of n elements (None: router rows, always the kernel)."""
   if impl is None:
+    if reference_only():
+      return "reference"
     on_gpu = jax.default_backend() == "gpu" and _triton() is not None
     long_rows = n is None or n > radix.DIRECT_SORT
     return "triton" if on_gpu and long_rows and jnp.dtype(dtype) in _FLOATS else "reference"
