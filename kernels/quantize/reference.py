@@ -1,6 +1,6 @@
 """FP8 e4m3 quantization, the specification (DESIGN.md section 4).
 
-scale = amax / 448 over each quantization group (FP32; a zero amax gives scale 1);
+scale = amax * fl32(1/448) over each quantization group (FP32; a zero amax gives 1);
 value = round_to_nearest_even(clip(x / scale, -448, 448)) as float8_e4m3fn.
 Rows (per token, per output channel) and 2-D blocks (1x128 activations, 128x128 weights)
 share this one definition.
@@ -14,9 +14,14 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 def scale_from_amax(amax: jax.Array) -> jax.Array:
-  """FP32 scale for a group whose largest magnitude is `amax`; zero amax gives 1."""
+  """FP32 scale for a group whose largest magnitude is `amax`; zero amax gives 1.
+
+  amax * fl32(1/448), written out: XLA rewrites a division by a constant into this
+  product anyway, and every backend must round the scale the same way to match bit for bit
+  (it is within one ulp of amax / 448).
+  """
   amax = amax.astype(jnp.float32)
-  return jnp.where(amax > 0, amax / FP8_MAX, jnp.float32(1.0))
+  return jnp.where(amax > 0, amax * jnp.float32(1.0 / FP8_MAX), jnp.float32(1.0))
 
 
 def cast_to_fp8(x: jax.Array, scale: jax.Array) -> jax.Array:
