@@ -121,9 +121,10 @@ class SelfAttention(nn.Module):
 
 
 class Router(nn.Module):
-  """DeepSeek-V3 style router: scores, bias-corrected top-k selection, normalised gates.
+  """DeepSeek-V3 style router: FP32 logits, then onerec_kernels.topk.router_topk (scores,
+  bias-corrected top-k selection, normalised and scaled gates).
 
-  Computed in FP32. Returns (expert ids [T, k] int32, gates [T, k] f32).
+  Returns (expert ids [T, k] int32, gates [T, k] f32).
   """
 
   config: Config
@@ -136,16 +137,11 @@ class Router(nn.Module):
     bias = self.param("score_bias", nn.initializers.zeros, (e,), cfg.params_dtype)
     logits = jnp.einsum("td,ed->te", x.astype(jnp.float32), w.astype(jnp.float32),
                         precision=jax.lax.Precision.HIGHEST)
-    if cfg.router_score == "sigmoid":
-      scores = jax.nn.sigmoid(logits)
-    else:
-      scores = jax.nn.softmax(logits, axis=-1)
-    _, ids = topk_op.top_k(scores + bias.astype(jnp.float32), cfg.top_k)
-    gates = jnp.take_along_axis(scores, ids, axis=-1)
-    if cfg.norm_topk_prob:
-      gates = gates / (jnp.sum(gates, axis=-1, keepdims=True) + 1e-20)
+    ids, gates = topk_op.router_topk(logits, bias.astype(jnp.float32), cfg.top_k,
+                                     cfg.router_score, cfg.norm_topk_prob,
+                                     cfg.routed_scaling_factor)
     self.sow("intermediates", "expert_ids", ids)  # for tests and routing statistics
-    return ids.astype(jnp.int32), gates * cfg.routed_scaling_factor
+    return ids, gates
 
 
 class RoutedExperts(nn.Module):
