@@ -182,3 +182,12 @@ def test_convert_script_to_fp16(tmp_path, state):
   assert done.returncode == 0, done.stderr
   assert "wrote" in done.stdout
   _assert_bit_exact(state, jax_to_torch(load(tmp_path / "jax")[1], CFG))
+
+
+def test_cli_lists_every_subcommand(capsys):
+  from onerec_jax.cli import SUBCOMMANDS, main
+  with pytest.raises(SystemExit) as done:
+    main(["--help"])
+  assert done.value.code == 0
+  out = capsys.readouterr().out
+  assert all(name in out for name in SUBCOMMANDS)

@@ -1,7 +1,7 @@
 """The `onerec-jax` command: one subcommand per module in this package.
 
-Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`, and a
-one-line module docstring used as its help.
+Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`; the first
+paragraph of its docstring is its help.
 """
 
 import argparse
@@ -17,12 +17,13 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(names=tuple(SUBCOMMANDS)) -> argparse.ArgumentParser:
+  """The parser with the named subcommands (their modules are imported here)."""
   parser = argparse.ArgumentParser(prog="onerec-jax", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  for name, module_name in SUBCOMMANDS.items():
-    module = importlib.import_module(module_name)
-    help_text = (module.__doc__ or name).strip().splitlines()[0]
+  for name in names:
+    module = importlib.import_module(SUBCOMMANDS[name])
+    help_text = " ".join((module.__doc__ or name).strip().split("\n\n")[0].split())
     p = sub.add_parser(name, help=help_text, description=module.__doc__)
     module.add_arguments(p)
     p.set_defaults(_run=module.run)
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  # Import only the subcommand asked for: startup stays short and one subcommand's
+  # dependencies never break another.
+  names = argv[:1] if argv[:1] and argv[0] in SUBCOMMANDS else tuple(SUBCOMMANDS)
+  args = build_parser(names).parse_args(argv)
   return args._run(args)
 
 
