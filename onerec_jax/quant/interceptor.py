@@ -92,7 +92,6 @@ def capture(rules: Rules) -> Iterator[dict[str, list[Captured]]]:
   """Records the arguments and output of every call of a module the rules quantize.
 
   Yields path -> [Captured, one per call]; a pytree, so a jitted function can return it.
-XX
   """
   calls: dict[str, list[Captured]] = {}
 
