@@ -66,10 +66,12 @@ class Dataset:
   def item_ids(self) -> np.ndarray:
     return np.arange(len(self.item_vectors), dtype=np.int32)
 
-  def examples(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(users [n], cuts [n]): every cut point for train, the last one for val and test."""
+  def examples(self, split: str, every_cut: bool | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(users [n], cuts [n]) of a split's users: every cut point (the default for train;
+    train_targets_per_user per user) or only the last (the default for val and test)."""
     users = self.splits[split]
-    if split == "train":
+    if every_cut or (every_cut is None and split == "train"):
       cuts = np.arange(self.config.train_targets_per_user)
       return np.repeat(users, cuts.size), np.tile(cuts, users.size)
     last = self.sequences.shape[1] - self.history_len - 1

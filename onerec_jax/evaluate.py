@@ -175,15 +175,17 @@ def teacher_forced_logits(variant: Variant, config: Config, features, ids,
 
 # The evaluation ----------------------------------------------------------------------------
 def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int = 64,
-             batch_size: int = 64, max_users: int | None = None,
+             batch_size: int = 64, every_cut: bool = True, max_requests: int | None = None,
              schemes: tuple[str, ...] = SCHEMES, analysis_batch: int = 32,
              progress=print) -> dict[str, Any]:
-  """The full report (JSON-serialisable) for FP16 params on dataset's test split."""
+  """The full report (JSON-serialisable) for FP16 params on dataset's test split: one
+  request per test user and cut point (every_cut; else the last cut only), the first
+  max_requests of them when given."""
   if beam_width < max(RECALL_AT):
     raise ValueError(f"beam_width={beam_width} must be at least {max(RECALL_AT)} for "
                      f"recall@{max(RECALL_AT)}")
-  users, cuts = dataset.examples("test")
-  users, cuts = users[:max_users], cuts[:max_users]
+  users, cuts = dataset.examples("test", every_cut)
+  users, cuts = users[:max_requests], cuts[:max_requests]
   features = dataset.features(users, cuts)
   targets = dataset.targets(users, cuts)
   target_ids = dataset.semantic_ids[targets]
@@ -194,14 +196,15 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
 
   ranked, logits = {}, {}
   for name in ("fp16",) + tuple(schemes):
-    progress(f"evaluate: {name}: beam search over {len(users)} test users")
+    progress(f"evaluate: {name}: beam search over {len(users)} test requests")
     ranked[name] = rank(runs[name], config, features, table, beam_width, batch_size)
     logits[name] = teacher_forced_logits(runs[name], config, features, target_ids,
                                          batch_size)
   per_user = {name: per_user_metrics(r, targets) for name, r in ranked.items()}
   fp16 = {k: float(v.mean()) for k, v in per_user["fp16"].items()}
   report = {
-      "test_users": len(users), "beam_width": beam_width, "valid_items": table.num_items,
+      "test_requests": len(users), "test_users": len(np.unique(users)),
+      "beam_width": beam_width, "valid_items": table.num_items,
       "popularity_baseline": ranking_metrics(pop, targets), "fp16": fp16, "schemes": {}}
   for name in schemes:
     metrics = {k: float(v.mean()) for k, v in per_user[name].items()}
@@ -248,8 +251,9 @@ def baseline_table(report: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
   """All tables: baseline, one A/B table per scheme, the per-module FP8 error table."""
-  parts = [f"Test users: {report['test_users']}, beam width {report['beam_width']}, "
-           f"{report['valid_items']} valid items.", "", baseline_table(report)]
+  parts = [f"Test requests: {report['test_requests']} ({report['test_users']} users), beam "
+           f"width {report['beam_width']}, {report['valid_items']} valid items.", "",
+           baseline_table(report)]
   for name in report["schemes"]:
     parts += ["", markdown_table(report, name)]
   parts += ["", "Per-module FP8 error (default rules; onerec_jax.analysis):", "", "```",

@@ -52,6 +52,7 @@ def to_fp16(params: Any) -> Any:
   return jax.tree.map(lambda x: x.astype(jnp.float16), params)
 
 
+@functools.cache  # one transformation per TrainConfig, so train_step compiles once for it
 def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
                                                 max(tc.steps, tc.warmup_steps + 1))
@@ -130,8 +131,10 @@ def train(dataset: Dataset, tc: TrainConfig, *, workdir: str | os.PathLike | Non
   one dict per step with loss, per-level CE, gradient norm, router load ratio, seconds)."""
   config = training_config(dataset.model_config)
   opt = optimizer(tc)
-  params = init_params(config, jax.random.key(tc.seed))
-  state = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(0)}
+  params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(tc.seed))
+  # Committed to the device, as Orbax restores it, so a resumed run reuses the compiled step.
+  state = jax.device_put({"params": params, "opt_state": opt.init(params),
+                          "step": jnp.int32(0)}, jax.devices()[0])
   manager = None
   if workdir is not None:
     manager = ocp.CheckpointManager(os.path.abspath(workdir),

@@ -72,6 +72,9 @@ def test_examples_features_and_targets(dataset):
                                 dataset.sequences[users[:5], cuts[:5] + dataset.history_len])
   test_users, test_cuts = dataset.examples("test")
   assert (test_cuts + dataset.history_len == dataset.sequences.shape[1] - 1).all()
+  every_users, every_cuts = dataset.examples("test", every_cut=True)
+  assert len(every_users) == len(test_users) * OPTIONS.train_targets_per_user
+  assert set(every_users) == set(test_users) and every_cuts.max() == test_cuts[0]
 
 
 def test_histories_follow_interests(dataset):

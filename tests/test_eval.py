@@ -52,7 +52,7 @@ def test_per_tensor_scheme_uses_one_scale():
 
 def test_per_tensor_params_touch_only_the_rules_modules():
   cfg = preset("tiny-moe")
-  params = init_params(cfg, jax.random.key(0))
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   rules = quant.default_rules(cfg)
   out = evaluate.per_tensor_params(params, rules)
   assert out["layer_0"]["self_attn"]["qkv_proj"]["weight"].dtype == jnp.float32
@@ -66,10 +66,12 @@ def test_end_to_end_report():
   cfg = preset("tiny")  # dense: the smallest model to compile (MoE is covered above)
   dataset = data.generate(data.DataConfig(n_items=256, n_users=300, n_topics=4,
                                           subtopics_per_topic=4), cfg)
-  params = init_params(cfg, jax.random.key(0))
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   report = evaluate.evaluate(params, cfg, dataset, beam_width=50, batch_size=16,
-                             max_users=16, analysis_batch=4, progress=lambda _: None)
-  assert report["test_users"] == 16 and report["valid_items"] == 256
+                             max_requests=16, analysis_batch=4, progress=lambda _: None)
+  # Every cut point of each test user is a request: 16 requests from 4 users.
+  assert report["test_requests"] == 16 and report["test_users"] == 4
+  assert report["valid_items"] == 256
   assert set(report["schemes"]) == set(evaluate.SCHEMES)
   for s in report["schemes"].values():
     assert 0 < s["overlap@10"] <= 1 and 0 < s["overlap@50"] <= 1

@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--beam-width", type=int, default=64,
                       help="items ranked per user, >= 50 (default %(default)s)")
   parser.add_argument("--batch-size", type=int, default=64, help="users per beam search")
-  parser.add_argument("--max-users", type=int, help="evaluate only the first N test users")
+  parser.add_argument("--last-cut-only", action="store_true",
+                      help="one request per test user (its last target) instead of one per "
+                           "cut point")
+  parser.add_argument("--max-requests", type=int, help="evaluate only the first N requests")
   parser.add_argument("--schemes", nargs="+", choices=evaluate.SCHEMES,
                       default=list(evaluate.SCHEMES), help="FP8 schemes to evaluate")
   parser.add_argument("--output", type=pathlib.Path, help="write the JSON report here")
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
   options = data.DataConfig(**json.loads(data_path.read_text()))
   dataset = data.generate(options, config)
   report = evaluate.evaluate(params, config, dataset, beam_width=args.beam_width,
-                             batch_size=args.batch_size, max_users=args.max_users,
+                             batch_size=args.batch_size, every_cut=not args.last_cut_only,
+                             max_requests=args.max_requests,
                              schemes=tuple(args.schemes))
   report = {"checkpoint": str(args.checkpoint), "data": options.to_dict(), **report}
   text = evaluate.markdown(report)
