@@ -15,13 +15,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.mosaic.gpu import profiler
 
+from bench_common import git_commit
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
 from onerec_kernels.gemm_mgpu import core, testing
@@ -136,15 +136,6 @@ def candidate_configs(m, n, k):
     cands["alt_64x128_n"] = core.Config(tile_m=64, tile_n=128, wg_dimension="n",
                                         max_concurrent_steps=4)
   return cands
-
-
-def git_commit():
-  if os.environ.get("GIT_COMMIT"):
-    return os.environ["GIT_COMMIT"]
-  try:
-    return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def main():

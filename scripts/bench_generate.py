@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 
 import jax
 import numpy as np
 
+from bench_common import git_commit
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
@@ -90,8 +90,7 @@ def main() -> None:
   t0 = time.perf_counter()
   params = jax.block_until_ready(
       jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(args.seed)))
-  commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip()
+  commit = git_commit(args.commit)
   report = {"preset": args.preset, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
             "kernels": args.kernels, "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "commit": commit,

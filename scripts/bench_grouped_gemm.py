@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fp8_linear import device_ms, git_commit, num_sets  # noqa: E402
+from bench_common import git_commit  # noqa: E402
+from bench_fp8_linear import device_ms, num_sets  # noqa: E402
 
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
 from onerec_kernels.grouped_gemm.pallas import (  # noqa: E402

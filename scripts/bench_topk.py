@@ -10,13 +10,13 @@ median times, ratios) and prints a table. Run on a GPU:
 import argparse
 import json
 import statistics
-import subprocess
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_common import git_commit
 from onerec_kernels import topk
 
 V = 8192
@@ -174,8 +174,7 @@ def main():
   parser.add_argument("--reps", type=int, default=50)
   parser.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
   args = parser.parse_args()
-  commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip()
+  commit = git_commit(args.commit)
   torch_ops = _torch_ops()
   rows = []
   for w in (128, 256, 512):
