@@ -173,11 +173,26 @@ def teacher_forced_logits(variant: Variant, config: Config, features, ids,
   return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(config.levels)]
 
 
+def rule_ablation(params: Any, config: Config, features, ids, batch_size: int
+                  ) -> list[dict[str, Any]]:
+  """Logits SQNR per level with only one default rule's modules in FP8 at a time, on real
+  requests: which module group the FP8 logits error comes from."""
+  ref = teacher_forced_logits(Variant(params), config, features, ids, batch_size)
+  rows = []
+  for rule in quant.default_rules(config).rules:
+    one = quant.Rules((rule,))
+    out = teacher_forced_logits(Variant(quant.quantize_params(params, one), one), config,
+                                features, ids, batch_size)
+    rows.append({"rule": rule[0], "scheme": rule[1],
+                 "logits_sqnr_db": [analysis.sqnr_db(a, b) for a, b in zip(ref, out)]})
+  return rows
+
+
 # The evaluation ----------------------------------------------------------------------------
 def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int = 64,
              batch_size: int = 64, every_cut: bool = True, max_requests: int | None = None,
              schemes: tuple[str, ...] = SCHEMES, analysis_batch: int = 32,
-             progress=print) -> dict[str, Any]:
+             ablation_requests: int = 1024, progress=print) -> dict[str, Any]:
   """The full report (JSON-serialisable) for FP16 params on dataset's test split: one
   request per test user and cut point (every_cut; else the last cut only), the first
   max_requests of them when given."""
@@ -221,6 +236,10 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
     }
   progress("evaluate: per-module FP8 error table")
   report["module_errors"] = analysis.analyze(config, params, batch=analysis_batch)
+  progress(f"evaluate: FP8 one rule at a time on {ablation_requests} requests")
+  n = ablation_requests
+  report["rule_ablation"] = rule_ablation(
+      params, config, {k: v[:n] for k, v in features.items()}, target_ids[:n], batch_size)
   return report
 
 
@@ -256,6 +275,12 @@ def markdown(report: dict[str, Any]) -> str:
            baseline_table(report)]
   for name in report["schemes"]:
     parts += ["", markdown_table(report, name)]
+  parts += ["", "Logits SQNR (dB) per level with one default rule's modules in FP8 at a time "
+            "(test requests):", "", "| rule | scheme | SQNR per level (dB) |",
+            "| --- | --- | --- |"]
+  parts += [f"| `{r['rule']}` | {r['scheme']} | "
+            f"{', '.join(f'{x:.1f}' for x in r['logits_sqnr_db'])} |"
+            for r in report["rule_ablation"]]
   parts += ["", "Per-module FP8 error (default rules; onerec_jax.analysis):", "", "```",
             analysis.format_table(report["module_errors"]), "```"]
   return "\n".join(parts)

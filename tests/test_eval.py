@@ -68,7 +68,8 @@ def test_end_to_end_report():
                                           subtopics_per_topic=4), cfg)
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   report = evaluate.evaluate(params, cfg, dataset, beam_width=50, batch_size=16,
-                             max_requests=16, analysis_batch=4, progress=lambda _: None)
+                             max_requests=16, analysis_batch=4, ablation_requests=8,
+                             progress=lambda _: None)
   # Every cut point of each test user is a request: 16 requests from 4 users.
   assert report["test_requests"] == 16 and report["test_users"] == 4
   assert report["valid_items"] == 256
@@ -78,8 +79,12 @@ def test_end_to_end_report():
     assert all(10 < x < 60 for x in s["logits_sqnr_db"])  # FP8: finite, far from exact
     assert set(s["relative_change"]) == set(s["relative_change_se"]) == set(report["fp16"])
   assert report["module_errors"]["activations"]
+  assert [r["rule"] for r in report["rule_ablation"]] == [
+      p for p, _ in quant.default_rules(cfg).rules]
+  assert all(x > 10 for r in report["rule_ablation"] for x in r["logits_sqnr_db"])
   text = evaluate.markdown(report)
   assert "| recall@10 |" in text and "FP8 (per_tensor)" in text and "SQNR" in text
+  assert "modules in FP8 at a time" in text
 
 
 def test_paired_standard_error_by_hand():
