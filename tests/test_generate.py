@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
+from onerec_jax import checkpoint
 from onerec_jax import generate as gen
 from onerec_jax.cli import generate as cli
 from onerec_jax.config import preset
@@ -278,3 +279,21 @@ def test_cli_reports_bad_contexts(tmp_path, capsys):
   np.savez(tmp_path / "ctx.npz", static=np.zeros((2, 3, 5), np.float32))
   assert _cli("--preset", "tiny", "--contexts", str(tmp_path / "ctx.npz")) == 2
   assert "features: missing pathways" in capsys.readouterr().err
+
+
+def test_cli_demo_defaults_to_its_sample_users_and_valid_items(tmp_path, capsys):
+  """The README's main command: the shipped demo recommends real items for its sample
+  test users."""
+  out = tmp_path / "out.json"
+  assert _cli("--beam-width", "8", "--batch-size", "16", "--output", str(out)) == 0
+  report = json.loads(out.read_text())
+  with np.load(checkpoint.DEMO_SOURCE / "valid_items.npz") as items:
+    valid = set(items["item_ids"].tolist())
+  with np.load(checkpoint.DEMO_SOURCE / "contexts.npz") as ctx:
+    requests = ctx["request_ids"].tolist() if "request_ids" in ctx else None
+  assert report["valid_items"] == len(valid)
+  if requests is not None:
+    assert [r["request"] for r in report["results"]] == requests
+  for r in report["results"]:
+    assert len(r["items"]) == 8 and all(it["item_id"] in valid for it in r["items"])
+  assert "#" in capsys.readouterr().out  # item ids printed

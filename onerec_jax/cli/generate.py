@@ -24,13 +24,13 @@ from onerec_jax import quant
 from onerec_jax.config import preset
 from onerec_jax.model.onerec import init_params
 
-DEMO = "checkpoints/demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("checkpoint", nargs="?", default=DEMO,
-                      help="converted checkpoint or PyTorch-format source (default: "
-                           "%(default)s, the shipped demo, converted once and cached)")
+  parser.add_argument("checkpoint", nargs="?", default=None,
+                      help="converted checkpoint or PyTorch-format source (default: the "
+                           "shipped demo in checkpoints/demo, converted once and cached, with "
+                           "its sample test users and valid-item table)")
   model = parser.add_argument_group("model")
   model.add_argument("--preset", help="use random weights of this config preset instead")
   model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   src = parser.add_mutually_exclusive_group()
   src.add_argument("--contexts", metavar="NPZ", help="context file (docs/generate.md)")
   src.add_argument("--random", type=int, metavar="N",
-                   help="N random contexts (the default, with N = 8)")
+                   help="N random contexts (default: 8, or the demo's sample users)")
   search = parser.add_argument_group("search")
   search.add_argument("--beam-width", type=int, default=64, help="items per request")
   search.add_argument("--batch-size", type=int, default=32,
@@ -65,7 +65,7 @@ def _load_model(args):
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
     return config, params, None, f"random weights of preset {args.preset}"
   from onerec_jax import checkpoint  # orbax is needed only for checkpoints
-  path = pathlib.Path(args.checkpoint)
+  path = pathlib.Path(args.checkpoint or checkpoint.DEMO_SOURCE)
   if path.resolve() == checkpoint.DEMO_SOURCE:
     config, params = checkpoint.load_demo()
     return config, params, None, "shipped demo checkpoint"
@@ -102,9 +102,22 @@ def _results(res: gen.Result, request_ids) -> list[dict]:
   return out
 
 
+def _demo_defaults(args: argparse.Namespace) -> None:
+  """With the shipped demo and no inputs named: its sample test users and its valid items."""
+  from onerec_jax import checkpoint
+  if args.preset or (args.checkpoint and pathlib.Path(args.checkpoint).resolve()
+                     != checkpoint.DEMO_SOURCE):
+    return
+  if args.contexts is None and args.random is None:
+    args.contexts = str(checkpoint.DEMO_SOURCE / "contexts.npz")
+  if args.valid_items is None and args.random_items is None:
+    args.valid_items = str(checkpoint.DEMO_SOURCE / "valid_items.npz")
+
+
 def _prepare(args: argparse.Namespace):
   """(config, params, rules, source, features, mask, request_ids, table, batch), with
   every input checked."""
+  _demo_defaults(args)
   config, params, rules, source = _load_model(args)
   if args.dtype:
     config = config.replace(dtype=args.dtype)
