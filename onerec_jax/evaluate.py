@@ -278,7 +278,8 @@ def markdown(report: dict[str, Any]) -> str:
   parts += ["", "Logits SQNR (dB) per level with one default rule's modules in FP8 at a time "
             "(test requests):", "", "| rule | scheme | SQNR per level (dB) |",
             "| --- | --- | --- |"]
-  parts += [f"| `{r['rule']}` | {r['scheme']} | "
+  escape = lambda text: text.replace("|", "\\|")  # a pipe inside a table cell
+  parts += [f"| `{escape(r['rule'])}` | {r['scheme']} | "
             f"{', '.join(f'{x:.1f}' for x in r['logits_sqnr_db'])} |"
             for r in report["rule_ablation"]]
   parts += ["", "Per-module FP8 error (default rules; onerec_jax.analysis):", "", "```",
