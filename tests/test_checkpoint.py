@@ -191,3 +191,32 @@ def test_cli_lists_every_subcommand(capsys):
   assert done.value.code == 0
   out = capsys.readouterr().out
   assert all(name in out for name in SUBCOMMANDS)
+
+
+def test_load_demo_reconverts_when_the_shipped_files_change(tmp_path, monkeypatch, state):
+  src = _write(tmp_path, state)
+  monkeypatch.setattr(checkpoint, "DEMO_SOURCE", src)
+  monkeypatch.setattr(checkpoint, "DEMO_CONVERTED", tmp_path / "converted" / "demo")
+  _, first = checkpoint.load_demo()
+  meta = checkpoint.read_metadata(tmp_path / "converted" / "demo")
+  assert meta["source"].startswith(f"{src} sha256:")
+  checkpoint.load_demo()  # unchanged: no new conversion
+  assert checkpoint.read_metadata(tmp_path / "converted" / "demo")["created"] == meta["created"]
+  changed = dict(state)
+  changed["embed.bos"] = (state["embed.bos"] + 1).astype(np.float16)
+  save_file(changed, str(src / "model.safetensors"))
+  _, second = checkpoint.load_demo()
+  np.testing.assert_array_equal(np.asarray(second["embed"]["bos"]), changed["embed.bos"])
+
+
+def test_make_random_checkpoint_script_writes_what_convert_reads(tmp_path):
+  import pathlib
+  import subprocess
+  import sys
+  script = pathlib.Path(__file__).parents[1] / "scripts" / "make_random_checkpoint.py"
+  done = subprocess.run([sys.executable, str(script), "--preset", "tiny-moe", "--out",
+                         str(tmp_path / "rnd")], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  config, params = load(convert(tmp_path / "rnd", tmp_path / "jax", progress=False))
+  assert config == CFG
+  assert params["layer_3"]["mlp"]["router"]["weight"].dtype == np.float16

@@ -134,11 +134,12 @@ def read_config(source_path: str | os.PathLike) -> Config:
 def convert(source_path: str | os.PathLike, dest: str | os.PathLike, *,
             config: Config | None = None, precision: str = "fp16",
             rules: "quant.Rules | None" = None, overwrite: bool = False,
-            progress: bool = True) -> pathlib.Path:
+            progress: bool = True, source_label: str | None = None) -> pathlib.Path:
   """Converts a PyTorch-format checkpoint to a JAX checkpoint at `dest`.
 
   precision "fp8" quantizes offline with `rules` (default: the paper's rule set for the
-  config) and records them in the checkpoint.
+  config) and records them in the checkpoint. source_label is what the metadata records
+  as the source (default: the source path).
   """
   if precision not in store.PRECISIONS:
     raise CheckpointError(f"precision {precision!r} not in {store.PRECISIONS}")
@@ -149,6 +150,6 @@ def convert(source_path: str | os.PathLike, dest: str | os.PathLike, *,
   if precision == "fp8":
     rules = rules or quant.default_rules(config)
     params = quant.quantize_params(params, rules)
-  return store.save(dest, config, params, rules=rules, source=str(source_path),
-                    overwrite=overwrite)
+  return store.save(dest, config, params, rules=rules,
+                    source=source_label or str(source_path), overwrite=overwrite)
 
