@@ -1,5 +1,6 @@
 """What every benchmark script records beside its timings."""
 
+import json
 import os
 import subprocess
 
@@ -14,3 +15,10 @@ def git_commit(explicit: str | None = None) -> str:
                                    stderr=subprocess.DEVNULL).strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def write_json(path: str, result: dict) -> None:
+  """Writes a benchmark result, creating the folder."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)

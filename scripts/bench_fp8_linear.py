@@ -13,7 +13,6 @@ larger than L2. Prints a table last; writes JSON (--out).
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.mosaic.gpu import profiler
 
-from bench_common import git_commit
+from bench_common import git_commit, write_json
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
 from onerec_kernels.gemm_mgpu import core, testing
@@ -176,9 +175,7 @@ def main():
   result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
                 git_commit=git_commit(), timing="CUPTI device time, median of 30 calls",
                 checks=checks, rows=rows, summary=summary)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  write_json(args.out, result)
   print(f"\n{'shape':18} {'M':>6} {'bf16':>8} {'fp16':>8} {'xla8':>8} {'ours':>8} "
         f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6}")
   for r in rows:

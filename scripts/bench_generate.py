@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from bench_common import git_commit
+from bench_common import git_commit, write_json
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
@@ -101,13 +101,10 @@ def main() -> None:
                                    args.seed))
     report["peak_bytes_in_use"] = (jax.devices()[0].memory_stats() or {}).get(
         "peak_bytes_in_use")
-    text = json.dumps(report, indent=1)
     print(json.dumps(report["results"][-1]), flush=True)
     if args.out:
-      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-      with open(args.out, "w") as fh:
-        fh.write(text + "\n")
-  print(text)
+      write_json(args.out, report)
+  print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

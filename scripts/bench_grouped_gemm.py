@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import git_commit  # noqa: E402
+from bench_common import git_commit, write_json  # noqa: E402
 from bench_fp8_linear import device_ms, num_sets  # noqa: E402
 
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
@@ -234,9 +234,7 @@ def main():
   result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
                 git_commit=git_commit(), timing="CUPTI device time, median of calls",
                 checks=checks, rows=rows, moe_layer=moe)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  write_json(args.out, result)
   print(f"\n{'shape':24} {'fp8':>8} {'TF/s':>6} {'bf16':>8} {'lax':>9} {'upstr':>8} "
         f"{'dense16':>8} {'xla8':>8} {'xdense':>6} {'xupstr':>6} {'x/read':>6}")
   for r in rows:

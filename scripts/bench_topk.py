@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_common import git_commit
+from bench_common import git_commit, write_json
 from onerec_kernels import topk
 
 V = 8192
@@ -194,8 +194,7 @@ def main():
             "torch": torch_ops[0].__version__ if torch_ops else None, "commit": commit,
             "timing": _time_all.__doc__ + f" reps={args.reps}, after 3 warm-ups",
             "rows": rows, "breakdown_w512_fp32": breakdown}
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  write_json(args.out, result)
   print(f"{result['device']}  jax {result['jax']}  commit {commit[:10]}")
   print(f"{'op':6} {'shape':>14} {'k':>4} {'dtype':8} {'floor':>7} {'kernel':>7} {'fused':>7} "
         f"{'packed':>7} {'lax':>7} {'lax_u':>7} {'torch':>7} {'k/fl':>5} {'lax/k':>6} "

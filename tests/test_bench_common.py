@@ -19,3 +19,10 @@ def test_git_commit_order(monkeypatch, tmp_path):
   assert git_commit() == head
   monkeypatch.chdir(tmp_path)  # no repository here
   assert git_commit() == "unknown"
+
+
+def test_write_json_creates_the_folder(tmp_path):
+  import json
+  from bench_common import write_json
+  write_json(str(tmp_path / "a" / "b.json"), {"x": [1, 2]})
+  assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"x": [1, 2]}
