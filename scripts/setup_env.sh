@@ -39,7 +39,10 @@ if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys.ve
   rm -rf .venv  # made by another interpreter
 fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >&2
-.venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+quiet_pip() {  # pip, minus the machine's notes about missing local index folders
+  .venv/bin/python -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+}
+quiet_pip install -q --upgrade pip
+quiet_pip install -q -e ".[${extras}]"
 .venv/bin/python -c "import jax, flax, onerec_jax, onerec_kernels" >&2
 echo "$want" > "$stamp"
