@@ -104,7 +104,7 @@ def train_step(state: dict[str, Any], features, ids, *, config: Config,
   imbalance = jnp.stack([l.max() / l.mean() for l in loads.values()]).max() if loads \
       else jnp.float32(1.0)
   return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-          {"loss": loss, "ce": ce, "grad_norm": optax.global_norm(grads),
+          {"loss": loss, "ce": ce, "grad_norm": optax.tree.norm(grads),
            "max_load_ratio": imbalance})
 
 
