@@ -27,14 +27,15 @@ pick_python() {
   exit 1
 }
 
+# The stamp names what the venv was built from: pyproject, extras and interpreter version.
+py=$(pick_python)
+pyver=$("$py" -c 'import sys; print(sys.version_info[:2])')
 stamp=.venv/.onerec-install-stamp
-want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
+want="$(sha256sum pyproject.toml | cut -c1-16) $extras $pyver"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-py=$(pick_python)
 echo "setup_env: using $py ($("$py" --version 2>&1))" >&2
-pyver=$("$py" -c 'import sys; print(sys.version_info[:2])')
 if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys.version_info[:2])')" != "$pyver" ]; then
   rm -rf .venv  # made by another interpreter
 fi
