@@ -4,6 +4,7 @@ On the CPU the kernel runs in Mosaic GPU interpret mode at small shapes with sma
 GPU tests (marked) run the benchmark shapes.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
@@ -12,12 +13,12 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from onerec_kernels.fp8_linear import (
     default_config,
     fp8_linear,
-    fp8_linear_dynamic_reference,
     fp8_linear_pallas,
     fp8_linear_reference,
 )
 from onerec_kernels.gemm_mgpu import core, testing
-from onerec_kernels.quantize import quantize_rows, rmsnorm_quantize_rows
+from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations_reference,
+                                     quantize_rows)
 
 SMALL = core.Config(tile_m=64, tile_n=32, tile_k=128, max_concurrent_steps=2,
                     epi_tile_n=32)
@@ -63,13 +64,18 @@ def test_pallas_bf16_output_interpret():
   assert float(rel) < 2.0 ** -8
 
 
-def test_entry_point_off_gpu_is_reference():
+@pytest.mark.parametrize("producer", [None, "rmsnorm", "swiglu"])
+def test_entry_point_off_gpu_is_reference(producer):
   x = jax.random.normal(jax.random.key(0), (2, 5, 96), jnp.bfloat16)
+  src = {None: x, "rmsnorm": RMSNormOf(x, jnp.linspace(0.5, 2.0, 96)),
+         "swiglu": SwiGLUOf(jnp.concatenate([x, 2 * x], -1))}[producer]
   w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (48, 96)))
-  y = fp8_linear(x, w_q, w_s)
+  y = fp8_linear(src, w_q, w_s)
   assert y.shape == (2, 5, 48) and y.dtype == jnp.bfloat16
   if not core.on_hopper():
-    assert bool(jnp.all(y == fp8_linear_dynamic_reference(x, w_q, w_s)))
+    x_q, x_s = quantize_activations_reference(src)
+    ref = fp8_linear_reference(x_q.reshape(10, 96), x_s.reshape(10), w_q, w_s)
+    chex.assert_trees_all_equal(y, ref.reshape(2, 5, 48))
 
 
 @pytest.mark.parametrize("m", [1, 32, 1000, 16384])
@@ -78,21 +84,6 @@ def test_default_config_fits(m):
     cfg = default_config(m, n, k)
     assert cfg.tile_k == 128 and cfg.tile_m in (64, 128)
     assert cfg.tile_n % min(cfg.epi_tile_n, cfg.tile_n) == 0
-
-
-def test_rmsnorm_quantize_rows_matches_composition():
-  x = jax.random.normal(jax.random.key(3), (64, 256), jnp.float32) * 4
-  x = x.at[3].set(0.0)
-  g = jax.random.uniform(jax.random.key(4), (256,), minval=0.5, maxval=2.0)
-  q, s = rmsnorm_quantize_rows(x, g)
-  h = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * g
-  q_ref, s_ref = quantize_rows(h)
-  assert jnp.allclose(s, s_ref, rtol=1e-6)
-  diff = jnp.abs(q.astype(jnp.float32) - q_ref.astype(jnp.float32))
-  # At most one FP8 step apart (rounding of the f32 intermediate), almost always equal.
-  assert float(jnp.max(diff / (jnp.abs(q_ref.astype(jnp.float32)) + 2.0 ** -6))) <= 0.13
-  assert float(jnp.mean(diff > 0)) < 0.01
-  assert bool(jnp.all(s[3] == 1.0)) and bool(jnp.all(q[3].astype(jnp.float32) == 0))
 
 
 # moe-4b and 1B Linear shapes (K, N) at the benchmark's M.

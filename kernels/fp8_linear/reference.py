@@ -8,8 +8,6 @@ run time.
 import jax
 import jax.numpy as jnp
 
-from onerec_kernels.quantize.reference import quantize_rows
-
 
 def fp8_linear_reference(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array,
                          w_scale: jax.Array, *, out_dtype=jnp.bfloat16) -> jax.Array:
@@ -19,12 +17,3 @@ def fp8_linear_reference(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array,
                    precision=jax.lax.Precision.HIGHEST)
   return (acc * x_scale[:, None] * w_scale[None, :]).astype(out_dtype)
 
-
-def fp8_linear_dynamic_reference(x: jax.Array, w_q: jax.Array, w_scale: jax.Array, *,
-                                 out_dtype=None) -> jax.Array:
-  """Quantizes x [..., K] per token, then fp8_linear_reference; keeps x's leading axes."""
-  out_dtype = out_dtype or x.dtype
-  lead = x.shape[:-1]
-  x_q, x_scale = quantize_rows(x.reshape(-1, x.shape[-1]))
-  y = fp8_linear_reference(x_q, x_scale, w_q, w_scale, out_dtype=out_dtype)
-  return y.reshape(*lead, w_q.shape[0])

@@ -4,6 +4,7 @@ entry points that pick the backend."""
 from onerec_kernels.backend import reference_only
 from onerec_kernels.gemm_mgpu import on_hopper
 from onerec_kernels.grouped_gemm.pallas import (
+    BLOCK,
     fp8_grouped_gemm_pallas,
     grouped_gemm_pallas,
 )
@@ -14,7 +15,7 @@ from onerec_kernels.grouped_gemm.reference import (
     row_groups,
 )
 from onerec_kernels.grouped_gemm.routing import combine, sort_by_expert
-from onerec_kernels.quantize.reference import quantize_blocks
+from onerec_kernels.quantize import Activation, activation_dtype, quantize_activations
 
 
 def grouped_gemm(x, w, group_sizes, *, out_dtype=None):
@@ -28,15 +29,16 @@ def grouped_gemm(x, w, group_sizes, *, out_dtype=None):
   return grouped_gemm_reference(x, w, group_sizes, out_dtype=out_dtype)
 
 
-def fp8_grouped_gemm(x, w_q, w_scale, group_sizes, *, out_dtype=None):
-  """Quantizes x [M, K] in 1x128 blocks, then the block-scaled FP8 grouped GEMM with
-  w_q [E, N, K] fp8 and w_scale [E, ceil(N/128), ceil(K/128)] -> [M, N].
+def fp8_grouped_gemm(x: Activation, w_q, w_scale, group_sizes, *, out_dtype=None):
+  """Quantizes x [M, K] (an array or the SwiGLUOf that computes it, fused in) in 1x128
+  blocks, then the block-scaled FP8 grouped GEMM with w_q [E, N, K] fp8 and
+  w_scale [E, ceil(N/128), ceil(K/128)] -> [M, N].
 
-  The entry point the experts call under FP8 rules: the Pallas kernel on a Hopper GPU,
-  the reference elsewhere.
+  The entry point the experts call under FP8 rules: quantize_activations and the Pallas
+  kernel on a Hopper GPU, the references elsewhere.
   """
-  out_dtype = out_dtype or x.dtype
-  x_q, x_scale = quantize_blocks(x, 1, 128)
+  out_dtype = out_dtype or activation_dtype(x)
+  x_q, x_scale = quantize_activations(x, block=BLOCK)
   impl = (fp8_grouped_gemm_reference if reference_only() or not on_hopper()
           else fp8_grouped_gemm_pallas)
   return impl(x_q, x_scale, w_q, w_scale, group_sizes, out_dtype=out_dtype)

@@ -1,14 +1,15 @@
 """The routed experts of one MoE layer around the grouped-GEMM kernels: sort by expert,
 gather (+ 1x128 quantization), gate/up GEMM, SwiGLU (+ re-quantization), down GEMM,
-gate-weighted combine. The elementwise steps are left to XLA, which fuses each into the
-gather or the GEMM output pass it follows."""
+gate-weighted combine. In FP8 the gather and the SwiGLU run inside the quantization
+kernel (quantize_activations); in 16-bit XLA fuses them into the passes they follow."""
 
 import jax
 import jax.numpy as jnp
 
-from onerec_kernels.grouped_gemm.pallas import fp8_grouped_gemm_pallas, grouped_gemm_pallas
+from onerec_kernels.grouped_gemm.pallas import (BLOCK, fp8_grouped_gemm_pallas,
+                                                grouped_gemm_pallas)
 from onerec_kernels.grouped_gemm.routing import combine, sort_by_expert
-from onerec_kernels.quantize.reference import quantize_blocks
+from onerec_kernels.quantize import SwiGLUOf, quantize_activations
 
 
 def routed_experts(x: jax.Array, ids: jax.Array, gates: jax.Array, w_gate_up: jax.Array,
@@ -21,14 +22,15 @@ def routed_experts(x: jax.Array, ids: jax.Array, gates: jax.Array, w_gate_up: ja
   """
   e, top_k = w_gate_up.shape[0], ids.shape[1]
   order, group_sizes = sort_by_expert(ids, e)
-  rows = x[order // top_k]  # [T*k, D], sorted by expert
-
-  def gemm(a, w, scale):
-    if scale is None:
-      return grouped_gemm_pallas(a, w, group_sizes, out_dtype=x.dtype)
-    a_q, a_scale = quantize_blocks(a, 1, 128)
-    return fp8_grouped_gemm_pallas(a_q, a_scale, w, scale, group_sizes, out_dtype=x.dtype)
-
-  gate, up = jnp.split(gemm(rows, w_gate_up, gate_up_scale), 2, axis=-1)  # [T*k, F] each
-  y = gemm(jax.nn.silu(gate) * up, w_down, down_scale)  # [T*k, D]
+  if gate_up_scale is None:
+    gemm = lambda a, w: grouped_gemm_pallas(a, w, group_sizes, out_dtype=x.dtype)
+    h = gemm(x[order // top_k], w_gate_up)  # [T*k, 2F]
+    gate, up = jnp.split(h, 2, axis=-1)
+    y = gemm(jax.nn.silu(gate) * up, w_down)  # [T*k, D]
+  else:
+    fp8 = lambda src, w, scale, rows=None: fp8_grouped_gemm_pallas(
+        *quantize_activations(src, block=BLOCK, rows=rows), w, scale, group_sizes,
+        out_dtype=x.dtype)
+    h = fp8(x, w_gate_up, gate_up_scale, order // top_k)  # [T*k, 2F]
+    y = fp8(SwiGLUOf(h), w_down, down_scale)  # [T*k, D]
   return combine(y, order, gates)

@@ -1,8 +1,16 @@
-"""FP8 quantization of rows and blocks (reference in jax.numpy), and RMSNorm fused with
-per-token quantization."""
+"""FP8 quantization: the specification (rows and blocks, reference.py) and the fused
+activation quantization every FP8 matmul input goes through (activations.py)."""
 
-from onerec_kernels.quantize.fused import rmsnorm_quantize_rows
-
+from onerec_kernels.quantize.activations import (
+    Activation,
+    RMSNormOf,
+    SwiGLUOf,
+    activation_dtype,
+    activation_shape,
+    evaluate_fp32,
+    quantize_activations,
+    quantize_activations_reference,
+)
 from onerec_kernels.quantize.reference import (
     FP8_DTYPE,
     FP8_MAX,
@@ -13,6 +21,7 @@ from onerec_kernels.quantize.reference import (
     scale_from_amax,
 )
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "dequantize_blocks", "dequantize_rows",
-           "quantize_blocks", "quantize_rows", "rmsnorm_quantize_rows",
-           "scale_from_amax"]
+__all__ = ["Activation", "FP8_DTYPE", "FP8_MAX", "RMSNormOf", "SwiGLUOf",
+           "activation_dtype", "activation_shape", "dequantize_blocks", "dequantize_rows",
+           "evaluate_fp32", "quantize_activations", "quantize_activations_reference",
+           "quantize_blocks", "quantize_rows", "scale_from_amax"]

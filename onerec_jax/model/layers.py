@@ -4,6 +4,10 @@ RMSNorm and SwiGLU.
 Every weight product of the model goes through Linear and every expert product through
 GroupedLinear, so the FP8 interceptor (onerec_jax.quant) has exactly two places to act.
 Weights are K-major ([N, K], experts [E, N, K]), the PyTorch Linear layout.
+
+Both take an optional `producer`: the RMSNormOf / SwiGLUOf that computed their input x.
+Their own product ignores it (it uses x); the FP8 ops fuse it into the activation
+quantization, reading the producer's input once instead of x (onerec_kernels.quantize).
 """
 
 from typing import Any
@@ -12,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import onerec_kernels.grouped_gemm as grouped_gemm_op
+from onerec_kernels.quantize import RMSNormOf, SwiGLUOf
 
 Dtype = Any
 
@@ -35,7 +40,8 @@ class Linear(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [..., K] -> [..., N]
+  def __call__(self, x: jax.Array, producer=None) -> jax.Array:  # [..., K] -> [..., N]
+    del producer  # x is what it computed
     w = self.param("weight", _kernel_init, (self.features, x.shape[-1]), self.param_dtype)
     y = jnp.einsum("...k,nk->...n", x.astype(self.dtype), w.astype(self.dtype),
                    preferred_element_type=jnp.float32,
@@ -52,7 +58,9 @@ class GroupedLinear(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:  # [M,K] -> [M,N]
+  def __call__(self, x: jax.Array, group_sizes: jax.Array,
+               producer=None) -> jax.Array:  # [M, K] -> [M, N]
+    del producer  # x is what it computed
     w = self.param("weight", _expert_init, (self.num_experts, self.features, x.shape[-1]),
                    self.param_dtype)
     return grouped_gemm_op.grouped_gemm(x.astype(self.dtype), w.astype(self.dtype),
@@ -73,6 +81,10 @@ class RMSNorm(nn.Module):
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * w.astype(jnp.float32)).astype(self.dtype)
 
+  def producer(self, x: jax.Array) -> RMSNormOf:
+    """This norm of x as a producer for the matmuls it feeds (call the norm first)."""
+    return RMSNormOf(x, self.get_variable("params", "weight"), self.eps)
+
 
 def swiglu(gate_up: jax.Array) -> jax.Array:
   """silu(gate) * up for a fused [..., 2F] projection laid out [gate; up]."""
@@ -89,7 +101,7 @@ class SwiGLU(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, producer: RMSNormOf | None = None) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = Linear(2 * self.d_ff, name="gate_up_proj", **kw)(x)
-    return Linear(self.d_model, name="down_proj", **kw)(swiglu(h))
+    h = Linear(2 * self.d_ff, name="gate_up_proj", **kw)(x, producer=producer)
+    return Linear(self.d_model, name="down_proj", **kw)(swiglu(h), producer=SwiGLUOf(h))

@@ -17,6 +17,7 @@ import onerec_kernels.topk as topk_op
 
 from onerec_jax.config import Config
 from onerec_jax.model.layers import GroupedLinear, Linear, RMSNorm, SwiGLU, swiglu
+from onerec_kernels.quantize import RMSNormOf, SwiGLUOf
 
 # Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "mask": [B, N] bool}.
 Context = dict[str, Any]
@@ -81,11 +82,12 @@ class CrossAttention(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, h: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array):
+  def __call__(self, h: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+               producer: RMSNormOf | None = None):
     cfg = self.config
     b, w, t, _ = h.shape  # [B, W, T, D]
     g, r = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
-    q = Linear(cfg.n_heads * cfg.d_head, name="q_proj", **_kw(cfg))(h)
+    q = Linear(cfg.n_heads * cfg.d_head, name="q_proj", **_kw(cfg))(h, producer=producer)
     q = q.reshape(b, w * t, g, r, cfg.d_head)
     o = _attend(q, k, v, mask[:, None, None, None, :])  # [B, W*T, G, R, dh]
     o = o.reshape(b, w, t, cfg.n_heads * cfg.d_head)
@@ -98,11 +100,12 @@ class SelfAttention(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, h: jax.Array, start: int, cache: dict[str, jax.Array] | None):
+  def __call__(self, h: jax.Array, start: int, cache: dict[str, jax.Array] | None,
+               producer: RMSNormOf | None = None):
     cfg = self.config
     b, w, t, _ = h.shape  # [B, W, T, D]
     hd = cfg.n_heads * cfg.d_head
-    qkv = Linear(3 * hd, name="qkv_proj", **_kw(cfg))(h)
+    qkv = Linear(3 * hd, name="qkv_proj", **_kw(cfg))(h, producer=producer)
     q, k, v = (a.reshape(b, w, t, cfg.n_heads, cfg.d_head) for a in jnp.split(qkv, 3, -1))
     if cache is not None:  # write positions [start, start + t) and read all of them
       k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
@@ -158,7 +161,8 @@ class RoutedExperts(nn.Module):
     rows = x[order // cfg.top_k]  # [T*k, D], sorted by expert
     h = GroupedLinear(e, 2 * cfg.expert_d_ff, name="gate_up_proj", **_kw(cfg))(rows,
                                                                               group_sizes)
-    y = GroupedLinear(e, cfg.d_model, name="down_proj", **_kw(cfg))(swiglu(h), group_sizes)
+    y = GroupedLinear(e, cfg.d_model, name="down_proj", **_kw(cfg))(
+        swiglu(h), group_sizes, producer=SwiGLUOf(h))
     return grouped_gemm_op.combine(y, order, gates).astype(cfg.compute_dtype)
 
 
@@ -168,14 +172,16 @@ class MoE(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, producer: RMSNormOf | None = None) -> jax.Array:
     cfg = self.config
-    xt = x.reshape(-1, x.shape[-1])  # [T, D]
+    flat = lambda a: a.reshape(-1, a.shape[-1])
+    xt = flat(x)  # [T, D]
     ids, gates = Router(cfg, name="router")(xt)
     y = RoutedExperts(cfg, name="experts")(xt, ids, gates)
     if cfg.n_shared_experts:
       y = y + SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.expert_d_ff,
-                     name="shared_experts", **_kw(cfg))(xt)
+                     name="shared_experts", **_kw(cfg))(
+                         xt, producer=producer and producer._replace(x=flat(producer.x)))
     return y.reshape(x.shape)
 
 
@@ -188,17 +194,23 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, h, context: Context, start: int, cache):
     cfg = self.config
-    norm = lambda name: RMSNorm(cfg.rms_eps, name=name, **_kw(cfg))
+
+    def norm(name: str, x: jax.Array) -> tuple[jax.Array, RMSNormOf]:
+      """RMSNorm(x) and its producer, for the FP8 quantization of the matmul it feeds."""
+      module = RMSNorm(cfg.rms_eps, name=name, **_kw(cfg))
+      return module(x), module.producer(x)
+
     k, v = context["kv"][cfg.kv_set_of(self.layer)]
-    h = h + CrossAttention(cfg, name="cross_attn")(norm("cross_attn_norm")(h), k, v,
-                                                   context["mask"])
-    a, cache = SelfAttention(cfg, name="self_attn")(norm("self_attn_norm")(h), start, cache)
+    x, producer = norm("cross_attn_norm", h)
+    h = h + CrossAttention(cfg, name="cross_attn")(x, k, v, context["mask"], producer)
+    x, producer = norm("self_attn_norm", h)
+    a, cache = SelfAttention(cfg, name="self_attn")(x, start, cache, producer)
     h = h + a
-    x = norm("mlp_norm")(h)
+    x, producer = norm("mlp_norm", h)
     if cfg.is_moe(self.layer):
-      h = h + MoE(cfg, name="mlp")(x)
+      h = h + MoE(cfg, name="mlp")(x, producer=producer)
     else:
-      h = h + SwiGLU(cfg.d_model, cfg.d_ff, name="mlp", **_kw(cfg))(x)
+      h = h + SwiGLU(cfg.d_model, cfg.d_ff, name="mlp", **_kw(cfg))(x, producer=producer)
     return h, cache
 
 

@@ -67,9 +67,11 @@ def quantize_weight(weight: jax.Array, scheme: str) -> QArray:
 
 
 def quantized_matmul(scheme: str, x: jax.Array, weight: QArray, *args, out_dtype,
-                     **kwargs) -> jax.Array:
+                     producer=None, **kwargs) -> jax.Array:
   """The scheme's FP8 op on x and a quantized weight, with the rest of the module's call
   arguments (group_sizes for block); x is first cast to out_dtype, the compute dtype, as
-  the unquantized module does."""
-  return SCHEMES[scheme].op(x.astype(out_dtype), weight.value, weight.scale, *args,
-                            **kwargs, out_dtype=out_dtype)
+  the unquantized module does. producer (the RMSNormOf / SwiGLUOf that computed x), when
+  given, replaces x: the op fuses it into its activation quantization."""
+  src = x.astype(out_dtype) if producer is None else producer
+  return SCHEMES[scheme].op(src, weight.value, weight.scale, *args, **kwargs,
+                            out_dtype=out_dtype)

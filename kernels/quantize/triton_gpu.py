@@ -1,0 +1,79 @@
+"""GPU backend of quantize_activations: one Triton kernel, one program per row.
+
+The row's source (plain, RMSNorm or SwiGLU; optionally gathered through a row index) is
+read once, computed in FP32 in registers, and written as FP8 with its per-row or 1x128
+scales: 3 bytes an element of traffic for a 16-bit RMSNorm input where XLA's norm plus
+quantize moves 7. Triton, not Pallas Mosaic GPU: a row of K = 1408 or 5632 is a plain
+masked vector load here, while Mosaic GPU's TMA boxes (<= 256 elements a dimension) and
+layout inference made the same kernel a tiling exercise that did not lower (DESIGN.md
+section 7).
+"""
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+from onerec_kernels import triton_launch
+from onerec_kernels.quantize.reference import FP8_DTYPE, FP8_MAX
+
+BLOCK = 128  # columns of a 1 x 128 activation block
+
+
+@triton.jit
+def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexpr,
+                     SRC_STRIDE: tl.constexpr, NB: tl.constexpr, KB: tl.constexpr,
+                     EPS: tl.constexpr, QMAX: tl.constexpr, MODE: tl.constexpr,
+                     GATHER: tl.constexpr, PER_BLOCK: tl.constexpr):
+  """MODE 0: plain, 1: RMSNorm (weight, EPS), 2: SwiGLU of [gate; up] (SRC_STRIDE = 2K).
+  Writes q [R, K] fp8 and s [R] (PER_BLOCK: [R, KB]) f32 for output row r, which reads
+  source row rows[r] (GATHER) or r."""
+  r = tl.program_id(0).to(tl.int64)
+  src = tl.load(rows_ptr + r).to(tl.int64) if GATHER else r
+  offs = tl.arange(0, NB)[:, None] * 128 + tl.arange(0, 128)[None, :]  # [NB, 128]
+  inb = offs < K
+  x = tl.load(src_ptr + src * SRC_STRIDE + offs, mask=inb, other=0.0).to(tl.float32)
+  if MODE == 1:
+    inv = tl.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / K + EPS)
+    x = x * tl.load(weight_ptr + offs, mask=inb, other=0.0).to(tl.float32) * inv
+  elif MODE == 2:
+    up = tl.load(src_ptr + src * SRC_STRIDE + K + offs, mask=inb,
+                 other=0.0).to(tl.float32)
+    x = x * tl.sigmoid(x) * up
+  amax = tl.max(tl.abs(x), axis=1)  # [NB]
+  if not PER_BLOCK:
+    amax = tl.max(amax, axis=0)
+  scale = tl.where(amax > 0, amax * (1.0 / QMAX), 1.0)
+  if PER_BLOCK:
+    y = x / scale[:, None]
+    kb = tl.arange(0, NB)
+    tl.store(s_ptr + r * KB + kb, scale, mask=kb < KB)
+  else:
+    y = x / scale
+    tl.store(s_ptr + r, scale)
+  y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+  tl.store(q_ptr + r * K + offs, y.to(q_ptr.dtype.element_ty), mask=inb)
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def quantize(src: jax.Array, weight: jax.Array | None, rows: jax.Array | None, *,
+             k: int, mode: int, eps: float, per_block: bool) -> tuple[jax.Array, jax.Array]:
+  """src [R0, SRC_STRIDE] (16/32-bit) -> (q [R, k] fp8, scale [R] or [R, ceil(k/128)]);
+  R = len(rows) when rows are given, else R0."""
+  r = src.shape[0] if rows is None else rows.shape[0]
+  nb = _pow2(-(-k // BLOCK))
+  kb = -(-k // BLOCK)
+  none = jnp.zeros((1,), jnp.int32)
+  scale_shape = (r, kb) if per_block else (r,)
+  return triton_launch.triton_call(
+      _quantize_kernel, src, none if weight is None else weight,
+      none if rows is None else rows.astype(jnp.int32),
+      out=(triton_launch.shape((r, k), FP8_DTYPE),
+           triton_launch.shape(scale_shape, jnp.float32)),
+      grid=(r,), num_warps=4 if nb * BLOCK <= 2048 else 8, K=k, SRC_STRIDE=src.shape[1],
+      NB=nb, KB=kb, EPS=float(eps), QMAX=FP8_MAX, MODE=mode, GATHER=rows is not None,
+      PER_BLOCK=per_block)
+

@@ -1,0 +1,163 @@
+"""quantize_activations: the reference against an independent float64 computation, the
+Triton kernel against the reference (in Triton's CPU interpreter off the GPU, through
+jax-triton on it), and the entry point's errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onerec_kernels.quantize import (FP8_MAX, RMSNormOf, SwiGLUOf, activation_shape,
+                                     quantize_activations, quantize_activations_reference)
+from triton_interpret import interpreted
+
+rng = np.random.default_rng(0)
+
+
+def _x(shape, scale=3.0):
+  """Random rows with an all-zero row and values beyond 448 in row 0."""
+  x = (rng.standard_normal(shape) * scale).astype(np.float32)
+  x[1] = 0.0
+  x[0, :4] = [900.0, -2000.0, 460.0, 1e4]
+  return x
+
+
+def _f64_quantize(y: np.ndarray, block: int | None):
+  """Independent float64 model: scale = fl32(amax * fl32(1/448)), value = RNE(y / s)."""
+  k = y.shape[-1]
+  groups = [(0, k)] if block is None else [(i, min(i + block, k)) for i in range(0, k, block)]
+  scales, values = [], np.empty_like(y)
+  for lo, hi in groups:
+    amax = np.abs(y[:, lo:hi]).max(axis=1)
+    s = np.where(amax > 0, (amax * np.float64(np.float32(1 / FP8_MAX))).astype(np.float32),
+                 1.0)
+    scales.append(s)
+    values[:, lo:hi] = np.clip(y[:, lo:hi] / s[:, None], -FP8_MAX, FP8_MAX)
+  scale = np.stack(scales, 1) if block else scales[0]
+  return values.astype(ml_dtypes.float8_e4m3fn).astype(np.float64), scale
+
+
+def _f64_activation(kind, x, w=None, eps=1e-6):
+  x = x.astype(np.float64)
+  if kind == "rmsnorm":
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+  if kind == "swiglu":
+    gate, up = np.split(x, 2, axis=-1)
+    with np.errstate(over="ignore"):  # exp(2000): silu(-2000) = -0
+      return gate / (1 + np.exp(-gate)) * up
+  return x
+
+
+def _source(kind, x, w=None):
+  x = jnp.asarray(x)
+  if kind == "rmsnorm":
+    return RMSNormOf(x, jnp.asarray(w))
+  return SwiGLUOf(x) if kind == "swiglu" else x
+
+
+@pytest.mark.parametrize("kind", ["plain", "rmsnorm", "swiglu"])
+@pytest.mark.parametrize("block", [None, 128])
+def test_reference_against_float64(kind, block):
+  x = _x((9, 2 * 300))
+  w = rng.uniform(0.5, 2.0, x.shape[-1]).astype(np.float32)
+  q, s = quantize_activations_reference(_source(kind, x, w), block=block)
+  y = _f64_activation(kind, x, w)
+  q64, s64 = _f64_quantize(y, block)
+  chex.assert_shape(q, y.shape)
+  chex.assert_shape(s, y.shape[:1] + ((-(-y.shape[1] // 128),) if block else ()))
+  np.testing.assert_allclose(np.asarray(s), s64, rtol=2e-6)
+  # One FP8 step apart where the FP32 and float64 activations round differently.
+  diff = np.abs(np.asarray(q, np.float64) - q64)
+  assert np.all(diff <= np.abs(q64) / 8 + 2.0 ** -9) and np.mean(diff > 0) < 0.01
+  assert np.all(np.asarray(s)[1] == 1.0) and np.all(np.asarray(q, np.float64)[1] == 0)
+
+
+def test_reference_gathers_rows():
+  x = _x((6, 256))
+  rows = jnp.array([5, 0, 0, 3, 2], jnp.int32)
+  q, s = quantize_activations_reference(jnp.asarray(x), block=128, rows=rows)
+  q2, s2 = quantize_activations_reference(jnp.asarray(x)[rows], block=128)
+  chex.assert_trees_all_equal((q, s), (q2, s2))
+
+
+def _run_kernel(mod, kind, x, w, rows, block):
+  """The Triton kernel in the interpreter on torch CPU tensors."""
+  import torch
+  k = activation_shape(_source(kind, x, w))[-1]
+  r = x.shape[0] if rows is None else len(rows)
+  kb = -(-k // 128)
+  q = torch.empty((r, k), dtype=torch.float8_e4m3fn)
+  s = torch.empty((r, kb) if block else (r,), dtype=torch.float32)
+  none = torch.zeros(1, dtype=torch.int32)
+  mod._quantize_kernel[(r,)](
+      torch.from_numpy(x), none if w is None else torch.from_numpy(w),
+      none if rows is None else torch.from_numpy(np.asarray(rows, np.int32)), q, s,
+      K=k, SRC_STRIDE=x.shape[1], NB=mod._pow2(kb), KB=kb, EPS=1e-6, QMAX=FP8_MAX,
+      MODE={"plain": 0, "rmsnorm": 1, "swiglu": 2}[kind], GATHER=rows is not None,
+      PER_BLOCK=block is not None)
+  return q.float().numpy(), s.numpy()
+
+
+@pytest.mark.parametrize("kind,k", [("plain", 300), ("rmsnorm", 1408), ("swiglu", 200),
+                                    ("rmsnorm", 100)])
+@pytest.mark.parametrize("block", [None, 128])
+@pytest.mark.parametrize("gather", [False, True])
+def test_triton_kernel_matches_reference_interpret(kind, k, block, gather):
+  mod = interpreted("onerec_kernels.quantize.triton_gpu")
+  x = _x((5, 2 * k if kind == "swiglu" else k))
+  w = rng.uniform(0.5, 2.0, k).astype(np.float32) if kind == "rmsnorm" else None
+  rows = np.array([4, 1, 1, 0, 3, 2]) if gather else None
+  q, s = _run_kernel(mod, kind, x, w, rows, block)
+  q_ref, s_ref = quantize_activations_reference(
+      _source(kind, x, w), block=block, rows=None if rows is None else jnp.asarray(rows))
+  # Scales within an ulp (the kernel's rsqrt), FP8 values equal but for rounding ties
+  # that the last bit of a scale moves.
+  np.testing.assert_allclose(s, np.asarray(s_ref), rtol=3e-7)
+  q_ref = np.asarray(q_ref.astype(jnp.float32))
+  assert np.mean(q != q_ref) < 0.002, np.mean(q != q_ref)
+  assert np.all(np.abs(q - q_ref) <= np.abs(q_ref) / 8 + 2.0 ** -9)
+
+
+def test_entry_point_errors():
+  x = jnp.ones((4, 256), jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"RMSNorm weight shape \(128,\) != \(256,\)"):
+    quantize_activations(RMSNormOf(x, jnp.ones(128)))
+  with pytest.raises(ValueError, match="gate_up last axis 255 is odd"):
+    quantize_activations(SwiGLUOf(x[:, :255]))
+  with pytest.raises(ValueError, match=r"rows needs a 2-D source, got shape \(2, 2, 256\)"):
+    quantize_activations(x.reshape(2, 2, 256), rows=jnp.zeros(3, jnp.int32))
+  with pytest.raises(ValueError, match="impl='cuda'"):
+    quantize_activations(x, impl="cuda")
+
+
+def test_entry_point_keeps_leading_axes():
+  x = jnp.asarray(_x((6, 256))).reshape(2, 3, 256).astype(jnp.bfloat16)
+  q, s = quantize_activations(x)
+  chex.assert_shape((q, s), ((2, 3, 256), (2, 3)))
+  q, s = quantize_activations(SwiGLUOf(x), block=128)
+  chex.assert_shape((q, s), ((2, 3, 128), (2, 3, 1)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,k", [("rmsnorm", 1408), ("rmsnorm", 1792), ("plain", 1408),
+                                    ("swiglu", 5632), ("swiglu", 1408)])
+@pytest.mark.parametrize("block", [None, 128])
+def test_triton_kernel_gpu(kind, k, block):
+  x = jnp.asarray(_x((16384, 2 * k if kind == "swiglu" else k))).astype(jnp.bfloat16)
+  x = x.at[7, 3].set(jnp.nan)  # NaN reaches its row's scale, never hidden
+  w = jnp.asarray(rng.uniform(0.5, 2.0, k), jnp.float32)
+  src = _source(kind, x, w)
+  rows = jnp.asarray(rng.integers(0, x.shape[0], 3 * x.shape[0]), jnp.int32)
+  for r in (None, rows):
+    q, s = jax.jit(lambda a, r=r: quantize_activations(a, block=block, rows=r,
+                                                        impl="triton"))(src)
+    q_ref, s_ref = quantize_activations_reference(src, block=block, rows=r)
+    bad = np.asarray(jnp.isnan(s_ref))
+    assert np.array_equal(np.isnan(np.asarray(s)), bad)
+    np.testing.assert_allclose(np.asarray(s)[~bad], np.asarray(s_ref)[~bad], rtol=3e-7)
+    qf, qr = (np.asarray(a.astype(jnp.float32)) for a in (q, q_ref))
+    ok = ~np.isnan(qr)
+    assert np.mean(qf[ok] != qr[ok]) < 0.002
+    assert np.all(np.abs(qf[ok] - qr[ok]) <= np.abs(qr[ok]) / 8 + 2.0 ** -9)
