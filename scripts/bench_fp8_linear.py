@@ -2,10 +2,14 @@
 
 Checks every shape against fp8_linear_reference (the bound derived in
 onerec_kernels.gemm_mgpu.testing, poisoned output, no NaN),
-then times, in one run: the kernel alone; XLA bf16, fp16 and fp8 dot; RMSNorm + quantize
-+ FP8 GEMM end to end against RMSNorm + bf16 GEMM. Kernel times come from CUPTI (device
-time of every kernel a call launches), median over many calls, over rotating input sets
-larger than L2. Prints a table last; writes JSON (--out).
+then times, in one run: the kernel alone; XLA bf16, fp16 and fp8 dot; end to end, as
+issue 7 defines it, RMSNorm + quantize + FP8 GEMM against RMSNorm + bf16 GEMM for every
+shape ("e2e"), and with each Linear's producer in the model ("site": RMSNorm for qkv,
+cross q and FFN gate_up, the attention output as is for o and cross o, SwiGLU of the
+gate_up output for FFN down). The quantization is quantize_activations (the fused Triton
+pass); "_xla_quant" variants quantize with the XLA reference instead. Kernel times come
+from CUPTI (device time of every kernel a call launches), median over many calls, over
+rotating input sets larger than L2. Prints a table last; writes JSON (--out).
 
   PYTHONPATH=<dir holding onerec_kernels> python scripts/bench_fp8_linear.py --out r.json
 """
@@ -24,8 +28,8 @@ from bench_common import git_commit, write_json
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
 from onerec_kernels.gemm_mgpu import core, testing
-from onerec_kernels.quantize import rmsnorm_quantize_rows
-from onerec_kernels.quantize.reference import quantize_rows
+from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations,
+                                     quantize_rows)
 
 L2_BYTES = 50 << 20
 EPS = 1e-6
@@ -38,9 +42,12 @@ SHAPES = {
     "1b.qkv": (1792, 5376), "1b.o": (1792, 1792), "1b.ffn_gate_up": (1792, 14336),
     "1b.ffn_down": (7168, 1792),
 }
-# Each Linear of one moe-4b decoder layer, with the number of times it runs.
+# Each Linear of one moe-4b decoder layer (a dense FFN layer).
 MOE4B_LAYER = ["moe4b.qkv", "moe4b.o", "moe4b.cross_q", "moe4b.cross_o",
                "moe4b.ffn_gate_up", "moe4b.ffn_down"]
+# The producer of each Linear's input in the model (the "site" end to end).
+PRODUCER = {"qkv": "rmsnorm", "o": "plain", "cross_q": "rmsnorm", "cross_o": "plain",
+            "ffn_gate_up": "rmsnorm", "ffn_down": "swiglu"}
 
 
 def device_ms(f, sets, iterations=30):
@@ -58,6 +65,21 @@ def rmsnorm(x, g):
   x32 = x.astype(jnp.float32)
   y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + EPS)
   return (y * g).astype(x.dtype)
+
+
+def swiglu(h):
+  gate, up = jnp.split(h, 2, axis=-1)
+  return jax.nn.silu(gate) * up
+
+
+def producer_of(kind, x, g):
+  """(the 16-bit activation, its producer for quantize_activations) of a site's input:
+  x [M, K] for rmsnorm and plain, [M, 2K] for swiglu."""
+  if kind == "rmsnorm":
+    return rmsnorm(x, g), RMSNormOf(x, g, EPS)
+  if kind == "swiglu":
+    return swiglu(x), SwiGLUOf(x)
+  return x, x
 
 
 def check(m, k, n, key, cfg=None):
@@ -81,45 +103,68 @@ def check(m, k, n, key, cfg=None):
   return ratio, rel
 
 
-def bench_shape(m, k, n, key, configs):
-  """Same-run times (ms) of every variant at one shape."""
+_SHARED = {}  # (m, k, n) -> the times that do not depend on the site
+
+
+def bench_shape(name, m, k, n, configs):
+  """Same-run times (ms) of every variant at one shape; shapes of equal (m, k, n) share
+  their GEMM and RMSNorm timings, measured once on the same inputs."""
+  key = jax.random.key(m * 1_000_003 + k * 1009 + n)
   set_bytes = m * k * 2 + n * k * 2
   ns = num_sets(set_bytes)
   keys = jax.random.split(key, 2 * ns)
   xs = [jax.random.normal(keys[i], (m, k), jnp.bfloat16) for i in range(ns)]
   ws = [(jax.random.normal(keys[ns + i], (n, k), jnp.float32) * 0.05) for i in range(ns)]
-  gs = [jnp.ones((k,), jnp.float32)] * ns
+  gs = [jax.random.uniform(keys[0], (k,), jnp.float32, 0.5, 2.0)] * ns
   wq = [quantize_rows(w) for w in ws]
   xq = [quantize_rows(x) for x in xs]
   wb = [w.astype(jnp.bfloat16) for w in ws]
   wh = [w.astype(jnp.float16) for w in ws]
   xh = [x.astype(jnp.float16) for x in xs]
   dims = (((1,), (1,)), ((), ()))
-  t = {}
-  t["xla_bf16"] = device_ms(lambda x, w: jax.lax.dot_general(x, w, dims), list(zip(xs, wb)))
-  t["xla_fp16"] = device_ms(lambda x, w: jax.lax.dot_general(x, w, dims), list(zip(xh, wh)))
-  t["xla_fp8"] = device_ms(
-      lambda x, w: jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.bfloat16),
-      [(a[0], b[0]) for a, b in zip(xq, wq)])
-  for name, cfg in configs.items():
-    t[name] = device_ms(lambda a, b, c, d: fp8_linear_pallas(a, b, c, d, config=cfg),
-                        [(a[0], a[1], b[0], b[1]) for a, b in zip(xq, wq)])
-  t["e2e_bf16"] = device_ms(
-      lambda x, g, w: jax.lax.dot_general(rmsnorm(x, g), w, dims), list(zip(xs, gs, wb)))
+  dot = lambda a, w: jax.lax.dot_general(a, w, dims)
 
-  def fp8_e2e(x, g, w_q, w_s):
-    h_q, h_s = rmsnorm_quantize_rows(x, g, eps=EPS)
-    return fp8_linear_pallas(h_q, h_s, w_q, w_s, out_dtype=jnp.bfloat16)
+  def e2e(kind, impl, fp8=True):
+    """One site end to end: producer, then (quantize +) GEMM."""
+    if not fp8:
+      return lambda x, g, w: dot(producer_of(kind, x, g)[0], w)
 
-  def fp8_e2e_unfused(x, g, w_q, w_s):
-    h_q, h_s = quantize_rows(rmsnorm(x, g))
-    return fp8_linear_pallas(h_q, h_s, w_q, w_s, out_dtype=jnp.bfloat16)
-  e2e_sets = [(x, g, b[0], b[1]) for x, g, b in zip(xs, gs, wq)]
-  t["e2e_fp8"] = device_ms(fp8_e2e, e2e_sets)
-  t["e2e_fp8_unfused_quant"] = device_ms(fp8_e2e_unfused, e2e_sets)
-  t["rmsnorm_quant"] = device_ms(lambda x, g: rmsnorm_quantize_rows(x, g, eps=EPS),
-                                 list(zip(xs, gs)))
-  t["rmsnorm_bf16"] = device_ms(rmsnorm, list(zip(xs, gs)))
+    def f(x, g, w_q, w_s):
+      h_q, h_s = quantize_activations(producer_of(kind, x, g)[1], impl=impl)
+      return fp8_linear_pallas(h_q, h_s, w_q, w_s, out_dtype=jnp.bfloat16)
+    return f
+
+  def times_of(label, kind, inputs):
+    sets = [(x, g, b[0], b[1]) for x, g, b in zip(inputs, gs, wq)]
+    return {f"{label}_bf16": device_ms(e2e(kind, None, False), list(zip(inputs, gs, wb))),
+            f"{label}_fp8": device_ms(e2e(kind, None), sets),
+            f"{label}_fp8_xla_quant": device_ms(e2e(kind, "reference"), sets)}
+
+  site = PRODUCER[name.split(".", 1)[1]]
+  if (m, k, n) not in _SHARED:  # the GEMMs alone, RMSNorm end to end, the norm passes
+    t = {}
+    t["xla_bf16"] = device_ms(dot, list(zip(xs, wb)))
+    t["xla_fp16"] = device_ms(dot, list(zip(xh, wh)))
+    t["xla_fp8"] = device_ms(
+        lambda x, w: jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.bfloat16),
+        [(a[0], b[0]) for a, b in zip(xq, wq)])
+    for label, cfg in configs.items():
+      t[label] = device_ms(lambda a, b, c, d: fp8_linear_pallas(a, b, c, d, config=cfg),
+                           [(a[0], a[1], b[0], b[1]) for a, b in zip(xq, wq)])
+    t.update(times_of("e2e", "rmsnorm", xs))
+    t["rmsnorm_quant"] = device_ms(lambda x, g: quantize_activations(RMSNormOf(x, g, EPS)),
+                                   list(zip(xs, gs)))
+    t["rmsnorm_quant_xla"] = device_ms(
+        lambda x, g: quantize_activations(RMSNormOf(x, g, EPS), impl="reference"),
+        list(zip(xs, gs)))
+    t["rmsnorm_bf16"] = device_ms(rmsnorm, list(zip(xs, gs)))
+    _SHARED[m, k, n] = t
+  t = dict(_SHARED[m, k, n])
+  if site == "rmsnorm":
+    t.update({c.replace("e2e", "site"): v for c, v in t.items() if c.startswith("e2e")})
+  else:
+    xs2 = [jnp.concatenate([x, x * 0.5 + 1], -1) for x in xs] if site == "swiglu" else xs
+    t.update(times_of("site", site, xs2))
   return t
 
 
@@ -137,6 +182,12 @@ def candidate_configs(m, n, k):
   return cands
 
 
+def _result(checks, rows, summary):
+  return dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
+              git_commit=git_commit(), timing="CUPTI device time, median of 30 calls",
+              checks=checks, rows=rows, summary=summary)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default="bench/results/fp8_linear.json")
@@ -148,42 +199,43 @@ def main():
   for m in [int(v) for v in args.ms.split(",")]:
     for name in args.shapes.split(","):
       k, n = SHAPES[name]
-      key, kc, kb = jax.random.split(key, 3)
+      key, kc = jax.random.split(key)
       ratio, rel = check(m, k, n, kc)
       checks.append(dict(shape=name, m=m, k=k, n=n, err_over_bound=ratio, rel_err=rel))
-      t = bench_shape(m, k, n, kb, candidate_configs(m, n, k))
+      t = bench_shape(name, m, k, n, candidate_configs(m, n, k))
       flops = 2 * m * n * k
       best = min((v, c) for c, v in t.items() if c.startswith(("pallas", "alt")))
       rows.append(dict(shape=name, m=m, k=k, n=n, times_ms=t,
                        tflops={c: flops / v / 1e9 for c, v in t.items()},
                        speedup_vs_bf16=t["xla_bf16"] / t["pallas_fp8"],
                        best_config=best[1], best_speedup_vs_bf16=t["xla_bf16"] / best[0],
-                       e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"]))
+                       e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"],
+                       site_speedup=t["site_bf16"] / t["site_fp8"]))
       print(json.dumps(rows[-1]), flush=True)
+      write_json(args.out, _result(checks, rows, {}))  # what a cut-off run measured
   summary = {}
   for m in sorted({r["m"] for r in rows}):
     layer = [r for s in MOE4B_LAYER for r in rows if r["shape"] == s and r["m"] == m]
     if len(layer) == len(MOE4B_LAYER):
-      summary[f"moe4b_layer_m{m}"] = dict(
-          e2e_bf16_ms=sum(r["times_ms"]["e2e_bf16"] for r in layer),
-          e2e_fp8_ms=sum(r["times_ms"]["e2e_fp8"] for r in layer),
-          gemm_bf16_ms=sum(r["times_ms"]["xla_bf16"] for r in layer),
-          gemm_fp8_ms=sum(r["times_ms"]["pallas_fp8"] for r in layer))
-      s = summary[f"moe4b_layer_m{m}"]
+      total = lambda c: sum(r["times_ms"][c] for r in layer)
+      s = {f"{c}_ms": total(c) for c in ("e2e_bf16", "e2e_fp8", "site_bf16", "site_fp8",
+                                         "xla_bf16", "pallas_fp8")}
       s["e2e_speedup"] = s["e2e_bf16_ms"] / s["e2e_fp8_ms"]
-      s["gemm_speedup"] = s["gemm_bf16_ms"] / s["gemm_fp8_ms"]
-  result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-                git_commit=git_commit(), timing="CUPTI device time, median of 30 calls",
-                checks=checks, rows=rows, summary=summary)
-  write_json(args.out, result)
+      s["site_speedup"] = s["site_bf16_ms"] / s["site_fp8_ms"]
+      s["gemm_speedup"] = s["xla_bf16_ms"] / s["pallas_fp8_ms"]
+      s["min_shape_e2e_speedup"] = min(r["e2e_speedup"] for r in layer)
+      summary[f"moe4b_layer_m{m}"] = s
+  write_json(args.out, _result(checks, rows, summary))
   print(f"\n{'shape':18} {'M':>6} {'bf16':>8} {'fp16':>8} {'xla8':>8} {'ours':>8} "
-        f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6}")
+        f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6} "
+        f"{'site x':>6}")
   for r in rows:
     t = r["times_ms"]
     print(f"{r['shape']:18} {r['m']:6} {t['xla_bf16']*1e3:8.1f} {t['xla_fp16']*1e3:8.1f} "
           f"{t['xla_fp8']*1e3:8.1f} {t['pallas_fp8']*1e3:8.1f} "
           f"{r['speedup_vs_bf16']:7.2f} {r['best_speedup_vs_bf16']:7.2f} "
-          f"{t['e2e_bf16']*1e3:9.1f} {t['e2e_fp8']*1e3:8.1f} {r['e2e_speedup']:6.2f}")
+          f"{t['e2e_bf16']*1e3:9.1f} {t['e2e_fp8']*1e3:8.1f} {r['e2e_speedup']:6.2f} "
+          f"{r['site_speedup']:6.2f}")
   print("times in us;", json.dumps(summary))
 
 
