@@ -15,6 +15,7 @@ rotating input sets larger than L2. Prints a table last; writes JSON (--out).
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -175,6 +176,8 @@ def candidate_configs(m, n, k):
     cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
                                          max_concurrent_steps=3)
   elif m <= 64:
+    if cands["pallas_fp8"].k_splits > 1:
+      cands["alt_no_k_split"] = dataclasses.replace(cands["pallas_fp8"], k_splits=1)
     cands["alt_64x32_n"] = core.Config(tile_m=64, tile_n=32, wg_dimension="n",
                                        max_concurrent_steps=6, epi_tile_n=32)
     cands["alt_64x128_n"] = core.Config(tile_m=64, tile_n=128, wg_dimension="n",

@@ -44,6 +44,9 @@ def _check(operands, out, k):
     (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
     (24, 96, 128, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
                               max_concurrent_steps=2, epi_tile_n=32)),  # small M
+    (24, 72, 384, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
+                              max_concurrent_steps=2, epi_tile_n=32,
+                              k_splits=3)),  # small M, K split in three
 ])
 def test_pallas_matches_reference_interpret(m, n, k, cfg):
   ops = _operands(jax.random.key(m + n + k), m, n, k)
@@ -84,6 +87,14 @@ def test_default_config_fits(m):
     cfg = default_config(m, n, k)
     assert cfg.tile_k == 128 and cfg.tile_m in (64, 128)
     assert cfg.tile_n % min(cfg.epi_tile_n, cfg.tile_n) == 0
+    assert (k // 128) % cfg.k_splits == 0 and (cfg.k_splits == 1 or m <= 64)
+
+
+def test_default_config_splits_k_for_few_column_tiles(monkeypatch):
+  monkeypatch.setattr(core, "num_sms", lambda: 132)
+  assert default_config(32, 1408, 1408).k_splits == 11  # 11 column tiles, 11 K blocks
+  assert default_config(32, 1408, 5632).k_splits == 11  # 11 x 11 >= 99 SMs
+  assert default_config(32, 11264, 1408).k_splits == 1  # 88 column tiles: enough
 
 
 # moe-4b and 1B Linear shapes (K, N) at the benchmark's M.

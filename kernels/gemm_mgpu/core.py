@@ -38,6 +38,7 @@ class Config:
   epi_tile_n: int = 64  # columns per epilogue store of a 16-bit output (half for FP32)
   grid_minor_dim: int = 1  # 0: walk m fastest, 1: walk n fastest (planar snake)
   grid_tile_width: int = 4
+  k_splits: int = 1  # dense only: K cut into this many ranges, FP32 partials summed after
 
   @property
   def cta_m(self) -> int:
@@ -119,7 +120,7 @@ def _store_rows(o_smem, o_gmem, row0, col0, lo, hi, max_rows):
 
 
 def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
-            m_tiles: int, n_tiles: int, k_iters: int):
+            m_tiles: int, n_tiles: int, k_iters: int, num_rows: int):
   """Kernel body; refs = [schedule] a b [s_a s_b] out."""
   refs = list(refs)
   sched_gmem = refs.pop(0) if ragged else None
@@ -170,10 +171,11 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
   def _scope(pipeline_allocs, out_smem, sa_smem=None, sb_smem=None, s_barrier=None):
     wg = lax.axis_index("wg")
 
-    @plgpu.nd_loop((m_tiles * n_tiles,), collective_axes="sm")
+    @plgpu.nd_loop((m_tiles * n_tiles * cfg.k_splits,), collective_axes="sm")
     def _tile_loop(info: plgpu.NDLoopInfo):
-      mi, ni = plgpu.planar_snake(info.index[0], (m_tiles, n_tiles),
-                                  cfg.grid_minor_dim, cfg.grid_tile_width)
+      split, index = divmod(info.index[0], m_tiles * n_tiles)
+      mi, ni = plgpu.planar_snake(index, (m_tiles, n_tiles), cfg.grid_minor_dim,
+                                  cfg.grid_tile_width)
       if ragged:
         row_start = pl.multiple_of(sched_gmem[0, mi], ROW_ALIGN)
         grp = sched_gmem[1, mi]
@@ -183,7 +185,8 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
       expert = jnp.minimum(grp, num_groups - 1)  # the zero tail group reads any weights
       m_wg = wg * tm if split_m else 0
       n_wg = 0 if split_m else wg * tn
-      row0 = row_start + m_wg  # first output row of this warpgroup's tile
+      row0 = row_start + m_wg  # first row of this warpgroup's tile
+      out_row0 = split * num_rows + row0  # split s writes its partial at s * num_rows
       col0 = ni * cfg.cta_n + n_wg
       a_rows = pl.ds(m_wg, tm)
       b_cols = pl.ds(n_wg, tn)
@@ -205,12 +208,12 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
           out_smem[wg, slot] = acc[:, e * epi_n:(e + 1) * epi_n]
           plgpu.commit_smem()
           if ragged:
-            _store_rows(out_smem.at[wg, slot], out_gmem, row0, col0 + e * epi_n,
+            _store_rows(out_smem.at[wg, slot], out_gmem, out_row0, col0 + e * epi_n,
                         r_lo, r_hi, tm)
           else:
             plgpu.copy_smem_to_gmem(
                 out_smem.at[wg, slot],
-                out_gmem.at[pl.ds(row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
+                out_gmem.at[pl.ds(out_row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
 
       if scaling == "block":
         def context(run):
@@ -245,8 +248,9 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
 
       @pl.when(hi > lo)
       def _():
-        args = [a_gmem.at[pl.ds(row_start, cfg.cta_m)],
-                b_gmem.at[expert, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
+        ks = pl.ds(split * k_iters * tk, k_iters * tk)  # this split's K range
+        args = [a_gmem.at[pl.ds(row_start, cfg.cta_m), ks],
+                b_gmem.at[expert, pl.ds(ni * cfg.cta_n, cfg.cta_n), ks]]
         if scaling == "block":
           args += [sa_gmem.at[:, pl.ds(row_start, cfg.cta_m)],
                    sb_gmem.at[grp, :, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
@@ -264,7 +268,9 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   N of cfg.cta_n, K of cfg.tile_k. a_scale / b_scale: "rowcol" [M] and [1, N];
   "block" [K / 128, M] and [G + 1, K / 128, N] (group G all zero, for the tail rows).
   schedule: tile_schedule(...) for a ragged product (rows sorted by group); None: dense,
-  group 0 only. -> [M, N] out_dtype.
+  group 0 only. cfg.k_splits > 1 (dense, K / tile_k a multiple of it): each split
+  writes its FP32 partial product, summed here (few-row products, whose tiles alone
+  would leave most SMs idle). -> [M, N] out_dtype.
   """
   m, k = a.shape
   g, n, k2 = b.shape
@@ -272,13 +278,18 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   assert m % cfg.cta_m == 0 and n % cfg.cta_n == 0 and k % cfg.tile_k == 0, (m, n, k, cfg)
   assert scaling != "block" or 128 % cfg.tile_n == 0, "a tile_n within one 128-block"
   ragged = schedule is not None
+  splits = cfg.k_splits
+  assert splits == 1 or not ragged and scaling != "block", (cfg, scaling)
+  assert (k // cfg.tile_k) % splits == 0, (k, cfg)
   m_tiles = schedule.shape[1] if ragged else m // cfg.cta_m
   n_tiles = n // cfg.cta_n
   kernel = plgpu.kernel(
       functools.partial(_kernel, cfg=cfg, scaling=scaling, ragged=ragged, num_groups=g,
-                        m_tiles=m_tiles, n_tiles=n_tiles, k_iters=k // cfg.tile_k),
-      out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
-      grid=(min(num_sms(), m_tiles * n_tiles),),
+                        m_tiles=m_tiles, n_tiles=n_tiles,
+                        k_iters=k // cfg.tile_k // splits, num_rows=m),
+      out_type=jax.ShapeDtypeStruct((splits * m, n),
+                                    out_dtype if splits == 1 else jnp.float32),
+      grid=(min(num_sms(), m_tiles * n_tiles * splits),),
       grid_names=("sm",),
       num_threads=NUM_COMPUTE_WGS + 1,
       thread_name="wg",
@@ -288,4 +299,5 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   args = ([schedule] if ragged else []) + [a, b]
   if scaling != "none":
     args += [a_scale, b_scale]
-  return kernel(*args)
+  out = kernel(*args)
+  return out if splits == 1 else out.reshape(splits, m, n).sum(0).astype(out_dtype)

@@ -7,7 +7,8 @@ neither written nor read again (every quantized Linear's input is an RMSNorm or 
 output).
 """
 
-from typing import NamedTuple
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,15 +19,22 @@ from onerec_kernels.gemm_mgpu import on_hopper
 from onerec_kernels.quantize.reference import quantize_blocks, quantize_rows
 
 
-class RMSNormOf(NamedTuple):
-  """The activation rmsnorm(x) * weight: x [..., K], weight [K]."""
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["x", "weight"],
+                   meta_fields=["eps"])
+@dataclasses.dataclass(frozen=True)
+class RMSNormOf:
+  """The activation rmsnorm(x) * weight: x [..., K], weight [K]; a pytree whose eps is
+  static."""
 
   x: jax.Array
   weight: jax.Array
   eps: float = 1e-6
 
 
-class SwiGLUOf(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["gate_up"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SwiGLUOf:
   """The activation silu(gate) * up of a fused gate_up [..., 2F] laid out [gate; up]."""
 
   gate_up: jax.Array
@@ -69,7 +77,7 @@ KERNEL_BLOCK = 128  # the only activation block the kernel writes (DESIGN.md sec
 
 def _gather(src: Activation, rows: jax.Array) -> Activation:
   if isinstance(src, RMSNormOf):
-    return src._replace(x=src.x[rows])
+    return dataclasses.replace(src, x=src.x[rows])
   if isinstance(src, SwiGLUOf):
     return SwiGLUOf(src.gate_up[rows])
   return src[rows]

@@ -21,6 +21,13 @@ BLOCK = 128  # columns of a 1 x 128 activation block
 
 
 @triton.jit
+def _max_nan(a, b):
+  """max that keeps NaN (the GPU's fmax drops it): a group holding a NaN gets scale 1,
+  as in the reference, and its NaN reaches the output."""
+  return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexpr,
                      SRC_STRIDE: tl.constexpr, NB: tl.constexpr, KB: tl.constexpr,
                      EPS: tl.constexpr, QMAX: tl.constexpr, MODE: tl.constexpr,
@@ -40,9 +47,9 @@ def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexp
     up = tl.load(src_ptr + src * SRC_STRIDE + K + offs, mask=inb,
                  other=0.0).to(tl.float32)
     x = x * tl.sigmoid(x) * up
-  amax = tl.max(tl.abs(x), axis=1)  # [NB]
+  amax = tl.reduce(tl.abs(x), 1, _max_nan)  # [NB]
   if not PER_BLOCK:
-    amax = tl.max(amax, axis=0)
+    amax = tl.reduce(amax, 0, _max_nan)
   scale = tl.where(amax > 0, amax * (1.0 / QMAX), 1.0)
   if PER_BLOCK:
     y = x / scale[:, None]
@@ -51,7 +58,7 @@ def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexp
   else:
     y = x / scale
     tl.store(s_ptr + r, scale)
-  y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+  y = tl.clamp(y, -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
   tl.store(q_ptr + r * K + offs, y.to(q_ptr.dtype.element_ty), mask=inb)
 
 

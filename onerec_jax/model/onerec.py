@@ -7,6 +7,7 @@ H query heads, G = kv_heads, dh = d_head, D = d_model. The decoder works on hidd
 its N context rows, never a W-fold copy of K/V.
 """
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -181,7 +182,7 @@ class MoE(nn.Module):
     if cfg.n_shared_experts:
       y = y + SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.expert_d_ff,
                      name="shared_experts", **_kw(cfg))(
-                         xt, producer=producer and producer._replace(x=flat(producer.x)))
+                         xt, producer=producer and dataclasses.replace(producer, x=flat(producer.x)))
     return y.reshape(x.shape)
 
 
