@@ -92,9 +92,10 @@ def test_default_config_fits(m):
 
 def test_default_config_splits_k_for_few_column_tiles(monkeypatch):
   monkeypatch.setattr(core, "num_sms", lambda: 132)
-  assert default_config(32, 1408, 1408).k_splits == 11  # 11 column tiles, 11 K blocks
+  assert default_config(32, 1408, 1408).k_splits == 1  # 11 K blocks: too short
+  assert default_config(32, 1408, 1408).tile_n == 32  # narrow columns instead
   assert default_config(32, 1408, 5632).k_splits == 11  # 11 x 11 >= 99 SMs
-  assert default_config(32, 11264, 1408).k_splits == 1  # 88 column tiles: enough
+  assert default_config(32, 11264, 1408).tile_n == 64  # 88 column tiles of 128
 
 
 # moe-4b and 1B Linear shapes (K, N) at the benchmark's M.

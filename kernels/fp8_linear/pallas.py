@@ -11,19 +11,20 @@ def default_config(m: int, n: int, k: int) -> core.Config:
   """Heuristic tiling per shape.
 
   Small M (decode step 1 has 32 tokens): a 64-row tile with the two warpgroups side by
-  side along N and narrow columns, so that more SMs stream the weight; where the column
-  tiles still leave most SMs idle, K is split too (the smallest split of the K blocks
-  that fills three quarters of the SMs). Otherwise 128x128 warpgroup tiles stacked along
-  M (a 256x128 CTA; N = 1408 = 11 x 128 rules out 256-wide columns).
+  side along N, so that more SMs stream the weight: 32-wide columns where 64-wide ones
+  would leave half the SMs idle. A long K (at least 4 K blocks a split) is split too, with 64-wide
+  columns: the smallest split that fills three quarters of the SMs. Measured on an H100
+  at M = 32 (bench/results/fp8_linear_h100.json): K = 1408 split 11 ways lost (8.8 ->
+  13.0 us at N = 4224), K = 5632 split 11 ways won (14.9 -> 10.3 us at N = 1408).
+  Otherwise 128x128 warpgroup tiles stacked along M (a 256x128 CTA; N = 1408 = 11 x 128
+  rules out 256-wide columns).
   """
   if m <= 64:
-    tile_n = 64 if n >= 1024 else 32
-    tiles, k_blocks, sms = -(-n // (2 * tile_n)), -(-k // 128), core.num_sms()
-    splits = 1
-    if tiles < sms // 2:
-      divisors = [d for d in range(1, k_blocks + 1) if k_blocks % d == 0]
-      splits = next((d for d in divisors if tiles * d >= sms * 3 // 4), divisors[-1])
-    return core.Config(tile_m=64, tile_n=tile_n, wg_dimension="n",
+    sms, k_blocks = core.num_sms(), -(-k // 128)
+    splits = next((d for d in range(2, k_blocks // 4 + 1)
+                   if k_blocks % d == 0 and -(-n // 128) * d >= sms * 3 // 4), 1)
+    narrow = splits == 1 and -(-n // 128) < sms // 2
+    return core.Config(tile_m=64, tile_n=32 if narrow else 64, wg_dimension="n",
                        max_concurrent_steps=6, epi_tile_n=32, k_splits=splits)
   if m <= 2048:
     return core.Config(tile_m=64, tile_n=128, wg_dimension="m", max_concurrent_steps=4)
