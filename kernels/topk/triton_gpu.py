@@ -5,16 +5,16 @@ returns its old value (per element, or per block after an in-block prefix sum), 
 counting steps scatter-free cross-warp reductions; Triton has tl.atomic_add, tl.cumsum
 and tl.sum for these. (tl.sort was measured slow for the bound and the final sort: 0.20
 and 0.18 ms at B=32, W=512; selection by counting replaced it.) Importing this module needs
-triton and jax_triton (the entry points import it only on GPU).
+only triton; a launch needs jax_triton (onerec_kernels.triton_launch).
 """
 
 import jax
 import jax.numpy as jnp
-import jax_triton as jt
 import triton
 import triton.language as tl
 
 from onerec_kernels.topk import radix
+from onerec_kernels.triton_launch import shape, triton_call
 
 _WARPS = 8
 
@@ -22,15 +22,6 @@ _WARPS = 8
 def _none() -> jax.Array:
   """Placeholder for a pointer argument the kernel does not read."""
   return jnp.zeros((1,), jnp.int32)
-
-
-def _call(kernel, *args, out, grid, zeroed=(), warps=_WARPS, **meta):
-  return jt.triton_call(*args, kernel=kernel, out_shape=out, grid=grid,
-                        num_warps=warps, zeroed_outputs=zeroed, **meta)
-
-
-def _shape(shape, dtype):
-  return jax.ShapeDtypeStruct(shape, dtype)
 
 
 @triton.jit
@@ -187,15 +178,15 @@ class TritonOps:
     r, n = x.shape
     p = -(-n // chunk)
     group = max(1, 4096 // chunk)
-    return _call(_chunk_max_kernel, x, out=_shape((r, p), jnp.uint32),
-                 grid=(r, -(-p // group)), N=n, P=p, CHUNK=chunk, GROUP=group,
-                 BITS=radix.key_bits(x.dtype))
+    return triton_call(_chunk_max_kernel, x, out=shape((r, p), jnp.uint32),
+                       grid=(r, -(-p // group)), num_warps=_WARPS, N=n, P=p, CHUNK=chunk,
+                       GROUP=group, BITS=radix.key_bits(x.dtype))
 
   @staticmethod
   def kth_largest(maxima: jax.Array, k: int) -> jax.Array:
     r, p = maxima.shape
-    return _call(_kth_kernel, maxima, out=_shape((r,), jnp.uint32), grid=(r,), warps=16,
-                 P=p, K=k, SUB=min(2048, radix._pow2(p)))
+    return triton_call(_kth_kernel, maxima, out=shape((r,), jnp.uint32), grid=(r,),
+                       num_warps=16, P=p, K=k, SUB=min(2048, radix._pow2(p)))
 
   def filter(self, x, th_key, th_rank, capacity) -> radix.Candidates:
     n = x.shape[1]
@@ -218,30 +209,32 @@ class TritonOps:
   def _filter(self, slots, n, m, th_key, th_rank, capacity, bits, from_buffer):
     """slots: (floats [R, n], -, -) or a buffer (keys, indices [R, m], count [R])."""
     r = th_key.shape[0]
-    return _call(_filter_kernel, *slots, th_key, th_rank, out=_candidates(r, capacity),
-                 grid=(r, -(-m // self.block)), zeroed=(2,), N=n, M=m, C=capacity,
-                 BLOCK=self.block, BITS=bits, FROM_BUFFER=from_buffer)
+    return triton_call(_filter_kernel, *slots, th_key, th_rank,
+                       out=_candidates(r, capacity), grid=(r, -(-m // self.block)),
+                       num_warps=_WARPS, zeroed=(2,), N=n, M=m, C=capacity,
+                       BLOCK=self.block, BITS=bits, FROM_BUFFER=from_buffer)
 
   def _counts(self, slots, n, m, piv_key, piv_rank, bits, from_buffer):
     r, d = piv_key.shape
-    return _call(_counts_kernel, *slots, piv_key, piv_rank, out=_shape((r, d), jnp.int32),
-                 grid=(r, -(-m // self.block)), zeroed=(0,), N=n, M=m, D=d,
-                 SPAN=self.block, SUB=max(16, 4096 // d), BITS=bits,
-                 FROM_BUFFER=from_buffer)
+    return triton_call(_counts_kernel, *slots, piv_key, piv_rank,
+                       out=shape((r, d), jnp.int32), grid=(r, -(-m // self.block)),
+                       num_warps=_WARPS, zeroed=(0,), N=n, M=m, D=d, SPAN=self.block,
+                       SUB=max(16, 4096 // d), BITS=bits, FROM_BUFFER=from_buffer)
 
   @staticmethod
   def sort_select(keys: jax.Array, idx: jax.Array, count: jax.Array, n: int,
                   k: int) -> tuple[jax.Array, jax.Array]:
     r, c = keys.shape
     bi = min(64, c)
-    return _call(_rank_kernel, keys, idx, count,
-                 out=(_shape((r, k), jnp.uint32), _shape((r, k), jnp.int32)),
-                 grid=(r, c // bi), warps=4, N=n, K=k, C=c, BI=bi, BJ=min(128, c))
+    return triton_call(_rank_kernel, keys, idx, count,
+                       out=(shape((r, k), jnp.uint32), shape((r, k), jnp.int32)),
+                       grid=(r, c // bi), num_warps=4, N=n, K=k, C=c, BI=bi,
+                       BJ=min(128, c))
 
 
 def _candidates(rows: int, capacity: int):
-  return (_shape((rows, capacity), jnp.uint32), _shape((rows, capacity), jnp.int32),
-          _shape((rows,), jnp.int32))
+  return (shape((rows, capacity), jnp.uint32), shape((rows, capacity), jnp.int32),
+          shape((rows,), jnp.int32))
 
 
 # Fused beam search: candidate (b, w, v) scores log_softmax(logits[b, w]) [v] + beam[b, w],
@@ -316,18 +309,19 @@ def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
   has_mask = valid_mask is not None
   mask = valid_mask if has_mask else _none()
   meta = dict(V=v, HAS_MASK=has_mask)
-  maxima, mx, ls = _call(
+  maxima, mx, ls = triton_call(
       _beam_stats_kernel, logits, beam_scores, mask,
-      out=(_shape((b, w * (block_v // chunk)), jnp.uint32), _shape((b * w,), jnp.float32),
-           _shape((b * w,), jnp.float32)),
-      grid=(b * w,), G=block_v // chunk, CHUNK=chunk, **meta)
-  filter_fn = lambda th_key, th_rank: _call(
+      out=(shape((b, w * (block_v // chunk)), jnp.uint32), shape((b * w,), jnp.float32),
+           shape((b * w,), jnp.float32)),
+      grid=(b * w,), num_warps=_WARPS, G=block_v // chunk, CHUNK=chunk, **meta)
+  filter_fn = lambda th_key, th_rank: triton_call(
       _beam_filter_kernel, logits, beam_scores, mask, mx, ls, th_key, th_rank,
-      out=_candidates(b, cfg.buffer), grid=(b * w,), zeroed=(2,), W=w,
+      out=_candidates(b, cfg.buffer), grid=(b * w,), num_warps=_WARPS, zeroed=(2,), W=w,
       BLOCK_V=block_v, C=cfg.buffer, **meta)
-  materialize = lambda: _call(
+  materialize = lambda: triton_call(
       _beam_scores_kernel, logits, beam_scores, mask, mx, ls,
-      out=_shape((b, n), jnp.float32), grid=(b * w,), BLOCK_V=block_v, **meta)
+      out=shape((b, n), jnp.float32), grid=(b * w,), num_warps=_WARPS, BLOCK_V=block_v,
+      **meta)
   keys, idx = radix.select(n, k, cfg, TritonOps(cfg.block), maxima, filter_fn,
                            materialize, 32)
   return radix.from_keys(keys, jnp.float32), idx
@@ -384,9 +378,9 @@ def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
   block_e = radix._pow2(e)
   block_t = tokens or max(8, 1024 // block_e)
   has_bias = bias is not None
-  return _call(
+  return triton_call(
       _router_kernel, logits, bias if has_bias else _none(),
-      out=(_shape((t, k), jnp.int32), _shape((t, k), jnp.float32)),
-      grid=(-(-t // block_t),), warps=warps, T=t, E=e, K=k, SCALING=float(scaling),
+      out=(shape((t, k), jnp.int32), shape((t, k), jnp.float32)),
+      grid=(-(-t // block_t),), num_warps=warps, T=t, E=e, K=k, SCALING=float(scaling),
       BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=radix._pow2(k), SOFTMAX=score == "softmax",
       HAS_BIAS=has_bias, NORM=norm_topk_prob)
