@@ -8,6 +8,7 @@ median times, ratios) and prints a table. Run on a GPU:
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -93,22 +94,25 @@ def bench_beam(w: int, dtype, reps: int, torch_ops) -> dict:
 
 
 def bench_breakdown(reps: int) -> dict:
-  """Each step of the plain top-k at B=32, W=512, fp32, and the whole under other
-  configs (tuning data)."""
+  """Each step of the plain top-k at B=32, W=512, fp32 (the filter with and without its
+  chunk skip), and the whole under other configs (tuning data)."""
   from onerec_kernels.topk import triton_gpu
   w, n = 512, 512 * V
   scores = jax.random.normal(jax.random.key(0), (32, n), jnp.float32)
   cfg = topk.Config.default(n, w)
-  ops = triton_gpu.TritonOps(cfg.block)
+  ops = triton_gpu.TritonOps(cfg)
   maxima = jax.jit(lambda x: ops.chunk_max(x, cfg.chunk))(scores)
   th = jax.jit(lambda m: ops.kth_largest(m, w))(maxima)
   zero = jnp.zeros_like(th)
-  keys, idx, count = jax.jit(lambda x, t: ops.filter(x, t, zero, cfg.buffer))(scores, th)
+  skip_filter = jax.jit(lambda x, m, t: ops.filter(x, t, zero, cfg.buffer, m, cfg.chunk))
+  keys, idx, count = skip_filter(scores, maxima, th)
   cap = cfg.capacity
   steps = {
       "chunk_max": (jax.jit(lambda x: ops.chunk_max(x, cfg.chunk)), (scores,)),
       "kth_largest": (jax.jit(lambda m: ops.kth_largest(m, w)), (maxima,)),
-      "filter": (jax.jit(lambda x, t: ops.filter(x, t, zero, cfg.buffer)), (scores, th)),
+      "filter": (skip_filter, (scores, maxima, th)),
+      "filter_noskip": (jax.jit(lambda x, t: ops.filter(x, t, zero, cfg.buffer)),
+                        (scores, th)),
       "sort_select": (jax.jit(lambda a, b, c: ops.sort_select(a[:, :cap], b[:, :cap], c, n,
                                                                 w)), (keys, idx, count)),
   }
@@ -116,11 +120,11 @@ def bench_breakdown(reps: int) -> dict:
          for name, (f, a) in steps.items()}
   out["max_candidates"] = int(jnp.max(count))
   out["config"] = str(cfg)
-  for chunk, block in ((256, 4096), (1024, 4096), (512, 2048), (512, 8192), (512, 16384)):
-    c = topk.Config(chunk=chunk, capacity=cfg.capacity, buffer=cfg.buffer, block=block)
+  for chunk, span in ((512, 4096), (512, 8192), (512, 32768), (256, 16384), (1024, 16384)):
+    c = dataclasses.replace(cfg, chunk=chunk, span=span)
     f = jax.jit(lambda x, c=c: topk.top_k(x, w, impl="triton", config=c))
-    out[f"top_k_chunk{chunk}_block{block}"] = _median_ms(lambda: f(scores), _jax_sync, reps,
-                                                         10)
+    out[f"top_k_chunk{chunk}_span{span}"] = _median_ms(lambda: f(scores), _jax_sync, reps,
+                                                       10)
   for t, e, k in ((16384, 53, 3), (32768, 256, 8)):
     xs = [jax.random.normal(key, (t, e)) for key in jax.random.split(jax.random.key(1), 16)]
     for tokens in (8, 16, 32, 64, 128):

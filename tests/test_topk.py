@@ -1,8 +1,9 @@
 """Top-k ops against jax.lax.top_k and the plain-JAX references.
 
 CPU: the GPU algorithm in plain JAX (impl="radix") at small shapes, with small configs so
-that every path runs (whole-row sort, chunk-maximum bound, radix refinement). GPU (marked):
-the Triton kernels at real shapes.
+that every path runs (whole-row sort, chunk-maximum bound, radix refinement); the Triton
+filter kernels in Triton's interpreter, launched with the grids and constexprs of
+triton_gpu's *_plan functions. GPU (marked): the Triton kernels at real shapes.
 """
 
 import functools
@@ -15,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from onerec_kernels import topk
 from onerec_kernels.topk import radix
+from triton_interpret import interpreted
 
 FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 # Small configs that take each path at n in the hundreds: the bound's candidates fit;
@@ -132,6 +134,133 @@ def test_router_rounds_match_reference(score, with_bias):
   ref = topk.router_topk_reference(logits, bias, 3, score, scaling=2.5)
   np.testing.assert_array_equal(got[0], ref[0])
   np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+
+
+# CPU: the Triton kernels in Triton's interpreter, on torch tensors. -----------------------
+
+
+@pytest.fixture(scope="module")
+def tg():
+  """triton_gpu with its kernels in the interpreter."""
+  return interpreted("onerec_kernels.topk.triton_gpu")
+
+
+def _torch(a):
+  """A torch CPU tensor of a's values and dtype (bfloat16 and uint32 included)."""
+  import torch
+  a = np.array(a)
+  if a.dtype == jnp.bfloat16:
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+  return torch.from_numpy(a)
+
+
+def _zeros(shape, dtype):
+  import torch
+  return torch.zeros(shape, dtype=getattr(torch, np.dtype(dtype).name))
+
+
+def _candidate_set(keys, idx, count, capacity):
+  """Sorted (key, index) pairs of each row's stored candidates."""
+  return [sorted(zip(k[:min(c, capacity)].tolist(), i[:min(c, capacity)].tolist()))
+          for k, i, c in zip(np.asarray(keys), np.asarray(idx), np.asarray(count))]
+
+
+def _assert_same_candidates(got, want, capacity):
+  """Counts equal; where a row's candidates fit, the same (key, index) pairs as want; where
+  they overflow, stored pairs that want has too (the kernel's order is arbitrary)."""
+  np.testing.assert_array_equal(np.asarray(got[2]), np.asarray(want[2]))
+  full = _candidate_set(*want[:2], np.full_like(np.asarray(want[2]), capacity), capacity)
+  for g, w, f, c in zip(_candidate_set(*got, capacity), _candidate_set(*want, capacity),
+                        full, np.asarray(want[2])):
+    assert g == w if c <= capacity else set(g) <= set(f)
+
+
+def _kth_composite(x, k):
+  """(key, rank) [R] of each row's k-th largest composite key, as uint32."""
+  keys = np.asarray(radix.to_keys(x)).astype(np.uint64)
+  n = x.shape[1]
+  comp = np.sort((keys << 32) | (n - np.arange(n, dtype=np.uint64)), axis=1)[:, n - k]
+  return (comp >> 32).astype(np.uint32), (comp & 0xFFFFFFFF).astype(np.uint32)
+
+
+def _run_filter(tg, x, maxima, chunk, th_key, th_rank, capacity, span, block=2048):
+  """_filter_kernel over rows x [R, N] as TritonOps.filter launches it."""
+  r, n = x.shape
+  programs, _, meta = tg._filter_plan(n, block, span, chunk)
+  out = (_zeros((r, capacity), np.uint32), _zeros((r, capacity), np.int32),
+         _zeros((r,), np.int32))
+  none = _zeros((1,), np.int32)
+  tg._filter_kernel[(r, programs)](
+      _torch(x), none, none, _torch(maxima) if chunk else none, _torch(th_key),
+      _torch(th_rank), *out, N=n, M=n, C=capacity, BITS=radix.key_bits(x.dtype),
+      FROM_BUFFER=False, **meta)
+  return tuple(o.numpy() for o in out)
+
+
+@pytest.mark.parametrize("dtype,chunk,span", [(jnp.float32, 16, 2048),
+                                              (jnp.bfloat16, 512, 1024),
+                                              (jnp.float32, 0, 0)],
+                         ids=["f32-step32chunks", "bf16-step1chunk", "no-skip"])
+def test_interpreted_filter_skips_chunks(tg, dtype, chunk, span):
+  """The filter kernel equals JaxOps.filter for the bound and for an exact composite
+  threshold; chunks below the threshold are not read (they hold +inf here, unseen)."""
+  x = _data("mixed", (5, 2 * 2048 + 37), jnp.float32, seed=3)  # [R, N]
+  ramp = np.where(np.arange(5)[:, None] >= 3, np.linspace(0, 10, x.shape[1]), 0)
+  x = (x + ramp).astype(dtype)  # random rows: the top near the end, most steps dead
+  maxima = radix.JaxOps.chunk_max(x, chunk or 16)  # [R, P]
+  k, capacity = min(20, maxima.shape[1] // 2), 1024
+  bound = radix.JaxOps.kth_largest(maxima, k)
+  for th_key, th_rank in ((bound, jnp.zeros_like(bound)), _kth_composite(x, k)):
+    want = radix.JaxOps.filter(x, jnp.asarray(th_key), jnp.asarray(th_rank), capacity)
+    poisoned = x
+    if chunk:  # steps read only if live: dead ones to +inf, which reaches any threshold
+      per_step = tg._filter_plan(x.shape[1], 2048, span, chunk)[2]["PER_STEP"]
+      m = np.pad(maxima, ((0, 0), (0, -maxima.shape[1] % per_step)))
+      dead = np.max(m.reshape(len(m), -1, per_step), axis=2) < np.asarray(th_key)[:, None]
+      dead = np.repeat(dead, per_step * chunk, axis=1)[:, :x.shape[1]]  # [R, N]
+      assert dead.any()
+      poisoned = jnp.where(dead, jnp.inf, x).astype(dtype)
+    got = _run_filter(tg, poisoned, maxima, chunk, th_key, th_rank, capacity, span)
+    _assert_same_candidates(got, want, capacity)
+    skip = radix.JaxOps.filter(x, jnp.asarray(th_key), jnp.asarray(th_rank), capacity,
+                               maxima, chunk or 16)
+    _assert_same_candidates(skip, want, capacity)
+
+
+@pytest.mark.parametrize("v,chunk,masked", [(1000, 64, False), (2048, 128, True)])
+def test_interpreted_beam_filter_skips_chunks(tg, v, chunk, masked):
+  """Fused beam kernels: the statistics and materialized scores match the reference, and
+  the skipping filter equals JaxOps.filter on the kernel's own scores (dead chunks of the
+  logits poisoned as above)."""
+  b, w, k, capacity = 2, 3, 8, 512
+  logits = jax.random.normal(jax.random.key(11), (b, w, v)) * 3
+  beam = jax.random.normal(jax.random.key(12), (b, w))
+  mask = jax.random.bernoulli(jax.random.key(13), 0.7, logits.shape) if masked else None
+  plan = tg._beam_plan(v, chunk)
+  meta = dict(V=v, HAS_MASK=masked)
+  inputs = [_torch(logits), _torch(beam),
+            _torch(mask.astype(jnp.int8)) if masked else _zeros((1,), np.int32)]
+  maxima = _zeros((b, w * plan["G"]), np.uint32)
+  mx, ls = _zeros((b * w,), np.float32), _zeros((b * w,), np.float32)
+  tg._beam_stats_kernel[(b * w,)](*inputs, maxima, mx, ls, G=plan["G"],
+                                  CHUNK=plan["CHUNK"], **meta)
+  scores = _zeros((b, w * v), np.float32)
+  tg._beam_scores_kernel[(b * w,)](*inputs, mx, ls, scores, BLOCK_V=plan["BLOCK_V"], **meta)
+  np.testing.assert_allclose(scores.numpy(), topk.beam_scores_reference(logits, beam, mask),
+                             rtol=1e-6, atol=1e-5)
+  th_key = np.sort(maxima.numpy(), axis=1)[:, -k]  # [B], the bound
+  want = radix.JaxOps.filter(jnp.asarray(scores.numpy()), jnp.asarray(th_key),
+                             jnp.zeros(b, jnp.uint32), capacity)
+  steps = maxima.numpy().reshape(b, w, plan["STEPS"], -1).max(axis=3)  # [B, W, STEPS]
+  dead = (steps < th_key[:, None, None])[..., np.arange(v) // plan["STEP"]]  # [B, W, V]
+  assert dead.any()
+  inputs[0] = _torch(jnp.where(dead, 1e30, logits))
+  out = (_zeros((b, capacity), np.uint32), _zeros((b, capacity), np.int32),
+         _zeros((b,), np.int32))
+  tg._beam_filter_kernel[(b * w,)](
+      *inputs, mx, ls, maxima, _torch(th_key), _zeros((b,), np.uint32), *out, W=w,
+      G=plan["G"], STEP=plan["STEP"], STEPS=plan["STEPS"], C=capacity, **meta)
+  _assert_same_candidates(tuple(o.numpy() for o in out), want, capacity)
 
 
 # GPU: the Triton kernels. -------------------------------------------------------------------

@@ -68,7 +68,7 @@ def top_k(x: jax.Array, k: int, *, impl: str | None = None,
     raise ValueError(f"k={k}: must lie in [1, {n}]")
   rows = x.reshape(-1, n)  # [R, N]
   cfg = config or Config.default(n, k)
-  ops = radix.JaxOps if impl == "radix" else _triton().TritonOps(cfg.block)
+  ops = radix.JaxOps if impl == "radix" else _triton().TritonOps(cfg)
   values, idx = radix.top_k(rows, k, cfg, ops)
   return values.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
 

@@ -10,8 +10,11 @@ GPU kernels:
 2. Bound (one read): the row is cut into P chunks of `chunk` elements and each chunk's
    largest key is kept. The k-th largest of those P maxima is a lower bound L on the row's
    k-th largest key, since k distinct elements reach it.
-3. Filter (one read): elements with composite key >= threshold (L, 0) are compacted into
-   `buffer` slots per row; a row's count is exact even when it exceeds the buffer.
+3. Filter: elements with composite key >= threshold (L, 0) are compacted into `buffer`
+   slots per row; a row's count is exact even when it exceeds the buffer. Only chunks whose
+   maximum key reaches the threshold key can hold such elements (about k of the P chunks
+   for the bound L), so the filter reads only those: skipping the others never changes its
+   output, for this threshold or any later one.
 4. Radix refinement, only when some row has more than `capacity` candidates (a loose
    bound: top values packed into few chunks, heavy ties, all-equal rows): radix select
    over the composite key, `digit_bits` per round from the top, counting keys >= each of
@@ -43,8 +46,9 @@ class Config:
   chunk: int  # elements per chunk whose maximum feeds the bound
   capacity: int  # candidate slots per row for the final sort
   buffer: int = 0  # candidate slots per row of the first filter; 0 means capacity
-  block: int = 2048  # elements per program in the streaming GPU kernels
+  block: int = 2048  # elements per program in the GPU kernels that read every element
   digit_bits: int = 4  # radix digit of the refinement rounds
+  span: int = 16384  # elements per program of the GPU filter that skips chunks (step 3)
 
   def __post_init__(self):
     if self.buffer == 0:
@@ -95,14 +99,16 @@ Candidates = tuple[jax.Array, jax.Array, jax.Array]
 
 def select(n: int, k: int, cfg: Config, ops: Any, maxima: jax.Array,
            filter_fn: Callable[[jax.Array, jax.Array], Candidates],
-           materialize: Callable[[], jax.Array], bits: int) -> tuple[jax.Array, jax.Array]:
+           materialize: Callable[[], jax.Array], bits: int,
+           chunk: int = 0) -> tuple[jax.Array, jax.Array]:
   """Steps 2-5 for rows of length n with `bits`-bit keys, given the chunk maxima [R, P]
   (P may be 0).
 
   filter_fn(th_key [R], th_rank [R]) compacts the rows' composite keys >= the threshold
   into cfg.buffer slots; materialize() gives the rows [R, n] as floats for a refinement
-  over whole rows. ops supplies the backend's primitives (see JaxOps).
-  Returns (keys [R, k] uint32, indices [R, k] int32).
+  over whole rows; chunk > 0 says that maxima are those rows' chunk maxima (chunks of
+  `chunk`), so that the refinement's filter skips chunks too. ops supplies the backend's
+  primitives (see JaxOps). Returns (keys [R, k] uint32, indices [R, k] int32).
   """
   cap = cfg.capacity
   if not k <= cap <= cfg.buffer or cap & (cap - 1) or cfg.buffer & (cfg.buffer - 1):
@@ -126,7 +132,7 @@ def select(n: int, k: int, cfg: Config, ops: Any, maxima: jax.Array,
     x = materialize()  # [R, n]
     counts = lambda pk, pr: ops.counts(x, pk, pr)
     th_key, th_rank = radix_threshold(counts, rows, bits, n, k, cfg)
-    return ops.filter(x, th_key, th_rank, cap)
+    return ops.filter(x, th_key, th_rank, cap, *((maxima, chunk) if chunk else ()))
 
   most = jnp.max(count)
   branch = (most > cap).astype(jnp.int32) + (most > cfg.buffer).astype(jnp.int32)
@@ -224,9 +230,14 @@ class JaxOps:
     return jnp.sort(maxima, axis=1)[:, maxima.shape[1] - k]
 
   @staticmethod
-  def filter(x, th_key, th_rank, capacity) -> Candidates:
-    """Compacts the composite keys of rows x [R, N] >= (th_key, th_rank) [R]."""
-    return _compact(*_row_slots(x), x.shape[1], th_key, th_rank, capacity)
+  def filter(x, th_key, th_rank, capacity, maxima=None, chunk=0) -> Candidates:
+    """Compacts the composite keys of rows x [R, N] >= (th_key, th_rank) [R]; given x's
+    chunk maxima [R, P] (chunks of `chunk`), only chunks whose maximum reaches th_key take
+    part, as on the GPU (the same output)."""
+    keys, idx, valid = _row_slots(x)
+    if maxima is not None:
+      valid = maxima[:, idx[0] // chunk] >= th_key[:, None]  # [R, N]
+    return _compact(keys, idx, valid, x.shape[1], th_key, th_rank, capacity)
 
   @staticmethod
   def buffer_filter(keys, idx, count, n, th_key, th_rank, capacity) -> Candidates:
@@ -263,10 +274,12 @@ def top_k(x: jax.Array, k: int, cfg: Config | None = None, ops: Any = JaxOps
   """
   r, n = x.shape
   cfg = cfg or Config.default(n, k)
-  maxima = (ops.chunk_max(x, cfg.chunk) if n > cfg.capacity
-            else jnp.zeros((r, 0), jnp.uint32))  # short rows: every element fits
-  filter_fn = lambda th_key, th_rank: ops.filter(x, th_key, th_rank, cfg.buffer)
-  keys, idx = select(n, k, cfg, ops, maxima, filter_fn, lambda: x, key_bits(x.dtype))
+  bound = n > cfg.capacity  # else short rows: every element fits
+  maxima = ops.chunk_max(x, cfg.chunk) if bound else jnp.zeros((r, 0), jnp.uint32)  # [R, P]
+  chunk = cfg.chunk if bound else 0
+  skip = (maxima, chunk) if bound else ()
+  filter_fn = lambda th_key, th_rank: ops.filter(x, th_key, th_rank, cfg.buffer, *skip)
+  keys, idx = select(n, k, cfg, ops, maxima, filter_fn, lambda: x, key_bits(x.dtype), chunk)
   return from_keys(keys, x.dtype), idx
 
 

@@ -5,7 +5,9 @@ returns its old value (per element, or per block after an in-block prefix sum), 
 counting steps scatter-free cross-warp reductions; Triton has tl.atomic_add, tl.cumsum
 and tl.sum for these. (tl.sort was measured slow for the bound and the final sort: 0.20
 and 0.18 ms at B=32, W=512; selection by counting replaced it.) Importing this module needs
-only triton; a launch needs jax_triton (onerec_kernels.triton_launch).
+only triton; a launch needs jax_triton (onerec_kernels.triton_launch). The *_plan functions
+give kernels their grids and constexprs, so the CPU tests launch the same configurations
+in Triton's interpreter.
 """
 
 import jax
@@ -17,6 +19,8 @@ from onerec_kernels.topk import radix
 from onerec_kernels.triton_launch import shape, triton_call
 
 _WARPS = 8
+_STEP = 512  # fewest elements a chunk-skipping filter reads at once
+_MAX_STEPS = 64  # steps of a chunk-skipping filter program: bits of its int64 mask
 
 
 def _none() -> jax.Array:
@@ -40,13 +44,13 @@ def _reaches(keys, ranks, th_key, th_rank):
 
 
 @triton.jit
-def _compact(keys, idx, inb, n, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr,
+def _compact(keys, idx, inb, n, row, th_key, th_rank, key_ptr, idx_ptr, cnt_ptr,
              C: tl.constexpr):
   """Appends the (key, index) pairs whose composite key reaches the row's threshold to the
   row's candidate slots; the row's count grows by all of them, stored or not. A block
   with few of them takes one slot per element, else one range for the block."""
   ranks = (n - idx).to(tl.uint32)
-  sel = inb & _reaches(keys, ranks, tl.load(thk_ptr + row), tl.load(thr_ptr + row))
+  sel = inb & _reaches(keys, ranks, th_key, th_rank)
   sel_i = sel.to(tl.int32)
   n_sel = tl.sum(sel_i, axis=0)
   if n_sel > 0:
@@ -110,14 +114,56 @@ def _load_slots(src_ptr, idx_ptr, cnt_ptr, row, offs, N: tl.constexpr, M: tl.con
 
 
 @triton.jit
-def _filter_kernel(src_ptr, sidx_ptr, scnt_ptr, thk_ptr, thr_ptr, key_ptr, idx_ptr,
-                   cnt_ptr, N: tl.constexpr, M: tl.constexpr, C: tl.constexpr,
-                   BLOCK: tl.constexpr, BITS: tl.constexpr, FROM_BUFFER: tl.constexpr):
+def _live_steps(max_ptr, row, first, th_key, P: tl.constexpr, STEPS: tl.constexpr,
+                PER_STEP: tl.constexpr, SKIP: tl.constexpr):
+  """Mask whose bit j says that step j, the PER_STEP chunks from chunk first + j * PER_STEP
+  of the row's P chunk maxima, has a maximum >= th_key: only such a step can hold a key
+  reaching the threshold. Without SKIP all bits are set."""
+  if SKIP:
+    s = tl.arange(0, STEPS)
+    c = first + s[:, None] * PER_STEP + tl.arange(0, PER_STEP)[None, :]  # [S, PS]
+    m = tl.max(tl.load(max_ptr + row * P + c, mask=c < P, other=0), axis=1)  # [S]
+    bits = tl.full((STEPS,), 1, tl.int64) << s.to(tl.int64)
+    live = tl.sum(tl.where(m >= th_key, bits, 0), axis=0)
+  else:
+    live = -1
+  return live
+
+
+@triton.jit
+def _filter_kernel(src_ptr, sidx_ptr, scnt_ptr, max_ptr, thk_ptr, thr_ptr, key_ptr,
+                   idx_ptr, cnt_ptr, N: tl.constexpr, M: tl.constexpr, C: tl.constexpr,
+                   P: tl.constexpr, STEP: tl.constexpr, STEPS: tl.constexpr,
+                   PER_STEP: tl.constexpr, BITS: tl.constexpr, FROM_BUFFER: tl.constexpr,
+                   SKIP: tl.constexpr):
+  """Compacts the row's composite keys >= its threshold, STEPS steps of STEP slots a
+  program; with SKIP, given chunk maxima [R, P] (PER_STEP chunks a step), it reads only
+  the steps that can hold such a key."""
   row = tl.program_id(0)
-  offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-  keys, idx, inb = _load_slots(src_ptr, sidx_ptr, scnt_ptr, row, offs, N, M, BITS,
-                               FROM_BUFFER)
-  _compact(keys, idx, inb, N, row, thk_ptr, thr_ptr, key_ptr, idx_ptr, cnt_ptr, C)
+  th_key, th_rank = tl.load(thk_ptr + row), tl.load(thr_ptr + row)
+  first = tl.program_id(1) * STEPS
+  live = _live_steps(max_ptr, row, first * PER_STEP, th_key, P, STEPS, PER_STEP, SKIP)
+  for j in range(STEPS):
+    if ((live >> j) & 1) != 0:
+      offs = (first + j) * STEP + tl.arange(0, STEP)
+      keys, idx, inb = _load_slots(src_ptr, sidx_ptr, scnt_ptr, row, offs, N, M, BITS,
+                                   FROM_BUFFER)
+      _compact(keys, idx, inb, N, row, th_key, th_rank, key_ptr, idx_ptr, cnt_ptr, C)
+
+
+def _filter_plan(m: int, block: int, span: int = 0, chunk: int = 0
+                 ) -> tuple[int, int, dict]:
+  """(programs per row, warps, constexprs) of _filter_kernel over rows of m slots: without
+  chunk maxima, `block` slots a program; with maxima over chunks of `chunk` (a power of
+  two), `span` slots a program in steps of max(chunk, _STEP) that it reads only where
+  they can hold candidates."""
+  if not chunk:
+    step = min(block, radix._pow2(m))
+    return -(-m // step), _WARPS, dict(P=1, STEP=step, STEPS=1, PER_STEP=1, SKIP=False)
+  step = max(chunk, _STEP)
+  steps = max(1, min(_MAX_STEPS, span // step, radix._pow2(-(-m // step))))
+  return -(-m // (steps * step)), 4, dict(P=-(-m // chunk), STEP=step, STEPS=steps,
+                                          PER_STEP=step // chunk, SKIP=True)
 
 
 @triton.jit
@@ -168,10 +214,11 @@ def _rank_kernel(key_ptr, idx_ptr, cnt_ptr, okey_ptr, oidx_ptr, N: tl.constexpr,
 
 
 class TritonOps:
-  """radix.py's primitives on the GPU; x is [R, N] float32, bfloat16 or float16."""
+  """radix.py's primitives on the GPU; x is [R, N] float32, bfloat16 or float16. cfg's
+  block and span size the programs."""
 
-  def __init__(self, block: int):
-    self.block = block
+  def __init__(self, cfg: radix.Config):
+    self.cfg = cfg
 
   @staticmethod
   def chunk_max(x: jax.Array, chunk: int) -> jax.Array:
@@ -188,15 +235,17 @@ class TritonOps:
     return triton_call(_kth_kernel, maxima, out=shape((r,), jnp.uint32), grid=(r,),
                        num_warps=16, P=p, K=k, SUB=min(2048, radix._pow2(p)))
 
-  def filter(self, x, th_key, th_rank, capacity) -> radix.Candidates:
+  def filter(self, x, th_key, th_rank, capacity, maxima=None, chunk=0
+             ) -> radix.Candidates:
     n = x.shape[1]
-    return self._filter((x, _none(), _none()), n, n, th_key, th_rank, capacity,
+    skip = (maxima, chunk) if chunk else (_none(), 0)
+    return self._filter((x, _none(), _none()), skip, n, n, th_key, th_rank, capacity,
                         radix.key_bits(x.dtype), False)
 
   def buffer_filter(self, keys, idx, count, n, th_key, th_rank,
                     capacity) -> radix.Candidates:
-    return self._filter((keys, idx, count), n, keys.shape[1], th_key, th_rank, capacity,
-                        32, True)
+    return self._filter((keys, idx, count), (_none(), 0), n, keys.shape[1], th_key,
+                        th_rank, capacity, 32, True)
 
   def counts(self, x, piv_key, piv_rank) -> jax.Array:
     n = x.shape[1]
@@ -206,19 +255,23 @@ class TritonOps:
   def buffer_counts(self, keys, idx, count, n, piv_key, piv_rank) -> jax.Array:
     return self._counts((keys, idx, count), n, keys.shape[1], piv_key, piv_rank, 32, True)
 
-  def _filter(self, slots, n, m, th_key, th_rank, capacity, bits, from_buffer):
-    """slots: (floats [R, n], -, -) or a buffer (keys, indices [R, m], count [R])."""
+  def _filter(self, slots, skip, n, m, th_key, th_rank, capacity, bits, from_buffer):
+    """slots: (floats [R, n], -, -) or a buffer (keys, indices [R, m], count [R]); skip:
+    (chunk maxima [R, P], chunk) of the floats, or (-, 0)."""
     r = th_key.shape[0]
-    return triton_call(_filter_kernel, *slots, th_key, th_rank,
-                       out=_candidates(r, capacity), grid=(r, -(-m // self.block)),
-                       num_warps=_WARPS, zeroed=(2,), N=n, M=m, C=capacity,
-                       BLOCK=self.block, BITS=bits, FROM_BUFFER=from_buffer)
+    maxima, chunk = skip
+    programs, warps, meta = _filter_plan(m, self.cfg.block, self.cfg.span, chunk)
+    return triton_call(_filter_kernel, *slots, maxima, th_key, th_rank,
+                       out=_candidates(r, capacity), grid=(r, programs), num_warps=warps,
+                       zeroed=(2,), N=n, M=m, C=capacity, BITS=bits,
+                       FROM_BUFFER=from_buffer, **meta)
 
   def _counts(self, slots, n, m, piv_key, piv_rank, bits, from_buffer):
     r, d = piv_key.shape
+    block = self.cfg.block
     return triton_call(_counts_kernel, *slots, piv_key, piv_rank,
-                       out=shape((r, d), jnp.int32), grid=(r, -(-m // self.block)),
-                       num_warps=_WARPS, zeroed=(0,), N=n, M=m, D=d, SPAN=self.block,
+                       out=shape((r, d), jnp.int32), grid=(r, -(-m // block)),
+                       num_warps=_WARPS, zeroed=(0,), N=n, M=m, D=d, SPAN=block,
                        SUB=max(16, 4096 // d), BITS=bits, FROM_BUFFER=from_buffer)
 
   @staticmethod
@@ -274,17 +327,25 @@ def _beam_stats_kernel(logits_ptr, beam_ptr, mask_ptr, max_ptr, mx_ptr, ls_ptr,
 
 
 @triton.jit
-def _beam_filter_kernel(logits_ptr, beam_ptr, mask_ptr, mx_ptr, ls_ptr, thk_ptr, thr_ptr,
-                        key_ptr, idx_ptr, cnt_ptr, W: tl.constexpr, V: tl.constexpr,
-                        BLOCK_V: tl.constexpr, C: tl.constexpr, HAS_MASK: tl.constexpr):
+def _beam_filter_kernel(logits_ptr, beam_ptr, mask_ptr, mx_ptr, ls_ptr, max_ptr, thk_ptr,
+                        thr_ptr, key_ptr, idx_ptr, cnt_ptr, W: tl.constexpr,
+                        V: tl.constexpr, G: tl.constexpr, STEP: tl.constexpr,
+                        STEPS: tl.constexpr, C: tl.constexpr, HAS_MASK: tl.constexpr):
+  """_filter_kernel on the scores of one (b, w) row, STEPS steps of STEP; reads only the
+  steps whose chunk maxima (G a row) can reach request b's threshold."""
   bw = tl.program_id(0)
   b, w = bw // W, bw % W
-  v = tl.arange(0, BLOCK_V)
-  inb = v < V
-  score = _beam_row(logits_ptr, beam_ptr, mask_ptr, bw.to(tl.int64), v, inb,
-                    tl.load(mx_ptr + bw), tl.load(ls_ptr + bw), V, HAS_MASK)
-  _compact(_to_key(score, 32), w * V + v, inb, W * V, b, thk_ptr, thr_ptr, key_ptr,
-           idx_ptr, cnt_ptr, C)
+  th_key, th_rank = tl.load(thk_ptr + b), tl.load(thr_ptr + b)
+  live = _live_steps(max_ptr, b, w * G, th_key, W * G, STEPS, G // STEPS, True)
+  mx, ls = tl.load(mx_ptr + bw), tl.load(ls_ptr + bw)
+  for j in range(STEPS):
+    if ((live >> j) & 1) != 0:
+      v = j * STEP + tl.arange(0, STEP)
+      inb = v < V
+      score = _beam_row(logits_ptr, beam_ptr, mask_ptr, bw.to(tl.int64), v, inb, mx, ls,
+                        V, HAS_MASK)
+      _compact(_to_key(score, 32), w * V + v, inb, W * V, b, th_key, th_rank, key_ptr,
+               idx_ptr, cnt_ptr, C)
 
 
 @triton.jit
@@ -298,32 +359,44 @@ def _beam_scores_kernel(logits_ptr, beam_ptr, mask_ptr, mx_ptr, ls_ptr, out_ptr,
   tl.store(out_ptr + bw * V + v, score, mask=inb)
 
 
+def _beam_plan(v: int, chunk: int) -> dict:
+  """Sizes of the fused kernels for rows of v logits, padded to BLOCK_V: G chunk maxima of
+  CHUNK a row, and the filter's STEPS steps of STEP a row (at least _STEP each, where the
+  row has that many)."""
+  block_v = radix._pow2(v)
+  chunk = min(chunk, block_v)
+  steps = max(1, min(_MAX_STEPS, block_v // max(chunk, _STEP)))
+  return dict(BLOCK_V=block_v, CHUNK=chunk, G=block_v // chunk, STEP=block_v // steps,
+              STEPS=steps)
+
+
 def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
                valid_mask: jax.Array | None, cfg: radix.Config
                ) -> tuple[jax.Array, jax.Array]:
   """radix.select on the fused beam scores: logits [B, W, V] -> (scores [B, k] f32,
   flat indices [B, k])."""
   b, w, v = logits.shape
-  n, block_v = w * v, radix._pow2(v)
-  chunk = min(cfg.chunk, block_v)
+  n, plan = w * v, _beam_plan(v, cfg.chunk)
   has_mask = valid_mask is not None
   mask = valid_mask if has_mask else _none()
+  inputs, rows = (logits, beam_scores, mask), (b * w,)
   meta = dict(V=v, HAS_MASK=has_mask)
   maxima, mx, ls = triton_call(
-      _beam_stats_kernel, logits, beam_scores, mask,
-      out=(shape((b, w * (block_v // chunk)), jnp.uint32), shape((b * w,), jnp.float32),
+      _beam_stats_kernel, *inputs,
+      out=(shape((b, w * plan["G"]), jnp.uint32), shape((b * w,), jnp.float32),
            shape((b * w,), jnp.float32)),
-      grid=(b * w,), num_warps=_WARPS, G=block_v // chunk, CHUNK=chunk, **meta)
+      grid=rows, num_warps=_WARPS, G=plan["G"], CHUNK=plan["CHUNK"], **meta)
   filter_fn = lambda th_key, th_rank: triton_call(
-      _beam_filter_kernel, logits, beam_scores, mask, mx, ls, th_key, th_rank,
-      out=_candidates(b, cfg.buffer), grid=(b * w,), num_warps=_WARPS, zeroed=(2,), W=w,
-      BLOCK_V=block_v, C=cfg.buffer, **meta)
+      _beam_filter_kernel, *inputs, mx, ls, maxima, th_key, th_rank,
+      out=_candidates(b, cfg.buffer), grid=rows, num_warps=4, zeroed=(2,), W=w,
+      G=plan["G"], STEP=plan["STEP"], STEPS=plan["STEPS"], C=cfg.buffer, **meta)
   materialize = lambda: triton_call(
-      _beam_scores_kernel, logits, beam_scores, mask, mx, ls,
-      out=shape((b, n), jnp.float32), grid=(b * w,), num_warps=_WARPS, BLOCK_V=block_v,
-      **meta)
-  keys, idx = radix.select(n, k, cfg, TritonOps(cfg.block), maxima, filter_fn,
-                           materialize, 32)
+      _beam_scores_kernel, *inputs, mx, ls, out=shape((b, n), jnp.float32), grid=rows,
+      num_warps=_WARPS, BLOCK_V=plan["BLOCK_V"], **meta)
+  # With v a power of two the maxima of row b are those of its materialized scores.
+  chunk = plan["CHUNK"] if v == plan["BLOCK_V"] else 0
+  keys, idx = radix.select(n, k, cfg, TritonOps(cfg), maxima, filter_fn, materialize, 32,
+                           chunk)
   return radix.from_keys(keys, jnp.float32), idx
 
 
