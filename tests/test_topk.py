@@ -2,8 +2,9 @@
 
 CPU: the GPU algorithm in plain JAX (impl="radix") at small shapes, with small configs so
 that every path runs (whole-row sort, chunk-maximum bound, radix refinement); the Triton
-filter kernels in Triton's interpreter, launched with the grids and constexprs of
-triton_gpu's *_plan functions. GPU (marked): the Triton kernels at real shapes.
+kernels of the filter and the router in Triton's interpreter, launched with the grids and
+constexprs of triton_gpu's *_plan functions. GPU (marked): the Triton kernels at real
+shapes.
 """
 
 import functools
@@ -263,6 +264,42 @@ def test_interpreted_beam_filter_skips_chunks(tg, v, chunk, masked):
   _assert_same_candidates(tuple(o.numpy() for o in out), want, capacity)
 
 
+def _router_data(t, e, dtype, seed):
+  """Logits [t, e]: rows of heavy ties (a few values), random, random with -inf, all -inf,
+  in turn; a bias [e] of a few values (ties survive it)."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((t, e))
+  rows = np.arange(t)[:, None] % 4
+  x = np.where(rows == 0, rng.integers(-2, 3, (t, e)) * 0.5, x)
+  x = np.where((rows == 3) | ((rows == 2) & (rng.random((t, e)) < 0.3)), -np.inf, x)
+  return jnp.asarray(x, dtype), jnp.asarray(rng.integers(-2, 3, e) * 0.25, jnp.float32)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # -inf - -inf: NaN
+@pytest.mark.parametrize("method", ["rounds", "composite", "bitonic"])
+@pytest.mark.parametrize("t,e,k,dtype,tokens", [(37, 53, 3, jnp.float32, 0),
+                                                (11, 256, 8, jnp.bfloat16, 0),
+                                                (37, 7, 1, jnp.float32, 16),
+                                                (37, 7, 3, jnp.bfloat16, 0)])
+def test_interpreted_router_matches_reference(tg, method, t, e, k, dtype, tokens):
+  """Ids identical to router_topk_reference (ties to the lowest expert), gates to rounding;
+  T is no multiple of the token block. The scores and gates are shared by the methods:
+  each score with and without bias for the default method, two of these for the others
+  (the interpreter is slow)."""
+  import torch
+  logits, bias = _router_data(t, e, dtype, seed=e + k)
+  grid, _, meta = tg._router_plan(t, e, k, method, tokens)
+  cases = [(score, b) for score in topk.ROUTER_SCORES for b in (None, bias)]
+  for score, b in cases if method == "rounds" else cases[1:3]:
+    ids, gates = torch.zeros((t, k), dtype=torch.int32), torch.zeros((t, k))
+    tg._router_kernel[grid](_torch(logits), _torch(b) if b is not None else ids, ids, gates,
+                            SCALING=2.5, SOFTMAX=score == "softmax", HAS_BIAS=b is not None,
+                            NORM=True, **meta)
+    ref_ids, ref_gates = topk.router_topk_reference(logits, b, k, score, scaling=2.5)
+    np.testing.assert_array_equal(ids.numpy(), ref_ids, err_msg=f"{score}, {b is None}")
+    np.testing.assert_allclose(gates.numpy(), ref_gates, rtol=1e-6, atol=1e-7)
+
+
 # GPU: the Triton kernels. -------------------------------------------------------------------
 
 
@@ -309,12 +346,17 @@ def test_triton_beam_topk(dtype, w, spread, masked):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("method", [None, "composite", "bitonic"])  # None: the default
 @pytest.mark.parametrize("t,e,k", [(16384, 53, 3), (32768, 256, 8), (1000, 256, 16)])
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
-def test_triton_router(t, e, k, score):
+def test_triton_router(t, e, k, score, method):
   logits = jax.random.normal(jax.random.key(9), (t, e), jnp.bfloat16)
   bias = jax.random.normal(jax.random.key(10), (e,)) * 0.01
-  got = topk.router_topk(logits, bias, k, score, scaling=2.5, impl="triton")
+  if method is None:
+    got = topk.router_topk(logits, bias, k, score, scaling=2.5, impl="triton")
+  else:
+    from onerec_kernels.topk import triton_gpu
+    got = triton_gpu.router_top_k(logits, bias, k, score, True, 2.5, method=method)
   ref = topk.router_topk_reference(logits, bias, k, score, scaling=2.5)
   choice = np.asarray(topk.router_scores_reference(logits, score) + bias)  # [T, E]
   ids, ref_ids = np.asarray(got[0]), np.asarray(ref[0])

@@ -21,6 +21,7 @@ from onerec_kernels.triton_launch import shape, triton_call
 _WARPS = 8
 _STEP = 512  # fewest elements a chunk-skipping filter reads at once
 _MAX_STEPS = 64  # steps of a chunk-skipping filter program: bits of its int64 mask
+ROUTER_METHODS = ("rounds", "composite", "bitonic")  # see _router_kernel
 
 
 def _none() -> jax.Array:
@@ -400,60 +401,133 @@ def beam_top_k(logits: jax.Array, beam_scores: jax.Array, k: int,
   return radix.from_keys(keys, jnp.float32), idx
 
 
-# Router: E <= 256 experts, k <= 16; BLOCK_T tokens a program, k rounds of a row maximum
-# over 64-bit composite keys (key, E - expert), so ties go to the lowest expert.
+# Router: E <= 256 experts, k <= 16; BLOCK_T tokens a program. Experts are chosen on keys of
+# the choice scores (scores + bias), ties to the lowest expert, by one of ROUTER_METHODS:
+# "rounds": k rounds of a 32-bit row maximum, then the lowest expert holding it;
+# "composite": k rounds of a 64-bit row maximum of (key, E - expert);
+# "bitonic": tl.topk (bitonic) over those 64-bit keys.
+# The gates re-read the chosen logits and recompute their scores with the same float
+# operations, so they equal the scores the choice was made on.
+
+
+@triton.jit
+def _router_score(x, mx, denom, SOFTMAX: tl.constexpr):
+  """Scores of float32 logits x: softmax given the row's max and sum of exponentials, or
+  sigmoid."""
+  if SOFTMAX:
+    score = tl.exp(x - mx) / denom
+  else:
+    score = tl.sigmoid(x)
+  return score
+
+
+@triton.jit
+def _select_rounds(keys, e, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                   K: tl.constexpr, BLOCK_K: tl.constexpr):
+  """Experts [BT, BK] of the K largest keys [BT, BE] (0 in padding), 32 bits a round: a
+  chosen expert's key drops to 0 and its index to BLOCK_E, so a live expert wins any tie
+  at 0."""
+  idx = tl.zeros((BLOCK_T, BLOCK_E), tl.int32) + e  # [BT, BE]
+  slot = tl.arange(0, BLOCK_K)[None, :]  # [1, BK]
+  ids = tl.zeros((BLOCK_T, BLOCK_K), tl.int32)
+  for i in tl.static_range(K):
+    top = tl.max(keys, axis=1)[:, None]  # [BT, 1]
+    best = tl.min(tl.where(keys == top, idx, BLOCK_E), axis=1)[:, None]  # [BT, 1]
+    ids = tl.where(slot == i, best, ids)
+    hit = idx == best
+    keys = tl.where(hit, 0, keys)
+    idx = tl.where(hit, BLOCK_E, idx)
+  return ids
+
+
+@triton.jit
+def _composite_keys(keys, e, E: tl.constexpr):
+  """64-bit keys (key, E - expert) of keys [BT, BE], distinct within a row; 0 in padding."""
+  return tl.where(e < E, (keys.to(tl.uint64) << 32) | (E - e).to(tl.uint64), 0)
+
+
+@triton.jit
+def _select_composite(keys, e, E: tl.constexpr, BLOCK_T: tl.constexpr, K: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+  comp = _composite_keys(keys, e, E)  # [BT, BE]
+  slot = tl.arange(0, BLOCK_K)[None, :]  # [1, BK]
+  ids = tl.zeros((BLOCK_T, BLOCK_K), tl.int32)
+  for i in tl.static_range(K):
+    best = tl.max(comp, axis=1)[:, None]  # [BT, 1]
+    ids = tl.where(slot == i, E - (best & 0xFFFFFFFF).to(tl.int32), ids)
+    comp = tl.where(comp == best, 0, comp)
+  return ids
+
+
+@triton.jit
+def _select_bitonic(keys, e, E: tl.constexpr, BLOCK_K: tl.constexpr):
+  top = tl.topk(_composite_keys(keys, e, E), BLOCK_K)  # [BT, BK], descending
+  return E - (top & 0xFFFFFFFF).to(tl.int32)
 
 
 @triton.jit
 def _router_kernel(logits_ptr, bias_ptr, ids_ptr, gates_ptr, T: tl.constexpr,
                    E: tl.constexpr, K: tl.constexpr, SCALING: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                   BLOCK_K: tl.constexpr, SOFTMAX: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   NORM: tl.constexpr):
+                   BLOCK_K: tl.constexpr, METHOD: tl.constexpr, SOFTMAX: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, NORM: tl.constexpr):
   t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
-  e = tl.arange(0, BLOCK_E)
-  inb = (t[:, None] < T) & (e[None, :] < E)  # [BT, BE]
-  x = tl.load(logits_ptr + t[:, None].to(tl.int64) * E + e[None, :], mask=inb,
-              other=-float("inf")).to(tl.float32)
+  e = tl.arange(0, BLOCK_E)[None, :]  # [1, BE]
+  rows = logits_ptr + t[:, None].to(tl.int64) * E  # [BT, 1]
+  x = tl.load(rows + e, mask=(t[:, None] < T) & (e < E),
+              other=-float("inf")).to(tl.float32)  # [BT, BE]
   if SOFTMAX:
-    p = tl.exp(x - tl.max(x, axis=1)[:, None])
-    scores = p / tl.sum(p, axis=1)[:, None]
+    mx = tl.max(x, axis=1)[:, None]  # [BT, 1]
+    denom = tl.sum(tl.exp(x - mx), axis=1)[:, None]
   else:
-    scores = tl.sigmoid(x)
-  choice = scores
+    mx, denom = 0.0, 1.0
+  choice = _router_score(x, mx, denom, SOFTMAX)
   if HAS_BIAS:
-    choice = scores + tl.load(bias_ptr + e, mask=e < E, other=0).to(tl.float32)[None, :]
-  comp = (_to_key(choice, 32).to(tl.uint64) << 32) | (E - e).to(tl.uint64)[None, :]
-  comp = tl.where(inb, comp, 0)
+    choice = choice + tl.load(bias_ptr + e, mask=e < E, other=0).to(tl.float32)
+  keys = tl.where(e < E, _to_key(choice, 32), 0)  # [BT, BE]
+  if METHOD == 0:
+    ids = _select_rounds(keys, e, BLOCK_T, BLOCK_E, K, BLOCK_K)
+  elif METHOD == 1:
+    ids = _select_composite(keys, e, E, BLOCK_T, K, BLOCK_K)
+  else:
+    ids = _select_bitonic(keys, e, E, BLOCK_K)
   slot = tl.arange(0, BLOCK_K)[None, :]  # [1, BK]
-  ids = tl.zeros((BLOCK_T, BLOCK_K), tl.int32)
-  gates = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
-  for i in tl.static_range(K):
-    best = tl.max(comp, axis=1)[:, None]  # [BT, 1]
-    hit = comp == best
-    ids = tl.where(slot == i, E - (best & 0xFFFFFFFF).to(tl.int32), ids)
-    gates = tl.where(slot == i, tl.sum(tl.where(hit, scores, 0.0), axis=1)[:, None], gates)
-    comp = tl.where(hit, 0, comp)
+  out = (t[:, None] < T) & (slot < K)  # [BT, BK]
+  x_ids = tl.load(rows + ids, mask=out, other=0).to(tl.float32)
+  gates = tl.where(out, _router_score(x_ids, mx, denom, SOFTMAX), 0.0)
   if NORM:
     gates = gates / (tl.sum(gates, axis=1)[:, None] + 1e-20)
-  out = (t[:, None] < T) & (slot < K)
   tl.store(ids_ptr + t[:, None] * K + slot, ids, mask=out)
   tl.store(gates_ptr + t[:, None] * K + slot, gates * SCALING, mask=out)
 
 
-def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
-                 norm_topk_prob: bool, scaling: float, tokens: int = 0, warps: int = 8
-                 ) -> tuple[jax.Array, jax.Array]:
-  """One kernel: scores, bias, top-k and gates; logits [T, E] -> (ids, gates) [T, k].
-  tokens a program: 0 picks max(8, 1024 // E) with E rounded up to a power of two (the
-  fastest measured at 16384 x 53 and 32768 x 256)."""
-  t, e = logits.shape
+def _router_plan(t: int, e: int, k: int, method: str | None = None, tokens: int = 0,
+                 warps: int = 0) -> tuple[tuple[int], int, dict]:
+  """(grid, warps, constexprs but the score's) of _router_kernel for logits [t, e]. None
+  and 0 pick the expected fastest (not yet measured): "rounds", the fewest integer
+  operations and none of 64 bits; one warp, so that a row's reductions stay in the warp
+  (Triton spreads a row over 32 lanes and, past them, over warps), and 1024 // E tokens
+  (E rounded up to a power of two), 32 elements a thread."""
+  method = method or "rounds"
+  if method not in ROUTER_METHODS:
+    raise ValueError(f"method={method!r}: must be one of {ROUTER_METHODS}")
   block_e = radix._pow2(e)
-  block_t = tokens or max(8, 1024 // block_e)
+  block_t = tokens or max(1, 1024 // block_e)
+  return (-(-t // block_t),), warps or 1, dict(
+      T=t, E=e, K=k, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=radix._pow2(k),
+      METHOD=ROUTER_METHODS.index(method))
+
+
+def router_top_k(logits: jax.Array, bias: jax.Array | None, k: int, score: str,
+                 norm_topk_prob: bool, scaling: float, method: str | None = None,
+                 tokens: int = 0, warps: int = 0) -> tuple[jax.Array, jax.Array]:
+  """One kernel: scores, bias, top-k and gates; logits [T, E] -> (ids, gates) [T, k].
+  method, tokens a program and warps: see _router_plan."""
+  t, e = logits.shape
+  grid, warps, meta = _router_plan(t, e, k, method, tokens, warps)
   has_bias = bias is not None
   return triton_call(
       _router_kernel, logits, bias if has_bias else _none(),
-      out=(shape((t, k), jnp.int32), shape((t, k), jnp.float32)),
-      grid=(-(-t // block_t),), num_warps=warps, T=t, E=e, K=k, SCALING=float(scaling),
-      BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=radix._pow2(k), SOFTMAX=score == "softmax",
-      HAS_BIAS=has_bias, NORM=norm_topk_prob)
+      out=(shape((t, k), jnp.int32), shape((t, k), jnp.float32)), grid=grid,
+      num_warps=warps, SCALING=float(scaling), SOFTMAX=score == "softmax",
+      HAS_BIAS=has_bias, NORM=norm_topk_prob, **meta)
