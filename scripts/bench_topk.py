@@ -22,6 +22,10 @@ from onerec_kernels import topk
 
 V = 8192
 _ROUTER_INPUTS = 16
+# (tokens, warps) a program timed for each router method, from one warp (the default: 16 x 1
+# at E=53, 4 x 1 at E=256) to the previous kernel's default (16 x 8 and 8 x 8).
+_ROUTER_TILINGS = {(16384, 53, 3): ((8, 1), (16, 1), (32, 2), (32, 4), (16, 8)),
+                   (32768, 256, 8): ((2, 1), (4, 1), (4, 2), (8, 4), (8, 8))}
 
 
 def _median_ms(fn, sync, reps: int, inner: int, warmup: int = 3) -> float:
@@ -95,7 +99,8 @@ def bench_beam(w: int, dtype, reps: int, torch_ops) -> dict:
 
 def bench_breakdown(reps: int) -> dict:
   """Each step of the plain top-k at B=32, W=512, fp32 (the filter with and without its
-  chunk skip), and the whole under other configs (tuning data)."""
+  chunk skip), the whole under other configs, and the router kernel's methods x tokens x
+  warps at both router shapes and dtypes (tuning data)."""
   from onerec_kernels.topk import triton_gpu
   w, n = 512, 512 * V
   scores = jax.random.normal(jax.random.key(0), (32, n), jnp.float32)
@@ -125,14 +130,17 @@ def bench_breakdown(reps: int) -> dict:
     f = jax.jit(lambda x, c=c: topk.top_k(x, w, impl="triton", config=c))
     out[f"top_k_chunk{chunk}_span{span}"] = _median_ms(lambda: f(scores), _jax_sync, reps,
                                                        10)
-  for t, e, k in ((16384, 53, 3), (32768, 256, 8)):
-    xs = [jax.random.normal(key, (t, e)) for key in jax.random.split(jax.random.key(1), 16)]
-    for tokens in (8, 16, 32, 64, 128):
-      for warps in (4, 8):
-        f = jax.jit(lambda *xs, tk=tokens, wp=warps: [triton_gpu.router_top_k(
-            x, None, k, "sigmoid", True, 1.0, tokens=tk, warps=wp) for x in xs])
-        out[f"router_{t}x{e}_tokens{tokens}_warps{warps}"] = _median_ms(
-            lambda: f(*xs), _jax_sync, reps, 1) / len(xs)
+  for (t, e, k), tilings in _ROUTER_TILINGS.items():
+    for dtype in (jnp.float32, jnp.bfloat16):
+      xs = [jax.random.normal(key, (t, e)).astype(dtype)
+            for key in jax.random.split(jax.random.key(1), _ROUTER_INPUTS)]
+      for method in triton_gpu.ROUTER_METHODS:
+        for tokens, warps in tilings:
+          f = jax.jit(lambda *xs, m=method, tk=tokens, wp=warps: [triton_gpu.router_top_k(
+              x, None, k, "sigmoid", True, 1.0, method=m, tokens=tk, warps=wp) for x in xs])
+          name = f"router_{t}x{e}_{jnp.dtype(dtype).name}_{method}"
+          out[f"{name}_tokens{tokens}_warps{warps}"] = _median_ms(
+              lambda: f(*xs), _jax_sync, reps, 1) / len(xs)
   return out
 
 
@@ -188,7 +196,7 @@ def main():
                    "dtype": jnp.dtype(dtype).name, "ms": times,
                    "ratios": _ratios(times, "triton_top_k"),
                    "ratios_fused": _ratios(times, "triton_beam_fused")})
-  for t, e, k in ((16384, 53, 3), (32768, 256, 8)):
+  for t, e, k in _ROUTER_TILINGS:
     for dtype in (jnp.float32, jnp.bfloat16):
       times = bench_router(t, e, k, dtype, args.reps, torch_ops)
       rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
