@@ -2,6 +2,7 @@
 references. On the CPU in Mosaic GPU interpret mode at small shapes with small tiles;
 GPU tests (marked) run the benchmark shapes."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +158,21 @@ def test_routed_experts_matches_reference_interpret():
   gate, up = jnp.split(h, 2, axis=-1)
   ref = combine(fp8_grouped_gemm(jax.nn.silu(gate) * up, w2_q, w2_s, gs), order, gates)
   np.testing.assert_allclose(y, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_sort_by_expert_and_combine_against_numpy():
+  rng = np.random.default_rng(3)
+  t, k, e, n = 37, 3, 6, 20
+  ids = np.stack([rng.choice(e - 1, k, replace=False) for _ in range(t)])  # expert 5 empty
+  ids[4] = [2, 2, 2]  # repeated expert: the stable order keeps slot order
+  order, gs = sort_by_expert(jnp.asarray(ids), e)
+  np.testing.assert_array_equal(order, np.argsort(ids.reshape(-1), kind="stable"))
+  np.testing.assert_array_equal(gs, np.bincount(ids.reshape(-1), minlength=e))
+  y = rng.standard_normal((t * k, n)).astype(np.float32)
+  gates = rng.uniform(size=(t, k)).astype(np.float32)
+  want = np.zeros((t, n))
+  for i, flat in enumerate(np.asarray(order)):  # sorted row i holds slot flat
+    want[flat // k] += gates[flat // k, flat % k] * y[i].astype(np.float64)
+  got = combine(jnp.asarray(y), order, jnp.asarray(gates))
+  chex.assert_shape(got, (t, n))
+  chex.assert_trees_all_close(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)

@@ -21,9 +21,12 @@ def sort_by_expert(expert_ids: jax.Array, num_experts: int
 def combine(y_sorted: jax.Array, order: jax.Array, gates: jax.Array) -> jax.Array:
   """Un-permutes expert outputs and sums each token's slots weighted by its gates.
 
-  y_sorted: [T*k, N], order: [T*k], gates: [T, k] -> [T, N] in FP32.
+  y_sorted: [T*k, N], order: [T*k], gates: [T, k] -> [T, N] in FP32. A gather through the
+  inverse permutation (a scatter of T*k indices) that XLA fuses with the weighted sum:
+  one read of y_sorted, where scattering the rows wrote and re-read a [T*k, N] FP32 copy.
   """
   t, k = gates.shape
-  y = jnp.zeros_like(y_sorted, dtype=jnp.float32).at[order].set(
-      y_sorted.astype(jnp.float32))
-  return jnp.einsum("tkn,tk->tn", y.reshape(t, k, -1), gates.astype(jnp.float32))
+  slots = jnp.arange(order.shape[0], dtype=order.dtype)
+  inverse = jnp.zeros_like(order).at[order].set(slots)  # [T*k] sorted row of each slot
+  y = y_sorted[inverse].astype(jnp.float32).reshape(t, k, -1)  # [T, k, N]
+  return jnp.sum(y * gates.astype(jnp.float32)[:, :, None], axis=1)
