@@ -14,7 +14,9 @@ from onerec_jax import analysis, checkpoint
 from onerec_jax.config import preset
 from onerec_jax.generate import generate
 from onerec_jax.model import OneRecV2, init_params
+from onerec_jax.model.layers import RMSNorm, swiglu
 from onerec_jax.quant import QArray, Rules, default_rules, fp8, quantize_params
+from onerec_kernels.quantize import SwiGLUOf, quantize_activations, quantize_rows
 
 BATCH = 16
 # Logits floors, FP8 vs unquantized, random weights (docs/fp8.md). Every module alone is at
@@ -175,3 +177,14 @@ def test_generate_top_items_overlap():
   print(f"top-{width} overlap mean {np.mean(overlap):.3f}, min {min(overlap):.3f}; "
         f"top-1 agreement {top1:.3f}")
   assert np.mean(overlap) >= 0.6
+
+
+def test_norm_producer_equals_the_norm_in_float32():
+  """The fused path quantizes exactly what the RMSNorm module outputs in FP32 (same
+  operations in the same order), so FP32 models' FP8 results do not move with fusion."""
+  x = jax.random.normal(jax.random.key(0), (6, 200)) * 3
+  norm = RMSNorm(1e-6)
+  params = {"params": {"weight": jax.random.uniform(jax.random.key(1), (200,))}}
+  y, producer = norm.apply(params, x, method=lambda m, a: (m(a), m.producer(a)))
+  chex.assert_trees_all_equal(quantize_activations(producer), quantize_rows(y))
+  chex.assert_trees_all_equal(quantize_activations(SwiGLUOf(x)), quantize_rows(swiglu(x)))

@@ -55,10 +55,10 @@ def activation_shape(src: Activation) -> tuple[int, ...]:
 def evaluate_fp32(src: Activation) -> jax.Array:
   """The activation in FP32 with no 16-bit intermediate: the specification the fused
   kernels follow."""
-  if isinstance(src, RMSNormOf):
+  if isinstance(src, RMSNormOf):  # the operation order of the model's RMSNorm
     x = src.x.astype(jnp.float32)
     inv = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + src.eps)
-    return x * src.weight.astype(jnp.float32) * inv
+    return x * inv * src.weight.astype(jnp.float32)
   if isinstance(src, SwiGLUOf):
     gate, up = jnp.split(src.gate_up.astype(jnp.float32), 2, axis=-1)
     return jax.nn.silu(gate) * up

@@ -42,7 +42,7 @@ def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexp
   x = tl.load(src_ptr + src * SRC_STRIDE + offs, mask=inb, other=0.0).to(tl.float32)
   if MODE == 1:
     inv = tl.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / K + EPS)
-    x = x * tl.load(weight_ptr + offs, mask=inb, other=0.0).to(tl.float32) * inv
+    x = x * inv * tl.load(weight_ptr + offs, mask=inb, other=0.0).to(tl.float32)
   elif MODE == 2:
     up = tl.load(src_ptr + src * SRC_STRIDE + K + offs, mask=inb,
                  other=0.0).to(tl.float32)
