@@ -504,10 +504,11 @@ def _router_kernel(logits_ptr, bias_ptr, ids_ptr, gates_ptr, T: tl.constexpr,
 def _router_plan(t: int, e: int, k: int, method: str | None = None, tokens: int = 0,
                  warps: int = 0) -> tuple[tuple[int], int, dict]:
   """(grid, warps, constexprs but the score's) of _router_kernel for logits [t, e]. None
-  and 0 pick the expected fastest (not yet measured): "rounds", the fewest integer
-  operations and none of 64 bits; one warp, so that a row's reductions stay in the warp
-  (Triton spreads a row over 32 lanes and, past them, over warps), and 1024 // E tokens
-  (E rounded up to a power of two), 32 elements a thread."""
+  and 0 pick "rounds" (the fewest integer operations and none of 64 bits: fastest of the
+  three methods at both benchmark shapes on the H100), one warp, so that a row's
+  reductions stay in the warp (Triton spreads a row over 32 lanes and, past them, over
+  warps), and 1024 // E tokens (E rounded up to a power of two), 32 elements a thread:
+  within about 10% of the best tiling measured (bench/results/topk_h100.json)."""
   method = method or "rounds"
   if method not in ROUTER_METHODS:
     raise ValueError(f"method={method!r}: must be one of {ROUTER_METHODS}")
