@@ -170,6 +170,38 @@ def bench_router(t: int, e: int, k: int, dtype, reps: int, torch_ops) -> dict:
   return {name: ms / _ROUTER_INPUTS for name, ms in _time_all(cases, reps).items()}
 
 
+def bench_router_device(t: int, e: int, k: int, dtype, torch_ops) -> dict:
+  """Device time per input (ms) of the router cases: CUPTI time of every kernel a call
+  launches (bench_fp8_linear.device_ms, 16 inputs in one jit), so host launch overheads,
+  which the wall-clock timing above includes, are left out; torch.topk by CUDA events."""
+  from bench_fp8_linear import device_ms
+  keys = jax.random.split(jax.random.key(e), _ROUTER_INPUTS + 1)
+  xs = [(jax.random.normal(key, (t, e), jnp.float32).astype(dtype),) for key in keys[1:]]
+  bias = jax.random.normal(keys[0], (e,), jnp.float32) * 0.01
+  cases = {
+      "floor_read": jnp.max,
+      "triton_router": lambda x: topk.router_topk(x, bias, k, impl="triton"),
+      "xla_router_reference": lambda x: topk.router_topk(x, bias, k, impl="reference"),
+      "lax_top_k": lambda x: jax.lax.top_k(x, k),
+      "lax_top_k_unstable": lambda x: jax.lax.top_k(x, k, is_stable=False),
+  }
+  times = {name: device_ms(f, xs) for name, f in cases.items()}
+  if torch_ops:
+    torch, to_torch, _ = torch_ops
+    xts = [to_torch(x) for (x,) in xs]
+    samples = []
+    for _ in range(23):
+      start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+      start.record()
+      for x in xts:
+        torch.topk(x, k, dim=-1)
+      end.record()
+      torch.cuda.synchronize()
+      samples.append(start.elapsed_time(end) / len(xts))
+    times["torch_topk"] = statistics.median(samples[3:])
+  return times
+
+
 def _ratios(times: dict, kernel: str) -> dict:
   t = times[kernel]
   out = {"kernel_over_floor": t / times["floor_read"],
@@ -185,9 +217,13 @@ def main():
   parser.add_argument("--out", required=True, help="JSON file to write")
   parser.add_argument("--reps", type=int, default=50)
   parser.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
+  parser.add_argument("--router-device", action="store_true",
+                      help="only the router shapes, timed by device time (CUPTI)")
   args = parser.parse_args()
   commit = git_commit(args.commit)
   torch_ops = _torch_ops()
+  if args.router_device:
+    return router_device_main(args.out, commit, torch_ops)
   rows = []
   for w in (128, 256, 512):
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -222,6 +258,21 @@ def main():
           f"{ra['lax_top_k_over_kernel']:6.1f} {ra.get('torch_topk_over_kernel', np.nan):6.1f} "
           f"{r.get('ratios_fused', {}).get('kernel_over_floor', np.nan):5.2f}")
   print("breakdown W=512 fp32 (ms):", json.dumps(breakdown))
+
+
+def router_device_main(out: str, commit: str, torch_ops) -> None:
+  rows = []
+  for t, e, k in _ROUTER_TILINGS:
+    for dtype in (jnp.float32, jnp.bfloat16):
+      times = bench_router_device(t, e, k, dtype, torch_ops)
+      rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
+                   "ms": times, "ratios": _ratios(times, "triton_router")})
+  write_json(out, {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                   "torch": torch_ops[0].__version__ if torch_ops else None,
+                   "commit": commit, "timing": bench_router_device.__doc__, "rows": rows})
+  for r in rows:
+    print(r["shape"], r["dtype"], {c: round(v * 1e3, 1) for c, v in r["ms"].items()},
+          {c: round(v, 2) for c, v in r["ratios"].items()})
 
 
 if __name__ == "__main__":
