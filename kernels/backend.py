@@ -5,6 +5,8 @@ set it before the first call."""
 
 import os
 
+import jax
+
 ENV = "ONEREC_KERNELS"
 CHOICES = ("auto", "reference")
 
@@ -15,3 +17,9 @@ def reference_only() -> bool:
   if value not in CHOICES:
     raise ValueError(f"{ENV}={value!r}: must be one of {CHOICES}")
   return value == "reference"
+
+
+def on_hopper() -> bool:
+  """True when the default device is an sm_90 GPU, where the fast backends run natively."""
+  dev = jax.devices()[0]
+  return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")

@@ -96,6 +96,7 @@ def test_default_config_splits_k_for_few_column_tiles(monkeypatch):
   assert default_config(32, 1408, 1408).tile_n == 32  # narrow columns instead
   assert default_config(32, 1408, 5632).k_splits == 11  # 11 x 11 >= 99 SMs
   assert default_config(32, 11264, 1408).tile_n == 64  # 88 column tiles of 128
+  assert default_config(32, 14336, 1792).k_splits == 1  # 112 column tiles fill the SMs
 
 
 # moe-4b and 1B Linear shapes (K, N) at the benchmark's M.

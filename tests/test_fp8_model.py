@@ -180,11 +180,14 @@ def test_generate_top_items_overlap():
 
 
 def test_norm_producer_equals_the_norm_in_float32():
-  """The fused path quantizes exactly what the RMSNorm module outputs in FP32 (same
-  operations in the same order), so FP32 models' FP8 results do not move with fusion."""
+  """The fused path's specification (the reference backend) quantizes exactly what the
+  RMSNorm module outputs in FP32 (same operations in the same order), so FP32 models' FP8
+  results on the reference path do not move with fusion; the GPU kernel matches the
+  reference within its tests' bounds (test_quantize.py)."""
   x = jax.random.normal(jax.random.key(0), (6, 200)) * 3
   norm = RMSNorm(1e-6)
   params = {"params": {"weight": jax.random.uniform(jax.random.key(1), (200,))}}
   y, producer = norm.apply(params, x, method=lambda m, a: (m(a), m.producer(a)))
-  chex.assert_trees_all_equal(quantize_activations(producer), quantize_rows(y))
-  chex.assert_trees_all_equal(quantize_activations(SwiGLUOf(x)), quantize_rows(swiglu(x)))
+  fused = lambda src: quantize_activations(src, impl="reference")
+  chex.assert_trees_all_equal(fused(producer), quantize_rows(y))
+  chex.assert_trees_all_equal(fused(SwiGLUOf(x)), quantize_rows(swiglu(x)))

@@ -11,10 +11,12 @@ import pytest
 import torch
 from onerec_kernels.fp8_linear import fp8_linear
 from onerec_kernels.grouped_gemm import fp8_grouped_gemm
-from onerec_kernels.quantize import quantize_blocks, quantize_rows
+from onerec_kernels.quantize import SwiGLUOf, quantize_blocks, quantize_rows
 from onerec_kernels.quantize.reference import cast_to_fp8
 
-from onerec_jax.quant import QArray, QuantizationError, Rules, quantize_params
+from onerec_jax.quant import (QArray, QuantizationError, Rules, quantize_params,
+                             quantized_matmul)
+
 
 U8 = 2.0**-4 + 2.0**-21  # e4m3 unit roundoff, plus the FP32 division and clip (docs/fp8.md)
 SUB = 2.0**-10  # half the e4m3 subnormal spacing: the absolute error floor, in scaled units
@@ -291,3 +293,17 @@ def test_rules_json_hash_and_validation():
     Rules((("a(", "block"),))
   with pytest.raises(ValueError, match="block=64"):
     Rules.from_json(RULES.to_json().replace('"block": 128', '"block": 64'))
+
+
+def test_quantized_matmul_producer_replaces_x_and_must_match_its_shape():
+  x = jax.random.normal(jax.random.key(0), (4, 256))
+  w = QArray(*quantize_rows(jax.random.normal(jax.random.key(1), (64, 256))))
+  gate_up = jnp.concatenate([x, 2 * x], -1)
+  y = quantized_matmul("per_channel", x, w, out_dtype=jnp.float32,
+                       producer=SwiGLUOf(gate_up))
+  chex.assert_trees_all_equal(y, fp8_linear(SwiGLUOf(gate_up), w.value, w.scale,
+                                            out_dtype=jnp.float32))
+  with pytest.raises(ValueError, match=r"producer computes shape \(4, 128\), but the "
+                     r"module's input has shape \(4, 256\)"):
+    quantized_matmul("per_channel", x, w, out_dtype=jnp.float32,
+                     producer=SwiGLUOf(x))

@@ -126,8 +126,10 @@ def test_entry_point_errors():
     quantize_activations(RMSNormOf(x, jnp.ones(128)))
   with pytest.raises(ValueError, match="gate_up last axis 255 is odd"):
     quantize_activations(SwiGLUOf(x[:, :255]))
-  with pytest.raises(ValueError, match=r"rows needs a 2-D source, got shape \(2, 2, 256\)"):
+  with pytest.raises(ValueError, match=r"2-D source and 1-D rows, got shapes \(2, 2, 256\)"):
     quantize_activations(x.reshape(2, 2, 256), rows=jnp.zeros(3, jnp.int32))
+  with pytest.raises(ValueError, match=r"1-D rows, got shapes \(4, 256\) and \(3, 1\)"):
+    quantize_activations(x, rows=jnp.zeros((3, 1), jnp.int32))
   with pytest.raises(ValueError, match="impl='cuda'"):
     quantize_activations(x, impl="cuda")
 

@@ -21,9 +21,11 @@ def default_config(m: int, n: int, k: int) -> core.Config:
   """
   if m <= 64:
     sms, k_blocks = core.num_sms(), -(-k // 128)
-    splits = next((d for d in range(2, k_blocks // 4 + 1)
-                   if k_blocks % d == 0 and -(-n // 128) * d >= sms * 3 // 4), 1)
-    narrow = splits == 1 and -(-n // 128) < sms // 2
+    tiles, enough = -(-n // 128), sms * 3 // 4
+    splits = 1 if tiles >= enough else next(
+        (d for d in range(2, k_blocks // 4 + 1)
+         if k_blocks % d == 0 and tiles * d >= enough), 1)
+    narrow = splits == 1 and tiles < sms // 2
     return core.Config(tile_m=64, tile_n=32 if narrow else 64, wg_dimension="n",
                        max_concurrent_steps=6, epi_tile_n=32, k_splits=splits)
   if m <= 2048:

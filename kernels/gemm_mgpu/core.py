@@ -23,6 +23,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from onerec_kernels.backend import on_hopper  # noqa: F401  (part of this module's API)
+
 NUM_COMPUTE_WGS = 2
 ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
 
@@ -47,12 +49,6 @@ class Config:
   @property
   def cta_n(self) -> int:
     return self.tile_n * (NUM_COMPUTE_WGS if self.wg_dimension == "n" else 1)
-
-
-def on_hopper() -> bool:
-  """True when the default device is an sm_90 GPU, where these kernels run natively."""
-  dev = jax.devices()[0]
-  return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
 
 
 def round_up(x: int, m: int) -> int:

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from onerec_kernels import triton_launch
-from onerec_kernels.backend import reference_only
-from onerec_kernels.gemm_mgpu import on_hopper
+from onerec_kernels.backend import on_hopper, reference_only
 from onerec_kernels.quantize.reference import quantize_blocks, quantize_rows
 
 
@@ -114,8 +113,9 @@ def quantize_activations(src: Activation, *, block: int | None = None,
   -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32).
   """
   shape = activation_shape(src)
-  if rows is not None and len(shape) != 2:
-    raise ValueError(f"rows needs a 2-D source, got shape {shape}")
+  if rows is not None and (len(shape) != 2 or rows.ndim != 1):
+    raise ValueError(f"rows needs a 2-D source and 1-D rows, got shapes {shape} and "
+                     f"{rows.shape}")
   if isinstance(src, RMSNormOf) and src.weight.shape != shape[-1:]:
     raise ValueError(f"RMSNorm weight shape {src.weight.shape} != ({shape[-1]},)")
   if isinstance(src, SwiGLUOf) and src.gate_up.shape[-1] % 2:

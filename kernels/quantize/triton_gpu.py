@@ -51,12 +51,13 @@ def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexp
   if not PER_BLOCK:
     amax = tl.reduce(amax, 0, _max_nan)
   scale = tl.where(amax > 0, amax * (1.0 / QMAX), 1.0)
+  # x / scale rounded to nearest (div_rn), as the reference's: Triton's "/" is approximate.
   if PER_BLOCK:
-    y = x / scale[:, None]
+    y = tl.math.div_rn(x, scale[:, None])
     kb = tl.arange(0, NB)
     tl.store(s_ptr + r * KB + kb, scale, mask=kb < KB)
   else:
-    y = x / scale
+    y = tl.math.div_rn(x, scale)
     tl.store(s_ptr + r, scale)
   y = tl.clamp(y, -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
   tl.store(q_ptr + r * K + offs, y.to(q_ptr.dtype.element_ty), mask=inb)

@@ -12,7 +12,7 @@ import flax.struct
 import jax
 import onerec_kernels.fp8_linear as fp8_linear_op
 import onerec_kernels.grouped_gemm as grouped_gemm_op
-from onerec_kernels.quantize import quantize_blocks, quantize_rows
+from onerec_kernels.quantize import activation_shape, quantize_blocks, quantize_rows
 
 BLOCK = 128  # weight blocks are BLOCK x BLOCK, activation blocks 1 x BLOCK
 
@@ -72,6 +72,9 @@ def quantized_matmul(scheme: str, x: jax.Array, weight: QArray, *args, out_dtype
   arguments (group_sizes for block); x is first cast to out_dtype, the compute dtype, as
   the unquantized module does. producer (the RMSNormOf / SwiGLUOf that computed x), when
   given, replaces x: the op fuses it into its activation quantization."""
+  if producer is not None and activation_shape(producer) != x.shape:
+    raise ValueError(f"producer computes shape {activation_shape(producer)}, but the "
+                     f"module's input has shape {x.shape}")
   src = x.astype(out_dtype) if producer is None else producer
   return SCHEMES[scheme].op(src, weight.value, weight.scale, *args, **kwargs,
                             out_dtype=out_dtype)
