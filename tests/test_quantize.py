@@ -9,8 +9,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onerec_kernels.quantize import (FP8_MAX, RMSNormOf, SwiGLUOf, activation_shape,
-                                     quantize_activations, quantize_activations_reference)
+from onerec_kernels.quantize import (FP8_MAX, RMSNormOf, RowsOf, SwiGLUOf,
+                                     activation_shape, quantize_activations,
+                                     quantize_activations_reference)
 from triton_interpret import interpreted
 
 rng = np.random.default_rng(0)
@@ -77,7 +78,7 @@ def test_reference_against_float64(kind, block):
 def test_reference_gathers_rows():
   x = _x((6, 256))
   rows = jnp.array([5, 0, 0, 3, 2], jnp.int32)
-  q, s = quantize_activations_reference(jnp.asarray(x), block=128, rows=rows)
+  q, s = quantize_activations_reference(RowsOf(jnp.asarray(x), rows), block=128)
   q2, s2 = quantize_activations_reference(jnp.asarray(x)[rows], block=128)
   chex.assert_trees_all_equal((q, s), (q2, s2))
 
@@ -111,7 +112,8 @@ def test_triton_kernel_matches_reference_interpret(kind, k, block, gather):
   rows = np.array([4, 1, 1, 0, 3, 2]) if gather else None
   q, s = _run_kernel(mod, kind, x, w, rows, block)
   q_ref, s_ref = quantize_activations_reference(
-      _source(kind, x, w), block=block, rows=None if rows is None else jnp.asarray(rows))
+      _source(kind, x, w) if rows is None else RowsOf(_source(kind, x, w), jnp.asarray(rows)),
+      block=block)
   # Scales within an ulp (the kernel's rsqrt), FP8 values equal but for rounding ties
   # that the last bit of a scale moves; plain mode does the reference's operations.
   np.testing.assert_allclose(s, np.asarray(s_ref), rtol=3e-7)
@@ -129,9 +131,9 @@ def test_entry_point_errors():
   with pytest.raises(ValueError, match="gate_up last axis 255 is odd"):
     quantize_activations(SwiGLUOf(x[:, :255]))
   with pytest.raises(ValueError, match=r"2-D source and 1-D rows, got shapes \(2, 2, 256\)"):
-    quantize_activations(x.reshape(2, 2, 256), rows=jnp.zeros(3, jnp.int32))
+    quantize_activations(RowsOf(x.reshape(2, 2, 256), jnp.zeros(3, jnp.int32)))
   with pytest.raises(ValueError, match=r"1-D rows, got shapes \(4, 256\) and \(3, 1\)"):
-    quantize_activations(x, rows=jnp.zeros((3, 1), jnp.int32))
+    quantize_activations(RowsOf(x, jnp.zeros((3, 1), jnp.int32)))
   with pytest.raises(ValueError, match="impl='cuda'"):
     quantize_activations(x, impl="cuda")
 
@@ -157,9 +159,9 @@ def test_triton_kernel_gpu(kind, k, block):
   for r in (None, rows):
     if r is not None:
       r = r.at[0].set(7)  # the NaN row
-    q, s = jax.jit(lambda a, r=r: quantize_activations(a, block=block, rows=r,
-                                                        impl="triton"))(src)
-    q_ref, s_ref = quantize_activations_reference(src, block=block, rows=r)
+    src_r = src if r is None else RowsOf(src, r)
+    q, s = jax.jit(lambda a: quantize_activations(a, block=block, impl="triton"))(src_r)
+    q_ref, s_ref = quantize_activations_reference(src_r, block=block)
     # Plain: the same float operations, equal scales. RMSNorm / SwiGLU: the GPU's
     # approximate rsqrt / exp move a scale by a few ulps. NaN groups: scale 1, NaN kept.
     np.testing.assert_allclose(np.asarray(s), np.asarray(s_ref),

@@ -30,8 +30,8 @@ def grouped_gemm(x, w, group_sizes, *, out_dtype=None):
 
 
 def fp8_grouped_gemm(x: Activation, w_q, w_scale, group_sizes, *, out_dtype=None):
-  """Quantizes x [M, K] (an array or the SwiGLUOf that computes it, fused in) in 1x128
-  blocks, then the block-scaled FP8 grouped GEMM with w_q [E, N, K] fp8 and
+  """Quantizes x [M, K] (an array, or the SwiGLUOf / RowsOf that computes it, fused in)
+  in 1x128 blocks, then the block-scaled FP8 grouped GEMM with w_q [E, N, K] fp8 and
   w_scale [E, ceil(N/128), ceil(K/128)] -> [M, N].
 
   The entry point the experts call under FP8 rules: quantize_activations and the Pallas

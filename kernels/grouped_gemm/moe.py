@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from onerec_kernels.grouped_gemm.pallas import (BLOCK, fp8_grouped_gemm_pallas,
                                                 grouped_gemm_pallas)
 from onerec_kernels.grouped_gemm.routing import combine, sort_by_expert
-from onerec_kernels.quantize import SwiGLUOf, quantize_activations
+from onerec_kernels.quantize import RowsOf, SwiGLUOf, quantize_activations
 
 
 def routed_experts(x: jax.Array, ids: jax.Array, gates: jax.Array, w_gate_up: jax.Array,
@@ -28,9 +28,8 @@ def routed_experts(x: jax.Array, ids: jax.Array, gates: jax.Array, w_gate_up: ja
     gate, up = jnp.split(h, 2, axis=-1)
     y = gemm(jax.nn.silu(gate) * up, w_down)  # [T*k, D]
   else:
-    fp8 = lambda src, w, scale, rows=None: fp8_grouped_gemm_pallas(
-        *quantize_activations(src, block=BLOCK, rows=rows), w, scale, group_sizes,
-        out_dtype=x.dtype)
-    h = fp8(x, w_gate_up, gate_up_scale, order // top_k)  # [T*k, 2F]
+    fp8 = lambda src, w, scale: fp8_grouped_gemm_pallas(
+        *quantize_activations(src, block=BLOCK), w, scale, group_sizes, out_dtype=x.dtype)
+    h = fp8(RowsOf(x, order // top_k), w_gate_up, gate_up_scale)  # [T*k, 2F]
     y = fp8(SwiGLUOf(h), w_down, down_scale)  # [T*k, D]
   return combine(y, order, gates)

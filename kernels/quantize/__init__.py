@@ -4,6 +4,7 @@ activation quantization every FP8 matmul input goes through (activations.py)."""
 from onerec_kernels.quantize.activations import (
     Activation,
     RMSNormOf,
+    RowsOf,
     SwiGLUOf,
     activation_dtype,
     activation_shape,
@@ -21,7 +22,7 @@ from onerec_kernels.quantize.reference import (
     scale_from_amax,
 )
 
-__all__ = ["Activation", "FP8_DTYPE", "FP8_MAX", "RMSNormOf", "SwiGLUOf",
+__all__ = ["Activation", "FP8_DTYPE", "FP8_MAX", "RMSNormOf", "RowsOf", "SwiGLUOf",
            "activation_dtype", "activation_shape", "dequantize_blocks", "dequantize_rows",
            "evaluate_fp32", "quantize_activations", "quantize_activations_reference",
            "quantize_blocks", "quantize_rows", "scale_from_amax"]

@@ -39,11 +39,25 @@ class SwiGLUOf:
   gate_up: jax.Array
 
 
-Activation = jax.Array | RMSNormOf | SwiGLUOf  # an activation, or what computes it
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["src", "rows"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class RowsOf:
+  """Rows rows [R] (int) of the 2-D activation [M, K] that src is or computes: the MoE
+  permutation, gathered inside the quantization pass."""
+
+  src: "jax.Array | RMSNormOf | SwiGLUOf"
+  rows: jax.Array
+
+
+# An activation, or what computes it.
+Activation = jax.Array | RMSNormOf | SwiGLUOf | RowsOf
 
 
 def activation_shape(src: Activation) -> tuple[int, ...]:
   """The shape of the activation src is or computes."""
+  if isinstance(src, RowsOf):
+    return (*src.rows.shape, activation_shape(src.src)[-1])
   if isinstance(src, RMSNormOf):
     return src.x.shape
   if isinstance(src, SwiGLUOf):
@@ -54,6 +68,8 @@ def activation_shape(src: Activation) -> tuple[int, ...]:
 def evaluate_fp32(src: Activation) -> jax.Array:
   """The activation in FP32 with no 16-bit intermediate: the specification the fused
   kernels follow."""
+  if isinstance(src, RowsOf):
+    return evaluate_fp32(_gather(src.src, src.rows))
   if isinstance(src, RMSNormOf):  # the operation order of the model's RMSNorm
     x = src.x.astype(jnp.float32)
     inv = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + src.eps)
@@ -66,6 +82,8 @@ def evaluate_fp32(src: Activation) -> jax.Array:
 
 def activation_dtype(src: Activation):
   """The dtype of the tensor src reads (its compute dtype)."""
+  if isinstance(src, RowsOf):
+    return activation_dtype(src.src)
   return (src.x if isinstance(src, RMSNormOf) else
           src.gate_up if isinstance(src, SwiGLUOf) else src).dtype
 
@@ -82,12 +100,11 @@ def _gather(src: Activation, rows: jax.Array) -> Activation:
   return src[rows]
 
 
-def quantize_activations_reference(src: Activation, *, block: int | None = None,
-                                   rows: jax.Array | None = None
+def quantize_activations_reference(src: Activation, *, block: int | None = None
                                    ) -> tuple[jax.Array, jax.Array]:
-  """The specification: gather, then the activation in FP32, then quantize_rows or
-  quantize_blocks(., 1, block)."""
-  y = evaluate_fp32(src if rows is None else _gather(src, rows))
+  """The specification: the activation in FP32 (gathered first for RowsOf), then
+  quantize_rows or quantize_blocks(., 1, block)."""
+  y = evaluate_fp32(src)
   return quantize_rows(y) if block is None else quantize_blocks(y, 1, block)
 
 
@@ -103,18 +120,20 @@ def _pick(impl: str | None) -> str:
 
 
 def quantize_activations(src: Activation, *, block: int | None = None,
-                         rows: jax.Array | None = None, impl: str | None = None
-                         ) -> tuple[jax.Array, jax.Array]:
-  """FP8 e4m3 quantization of the activation src is or computes (an array, RMSNormOf or
-  SwiGLUOf), computed in FP32 without a 16-bit intermediate.
+                         impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """FP8 e4m3 quantization of the activation src is or computes (an array, RMSNormOf,
+  SwiGLUOf, or RowsOf one of them: the MoE gather fused in), computed in FP32 without a
+  16-bit intermediate.
 
-  block None: per-token scales over the last axis; else 1 x block groups. rows [R] int:
-  quantize source rows rows[i] (a 2-D source), the MoE gather fused in.
+  block None: per-token scales over the last axis; else 1 x block groups.
   -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32).
   """
+  rows = None
+  if isinstance(src, RowsOf):
+    src, rows = src.src, src.rows
   shape = activation_shape(src)
   if rows is not None and (len(shape) != 2 or rows.ndim != 1):
-    raise ValueError(f"rows needs a 2-D source and 1-D rows, got shapes {shape} and "
+    raise ValueError(f"RowsOf needs a 2-D source and 1-D rows, got shapes {shape} and "
                      f"{rows.shape}")
   if isinstance(src, RMSNormOf) and src.weight.shape != shape[-1:]:
     raise ValueError(f"RMSNorm weight shape {src.weight.shape} != ({shape[-1]},)")
@@ -124,7 +143,8 @@ def quantize_activations(src: Activation, *, block: int | None = None,
   if impl == "triton" and block not in (None, KERNEL_BLOCK):
     raise ValueError(f"block={block}: the kernel quantizes 1 x {KERNEL_BLOCK} blocks")
   if impl == "reference":
-    return quantize_activations_reference(src, block=block, rows=rows)
+    return quantize_activations_reference(src if rows is None else RowsOf(src, rows),
+                                          block=block)
   from onerec_kernels.quantize import triton_gpu
   k = shape[-1]
   if isinstance(src, RMSNormOf):

@@ -18,7 +18,7 @@ import onerec_kernels.topk as topk_op
 
 from onerec_jax.config import Config
 from onerec_jax.model.layers import GroupedLinear, Linear, RMSNorm, SwiGLU, swiglu
-from onerec_kernels.quantize import RMSNormOf, SwiGLUOf
+from onerec_kernels.quantize import RMSNormOf, RowsOf, SwiGLUOf
 
 # Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "mask": [B, N] bool}.
 Context = dict[str, Any]
@@ -159,9 +159,9 @@ class RoutedExperts(nn.Module):
     cfg = self.config
     e = cfg.n_routed_experts
     order, group_sizes = grouped_gemm_op.sort_by_expert(ids, e)
-    rows = x[order // cfg.top_k]  # [T*k, D], sorted by expert
-    h = GroupedLinear(e, 2 * cfg.expert_d_ff, name="gate_up_proj", **_kw(cfg))(rows,
-                                                                              group_sizes)
+    gather = RowsOf(x, order // cfg.top_k)  # [T*k, D], sorted by expert
+    h = GroupedLinear(e, 2 * cfg.expert_d_ff, name="gate_up_proj", **_kw(cfg))(
+        x[gather.rows], group_sizes, producer=gather)
     y = GroupedLinear(e, cfg.d_model, name="down_proj", **_kw(cfg))(
         swiglu(h), group_sizes, producer=SwiGLUOf(h))
     return grouped_gemm_op.combine(y, order, gates).astype(cfg.compute_dtype)
