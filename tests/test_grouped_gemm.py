@@ -55,6 +55,7 @@ def _check_fp8(m, n, k, group_sizes, seed=0):
     (200, 128, 256, [70, 0, 100, 30]),  # a zero group, K of two blocks
     (150, 64, 128, [0, 150, 0]),  # one expert takes all rows, K of one block
     (90, 72, 200, [10, 20, 5, 0, 40]),  # N, K not multiples; rows past the groups
+    (168, 64, 256, [24, 0, 64, 72]),  # 8-row aligned groups, whole-tile stores
 ])
 def test_fp8_pallas_matches_reference_interpret(m, n, k, group_sizes):
   _check_fp8(m, n, k, group_sizes)

@@ -2,8 +2,9 @@
 
 One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
 a [M, K] and b [G, N, K] through shared memory with TMA; two compute warpgroups run wgmma
-with FP32 accumulation over a persistent grid. Both operands stay K-major because FP8
-wgmma rejects transposed operands (DESIGN.md section 4). Variants, chosen statically:
+with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline across all of
+its tiles). Both operands stay K-major because FP8 wgmma rejects transposed operands
+(DESIGN.md section 4). Variants, chosen statically:
 - rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
   to one group and the rows it owns; tiles never straddle two groups);
 - scaling: none, "rowcol" (y = s_a[m] * s_b[n] * acc in the epilogue: per-token x
@@ -26,6 +27,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from onerec_kernels.backend import on_hopper  # noqa: F401  (part of this module's API)
 
 NUM_COMPUTE_WGS = 2
+MEMORY_REGISTERS = 40  # per thread of the memory warpgroup, which only issues TMA
+COMPUTE_REGISTERS = 232  # per compute thread: (512 - 40) / 2 rounded down to 8
 ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
 
 
@@ -117,14 +120,21 @@ def _store_rows(o_smem, o_gmem, row0, col0, lo, hi, max_rows):
 
 def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
             m_tiles: int, n_tiles: int, k_iters: int, num_rows: int):
-  """Kernel body; refs = [schedule] a b [s_a s_b] out."""
+  """Kernel body; refs = [schedule num_row_tiles] a b [s_a s_b] out.
+
+  One pipeline per SM across all its output tiles: the memory warpgroup walks the SM's
+  tiles and their K steps without a break, so the next tile's operands stream in while
+  the compute warpgroups finish and store the current one (a pipeline per tile drained
+  and refilled at every tile boundary: about 6 K steps lost per tile at K = 1408).
+  """
   refs = list(refs)
-  sched_gmem = refs.pop(0) if ragged else None
+  sched_gmem, row_tiles_gmem = (refs.pop(0), refs.pop(0)) if ragged else (None, None)
   a_gmem, b_gmem = refs.pop(0), refs.pop(0)
   sa_gmem, sb_gmem = (refs.pop(0), refs.pop(0)) if scaling != "none" else (None, None)
   (out_gmem,) = refs
   dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
   tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+  stages = cfg.max_concurrent_steps
   swizzle = plgpu.find_swizzle(tk * jnp.dtype(dtype).itemsize * 8)
   transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
                 plgpu.SwizzleTransform(swizzle))
@@ -134,125 +144,164 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
       plgpu.TilingTransform((8, out_swizzle // jnp.dtype(out_dtype).itemsize)),
       plgpu.SwizzleTransform(out_swizzle))
   split_m = cfg.wg_dimension == "m"
+  block = scaling == "block"
+  num_copies = 4 if block else 2  # TMA copies landing on a stage's barrier
 
-  in_specs = [
-      plgpu.BlockSpec((cfg.cta_m, tk), lambda k: (0, k), transforms=transforms),
-      plgpu.BlockSpec((cfg.cta_n, tk), lambda k: (0, k), transforms=transforms),
-  ]
-  if scaling == "block":  # s_a [Kb, M] and s_b [G + 1, Kb, N], one K block per step
-    in_specs += [plgpu.BlockSpec((1, cfg.cta_m), lambda k: (k, 0)),
-                 plgpu.BlockSpec((1, cfg.cta_n), lambda k: (k, 0))]
-
-  def make_pipeline(body, context):
-    return plgpu.emit_pipeline_warp_specialized(
-        body, grid=(k_iters,), memory_registers=40, in_specs=in_specs,
-        wg_axis="wg", num_compute_wgs=NUM_COMPUTE_WGS,
-        max_concurrent_steps=cfg.max_concurrent_steps, compute_context=context)
-
-  ignore = lambda *_, **__: None
-  pipe_args = [a_gmem, b_gmem.at[0]]
-  if scaling == "block":
-    pipe_args += [sa_gmem, sb_gmem.at[0]]
   scoped = dict(
-      pipeline_allocs=make_pipeline(ignore, ignore).get_allocations(*pipe_args),
-      # Ragged stores slice rows at any offset: no tiled (swizzled) layout there.
+      a_smem=plgpu.SMEM((stages, cfg.cta_m, tk), dtype, transforms=transforms),
+      b_smem=plgpu.SMEM((stages, cfg.cta_n, tk), dtype, transforms=transforms),
+      produced=plgpu.Barrier(num_arrivals=num_copies, num_barriers=stages),
+      consumed=plgpu.Barrier(num_arrivals=NUM_COMPUTE_WGS, num_barriers=stages),
+      # Ragged stores slice rows at any offset: no tiled (swizzled) layout there (an
+      # 8-row aligned swizzled path for aligned tiles measured no faster).
       out_smem=plgpu.SMEM((NUM_COMPUTE_WGS, 2, tm, epi_n), out_dtype,
                           transforms=() if ragged else out_transforms))
+  if block:  # one K block's scales per stage: s_a [Kb, M], s_b [G + 1, Kb, N]
+    scoped.update(sa_smem=plgpu.SMEM((stages, cfg.cta_m), jnp.float32),
+                  sb_smem=plgpu.SMEM((stages, cfg.cta_n), jnp.float32))
   if scaling == "rowcol":
     scoped.update(sa_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tm), jnp.float32),
                   sb_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tn), jnp.float32),
                   s_barrier=plgpu.Barrier(num_arrivals=2, num_barriers=NUM_COMPUTE_WGS))
 
   @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
-  def _scope(pipeline_allocs, out_smem, sa_smem=None, sb_smem=None, s_barrier=None):
+  def _scope(a_smem, b_smem, produced, consumed, out_smem, sa_smem=None, sb_smem=None,
+             s_barrier=None):
     wg = lax.axis_index("wg")
+    row_tiles = row_tiles_gmem[0] if ragged else m_tiles
+    num_tiles = row_tiles * n_tiles * cfg.k_splits
 
-    @plgpu.nd_loop((m_tiles * n_tiles * cfg.k_splits,), collective_axes="sm")
-    def _tile_loop(info: plgpu.NDLoopInfo):
-      split, index = divmod(info.index[0], m_tiles * n_tiles)
-      mi, ni = plgpu.planar_snake(index, (m_tiles, n_tiles), cfg.grid_minor_dim,
+    def tile_at(index):
+      """(split, row_start, group, lo, hi, n tile) of output tile `index`."""
+      split, index = lax.div(index, row_tiles * n_tiles), lax.rem(index, row_tiles * n_tiles)
+      mi, ni = plgpu.planar_snake(index, (row_tiles, n_tiles), cfg.grid_minor_dim,
                                   cfg.grid_tile_width)
       if ragged:
-        row_start = pl.multiple_of(sched_gmem[0, mi], ROW_ALIGN)
-        grp = sched_gmem[1, mi]
-        lo, hi = sched_gmem[2, mi], sched_gmem[3, mi]
-      else:
-        row_start, grp, lo, hi = mi * cfg.cta_m, 0, 0, cfg.cta_m
-      expert = jnp.minimum(grp, num_groups - 1)  # the zero tail group reads any weights
+        return (split, pl.multiple_of(sched_gmem[0, mi], ROW_ALIGN), sched_gmem[1, mi],
+                sched_gmem[2, mi], sched_gmem[3, mi], ni)
+      return split, mi * cfg.cta_m, 0, 0, cfg.cta_m, ni
+
+    def memory():
+      plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
+
+      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=jnp.int32(0))
+      def _tiles(info, carry):  # carry: the SM's pipeline steps so far
+        split, row_start, grp, _, _, ni = tile_at(info.index[0])
+        expert = jnp.minimum(grp, num_groups - 1)  # the zero tail group reads any weights
+        rows, cols = pl.ds(row_start, cfg.cta_m), pl.ds(ni * cfg.cta_n, cfg.cta_n)
+
+        def k_step(kk, step):
+          stage = lax.rem(step, stages)
+
+          @pl.when(step >= stages)
+          def _():  # the compute warpgroups are done with this stage's last contents
+            plgpu.barrier_wait(consumed.at[stage])
+
+          kb = split * k_iters + kk
+          ks = pl.ds(kb * tk, tk)
+          bar = produced.at[stage]
+          plgpu.copy_gmem_to_smem(a_gmem.at[rows, ks], a_smem.at[stage], bar)
+          plgpu.copy_gmem_to_smem(b_gmem.at[expert, cols, ks], b_smem.at[stage], bar)
+          if block:
+            plgpu.copy_gmem_to_smem(sa_gmem.at[kb, rows], sa_smem.at[stage], bar)
+            plgpu.copy_gmem_to_smem(sb_gmem.at[grp, kb, cols], sb_smem.at[stage], bar)
+          return step + 1
+
+        return lax.fori_loop(0, k_iters, k_step, carry)
+
+    def compute():
+      plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
       m_wg = wg * tm if split_m else 0
       n_wg = 0 if split_m else wg * tn
-      row0 = row_start + m_wg  # first row of this warpgroup's tile
-      out_row0 = split * num_rows + row0  # split s writes its partial at s * num_rows
-      col0 = ni * cfg.cta_n + n_wg
-      a_rows = pl.ds(m_wg, tm)
-      b_cols = pl.ds(n_wg, tn)
+      a_rows, b_cols = pl.ds(m_wg, tm), pl.ds(n_wg, tn)
 
-      def epilogue(acc):
-        """acc [tm, tn] f32 -> scaled, cast, TMA-stored (only this group's rows)."""
-        if scaling == "rowcol":
-          plgpu.barrier_wait(s_barrier.at[wg])
-          acc = acc * sa_smem[wg][:, None] * sb_smem[wg][None, :]
-        elif scaling == "none" and ragged:
-          acc = acc * jnp.where(grp < num_groups, 1.0, 0.0).astype(jnp.float32)
-        acc = acc.astype(out_dtype)
-        r_lo = jnp.clip(lo - m_wg, 0, tm)
-        r_hi = jnp.clip(hi - m_wg, 0, tm)
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-        for e in range(tn // epi_n):
-          slot = e % 2
-          plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-          out_smem[wg, slot] = acc[:, e * epi_n:(e + 1) * epi_n]
-          plgpu.commit_smem()
-          if ragged:
-            _store_rows(out_smem.at[wg, slot], out_gmem, out_row0, col0 + e * epi_n,
-                        r_lo, r_hi, tm)
-          else:
-            plgpu.copy_smem_to_gmem(
-                out_smem.at[wg, slot],
-                out_gmem.at[pl.ds(out_row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
+      def wgmma(acc_ref, stage):
+        plgpu.wgmma(acc_ref, a_smem.at[stage].at[a_rows], b_smem.at[stage].at[b_cols].T)
 
-      if scaling == "block":
-        def context(run):
-          epilogue(run(jnp.zeros((tm, tn), jnp.float32)))
+      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=jnp.int32(0))
+      def _tiles(info, carry):  # carry: the SM's pipeline steps so far
+        split, row_start, grp, lo, hi, ni = tile_at(info.index[0])
+        row0 = row_start + m_wg  # first row of this warpgroup's tile
+        out_row0 = split * num_rows + row0  # split s writes its partial at s * num_rows
+        col0 = ni * cfg.cta_n + n_wg
 
-        def body(_, a_smem, b_smem, sa_smem_k, sb_smem_k, acc):
-          def step(part_ref):
-            plgpu.wgmma(part_ref, a_smem.at[a_rows], b_smem.at[b_cols].T)
-            plgpu.wgmma_wait(0)
-            return part_ref[...]
-          part = pl.run_scoped(step, plgpu.ACC((tm, tn), jnp.float32))
-          # One weight block covers the warpgroup's columns: one FMA per element.
-          scale = sa_smem_k[0, a_rows] * sb_smem_k[0, n_wg]  # [tm]
-          return acc + part * scale[:, None]
-      else:
-        def context(run):
-          if scaling == "rowcol":  # scales land while the main loop runs
-            plgpu.copy_gmem_to_smem(sa_gmem.at[pl.ds(row0, tm)], sa_smem.at[wg],
-                                    s_barrier.at[wg])
-            plgpu.copy_gmem_to_smem(sb_gmem.at[0, pl.ds(col0, tn)], sb_smem.at[wg],
-                                    s_barrier.at[wg])
+        def epilogue(acc):
+          """acc [tm, tn] f32 -> scaled, cast, TMA-stored (only this group's rows)."""
+          if scaling == "rowcol":
+            plgpu.barrier_wait(s_barrier.at[wg])
+            acc = acc * sa_smem[wg][:, None] * sb_smem[wg][None, :]
+          elif scaling == "none" and ragged:
+            acc = acc * jnp.where(grp < num_groups, 1.0, 0.0).astype(jnp.float32)
+          acc = acc.astype(out_dtype)
+          r_lo = jnp.clip(lo - m_wg, 0, tm)
+          r_hi = jnp.clip(hi - m_wg, 0, tm)
 
-          def acc_scope(acc_ref):
-            run(acc_ref)
-            epilogue(acc_ref[...])
-          pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), jnp.float32))
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          for e in range(tn // epi_n):
+            slot = e % 2
+            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+            out_smem[wg, slot] = acc[:, e * epi_n:(e + 1) * epi_n]
+            plgpu.commit_smem()
+            if ragged:
+              _store_rows(out_smem.at[wg, slot], out_gmem, out_row0, col0 + e * epi_n,
+                          r_lo, r_hi, tm)
+            else:
+              plgpu.copy_smem_to_gmem(
+                  out_smem.at[wg, slot],
+                  out_gmem.at[pl.ds(out_row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
 
-        def body(_, a_smem, b_smem, acc_ref):
-          plgpu.wgmma(acc_ref, a_smem.at[a_rows], b_smem.at[b_cols].T)
-          plgpu.wgmma_wait(0)
-          return acc_ref
+        if block:
+          def k_step(_, state):
+            step, acc = state
+            stage = lax.rem(step, stages)
+            plgpu.barrier_wait(produced.at[stage])
 
-      @pl.when(hi > lo)
-      def _():
-        ks = pl.ds(split * k_iters * tk, k_iters * tk)  # this split's K range
-        args = [a_gmem.at[pl.ds(row_start, cfg.cta_m), ks],
-                b_gmem.at[expert, pl.ds(ni * cfg.cta_n, cfg.cta_n), ks]]
-        if scaling == "block":
-          args += [sa_gmem.at[:, pl.ds(row_start, cfg.cta_m)],
-                   sb_gmem.at[grp, :, pl.ds(ni * cfg.cta_n, cfg.cta_n)]]
-        make_pipeline(body, context)(*args, allocations=pipeline_allocs)
+            def product(part_ref):  # this K block's product in a fresh accumulator
+              wgmma(part_ref, stage)
+              plgpu.wgmma_wait(0)
+              return part_ref[...]
+            part = pl.run_scoped(product, plgpu.ACC((tm, tn), jnp.float32))
+            # One weight block covers the warpgroup's columns: one FMA per element.
+            scale = sa_smem[stage, a_rows] * sb_smem[stage, n_wg]  # [tm]
+            plgpu.barrier_arrive(consumed.at[stage])
+            return step + 1, acc + part * scale[:, None]
 
-  plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
+          step, acc = lax.fori_loop(0, k_iters, k_step,
+                                    (carry, jnp.zeros((tm, tn), jnp.float32)))
+          epilogue(acc)
+          return step
+
+        if scaling == "rowcol":  # scales land while the main loop runs
+          plgpu.copy_gmem_to_smem(sa_gmem.at[pl.ds(row0, tm)], sa_smem.at[wg],
+                                  s_barrier.at[wg])
+          plgpu.copy_gmem_to_smem(sb_gmem.at[0, pl.ds(col0, tn)], sb_smem.at[wg],
+                                  s_barrier.at[wg])
+
+        def accumulate(acc_ref):
+          # Each step's wgmma overlaps the wait for the next stage; a stage is released
+          # once the wgmma after it is issued (the one reading it has completed).
+          def k_step(kk, step):
+            stage = lax.rem(step, stages)
+            plgpu.barrier_wait(produced.at[stage])
+            wgmma(acc_ref, stage)
+            plgpu.wgmma_wait(1)
+
+            @pl.when(kk > 0)
+            def _():
+              plgpu.barrier_arrive(consumed.at[lax.rem(step - 1, stages)])
+            return step + 1
+
+          step = lax.fori_loop(0, k_iters, k_step, carry)
+          acc = acc_ref[...]  # waits for the last wgmma
+          plgpu.barrier_arrive(consumed.at[lax.rem(step - 1, stages)])
+          epilogue(acc)
+          return step
+
+        return pl.run_scoped(accumulate, plgpu.ACC((tm, tn), jnp.float32))
+
+      plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
+
+    lax.cond(wg == NUM_COMPUTE_WGS, memory, compute)
 
 
 def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
@@ -292,7 +341,9 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
   )
-  args = ([schedule] if ragged else []) + [a, b]
+  args = [a, b]
+  if ragged:  # the used row tiles come first in the schedule; the kernel walks only them
+    args = [schedule, jnp.sum(schedule[3] > schedule[2], dtype=jnp.int32)[None]] + args
   if scaling != "none":
     args += [a_scale, b_scale]
   out = kernel(*args)
