@@ -25,10 +25,11 @@ from onerec_kernels.grouped_gemm import (
 )
 from onerec_kernels.quantize import quantize_blocks
 
-FP8_SMALL = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2,
-                        epi_tile_n=32)
+FP8_SMALL = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2)
 BF16_SMALL = core.Config(tile_m=64, tile_n=32, tile_k=64, max_concurrent_steps=2,
-                         epi_tile_n=32, wg_dimension="n")
+                         wg_dimension="n")
+BF16_TALL = core.Config(tile_m=128, tile_n=32, tile_k=64, max_concurrent_steps=2,
+                        wg_dimension="n")  # the shape of the 16-bit default's 128x256 CTA
 
 
 def _fp8_operands(key, m, n, k, e):
@@ -61,13 +62,14 @@ def test_fp8_pallas_matches_reference_interpret(m, n, k, group_sizes):
   _check_fp8(m, n, k, group_sizes)
 
 
-def test_bf16_pallas_matches_reference_interpret():
+@pytest.mark.parametrize("cfg", [BF16_SMALL, BF16_TALL])
+def test_bf16_pallas_matches_reference_interpret(cfg):
   gs = jnp.array([33, 0, 60, 7], jnp.int32)
   kx, kw = jax.random.split(jax.random.key(1))
   x = jax.random.normal(kx, (110, 128), jnp.bfloat16)
   w = jax.random.normal(kw, (4, 64, 128), jnp.bfloat16)
   with plgpu.force_gpu_interpret_mode():
-    out = grouped_gemm_pallas(x, w, gs, out_dtype=jnp.float32, config=BF16_SMALL)
+    out = grouped_gemm_pallas(x, w, gs, out_dtype=jnp.float32, config=cfg)
   ref = grouped_gemm_reference(x, w, gs, out_dtype=jnp.float32)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
 
@@ -77,6 +79,31 @@ def test_bf16_pallas_matches_reference_interpret():
        st.integers(0, 20), st.sampled_from([128, 256]))
 def test_fp8_pallas_property_interpret(sizes, extra_rows, k):
   _check_fp8(sum(sizes) + extra_rows or 1, 64, k, sizes, seed=len(sizes))
+
+
+@pytest.mark.parametrize("m,n,k,e", [(49152, 2816, 1408, 53), (49152, 1408, 1408, 53),
+                                     (96, 2816, 1408, 53), (32768, 4096, 7168, 8)])
+def test_default_configs_lower_for_hopper(m, n, k, e):
+  """The default tilings compile to Mosaic GPU at the benchmark shapes (shared memory
+  within the H100's 227 KiB, layouts inferred); lowering needs no GPU."""
+  s = jax.ShapeDtypeStruct
+  fp8, f32 = jnp.float8_e4m3fn, jnp.float32
+  fp8_args = (s((m, k), fp8), s((m, k // 128), f32), s((e, n, k), fp8),
+              s((e, n // 128, k // 128), f32), s((e,), jnp.int32))
+  bf16_args = (s((m, k), jnp.bfloat16), s((e, n, k), jnp.bfloat16), s((e,), jnp.int32))
+  for fn, args in [(fp8_grouped_gemm_pallas, fp8_args), (grouped_gemm_pallas, bf16_args)]:
+    jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+def test_gemm_rejects_unsupported_tilings():
+  gs = jnp.array([5, 3], jnp.int32)
+  x, w = jnp.zeros((8, 128), jnp.bfloat16), jnp.zeros((2, 64, 128), jnp.bfloat16)
+  narrow = core.Config(tile_m=64, tile_n=64, tile_k=64, epi_tile_n=16)
+  with pytest.raises(ValueError, match="128-byte aligned rows"):
+    grouped_gemm_pallas(x, w, gs, config=narrow)
+  ops = _fp8_operands(jax.random.key(0), 8, 128, 128, 2)
+  with pytest.raises(ValueError, match="tile_m == 64"):
+    fp8_grouped_gemm_pallas(*ops, gs, config=core.Config(tile_m=128, tile_n=64))
 
 
 @pytest.mark.parametrize("sizes,rows,tile", [

@@ -321,8 +321,16 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   g, n, k2 = b.shape
   assert k == k2 and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
   assert m % cfg.cta_m == 0 and n % cfg.cta_n == 0 and k % cfg.tile_k == 0, (m, n, k, cfg)
-  assert scaling != "block" or 128 % cfg.tile_n == 0, "a tile_n within one 128-block"
+  if scaling == "block" and (cfg.tile_m != 64 or 128 % cfg.tile_n):
+    raise ValueError(f"block scaling needs tile_m == 64 (a partial and a full FP32 "
+                     f"accumulator fit the registers) and a tile_n within one 128-wide "
+                     f"weight block: {cfg}")
   ragged = schedule is not None
+  epi_bytes = min(cfg.epi_tile_n * 2, cfg.tile_n * jnp.dtype(out_dtype).itemsize)
+  if ragged and epi_bytes % 128:  # ragged stores start at any row of the buffer
+    raise ValueError(f"a ragged product stores rows of epilogue tiles by TMA, which needs "
+                     f"128-byte aligned rows: epi_tile_n={cfg.epi_tile_n} gives "
+                     f"{epi_bytes}-byte rows of {jnp.dtype(out_dtype).name}")
   splits = cfg.k_splits
   assert splits == 1 or not ragged and scaling != "block", (cfg, scaling)
   assert (k // cfg.tile_k) % splits == 0, (k, cfg)
