@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import git_commit, write_json  # noqa: E402
 from bench_fp8_linear import device_ms, num_sets  # noqa: E402
 
+from onerec_kernels import triton_launch  # noqa: E402
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
 from onerec_kernels.grouped_gemm.pallas import (  # noqa: E402
     default_config,
@@ -146,6 +147,9 @@ def bench_moe_layer(key, tokens=16384, d=1408, f=1408, e=53, top_k=3):
   ours in FP8 (routed_experts and fp8_linear: gather and SwiGLU fused into the Triton
   activation quantization) and bf16 against the same layer on jax.lax.ragged_dot and on
   the upstream ragged_dot_mgpu, in the same run."""
+  if not triton_launch.available():  # quantize_activations would fall back to XLA
+    raise SystemExit("the FP8 layer needs jax_triton (the `triton` extra) for its fused "
+                     "activation quantization: install it before timing the layer")
   ks = jax.random.split(key, 7)
   x = jax.random.normal(ks[0], (tokens, d), jnp.bfloat16)
   _, ids = jax.lax.top_k(jax.random.gumbel(ks[1], (tokens, e)), top_k)
