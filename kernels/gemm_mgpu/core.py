@@ -125,7 +125,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
   One pipeline per SM across all its output tiles: the memory warpgroup walks the SM's
   tiles and their K steps without a break, so the next tile's operands stream in while
   the compute warpgroups finish and store the current one (a pipeline per tile drained
-  and refilled at every tile boundary: about 6 K steps lost per tile at K = 1408).
+  and refilled at every tile boundary: 7% slower at moe-4b gate_up, K = 1408).
   """
   refs = list(refs)
   sched_gmem, row_tiles_gmem = (refs.pop(0), refs.pop(0)) if ragged else (None, None)
