@@ -196,6 +196,14 @@ def test_sort_by_expert_and_combine_against_numpy():
   order, gs = sort_by_expert(jnp.asarray(ids), e)
   np.testing.assert_array_equal(order, np.argsort(ids.reshape(-1), kind="stable"))
   np.testing.assert_array_equal(gs, np.bincount(ids.reshape(-1), minlength=e))
+  bad = ids.copy()
+  bad[0, 0], bad[9, 1] = -1, e  # in no group: sorted last, in position order
+  order_bad, gs_bad = sort_by_expert(jnp.asarray(bad), e)
+  np.testing.assert_array_equal(order_bad[-2:], [0, 9 * k + 1])
+  np.testing.assert_array_equal(
+      order_bad, np.argsort(np.where(bad < 0, e, bad).reshape(-1), kind="stable"))
+  np.testing.assert_array_equal(gs_bad, np.bincount(bad.reshape(-1)[bad.reshape(-1) >= 0],
+                                                    minlength=e + 1)[:e])
   y = rng.standard_normal((t * k, n)).astype(np.float32)
   gates = rng.uniform(size=(t, k)).astype(np.float32)
   want = np.zeros((t, n))

@@ -176,6 +176,99 @@ def test_triton_kernel_gpu(kind, k, block):
     assert np.all(np.abs(qf[ok] - qr[ok]) <= np.abs(qr[ok]) / 8 + 2.0 ** -9)
 
 
+def _awkward(rows, k):
+  """Rows at the edges of float32 division: a subnormal scale (the kernel's div_rn
+  fallback), one near the fallback's 2^-90 threshold, a huge one, quotients that underflow
+  to signed zeros next to large values, subnormal inputs, an inf; rows 9 on hold values
+  within 2 ulps of FP8 rounding midpoints times their scale, where a quotient off by an
+  ulp rounds the other way (5% of them for x * fl32(1 / s))."""
+  x = _x((rows, k))
+  amax = rng.uniform(0.5, 8.0, (rows, 1)).astype(np.float32)
+  s = amax * np.float32(1 / FP8_MAX)
+  fp8 = np.arange(127, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+  mids = (fp8[1:] + fp8[:-1]) / 2  # exact in float32
+  m = rng.choice(mids, (rows, k)) * rng.choice([-1.0, 1.0], (rows, k))
+  near = (m * s).astype(np.float32).view(np.int32) + rng.integers(-2, 3, (rows, k), np.int32)
+  x[9:] = near.view(np.float32)[9:]
+  x[9:, ::128] = amax[9:]  # every 128-block's largest magnitude: the scale is s
+  x[2] *= 1e-38
+  x[3] *= 1e-27
+  x[4] *= 1e-25
+  x[5] *= 1e30
+  x[6, ::2] = -1e-30
+  x[7, ::3] = -3e-42
+  x[8, 5] = np.inf
+  return x
+
+
+def _f32_quantize_bytes(x: np.ndarray, block: int | None):
+  """Independent IEEE float32 model of the kernel's plain quantization: (FP8 bytes,
+  scales). numpy divides correctly rounded and ml_dtypes rounds to nearest even."""
+  k = x.shape[-1]
+  b = k if block is None else block
+  groups = [(lo, min(lo + b, k)) for lo in range(0, k, b)]
+  q, scales = np.empty(x.shape, ml_dtypes.float8_e4m3fn), []
+  with np.errstate(invalid="ignore", divide="ignore"):
+    for lo, hi in groups:
+      amax = np.abs(x[:, lo:hi]).max(axis=1)
+      s = np.where(amax > 0, amax * np.float32(1 / FP8_MAX), np.float32(1)).astype(np.float32)
+      q[:, lo:hi] = np.clip(x[:, lo:hi] / s[:, None], -FP8_MAX, FP8_MAX).astype(q.dtype)
+      scales.append(s)
+  return _nan_canonical(q.view(np.uint8)), np.stack(scales, 1) if block else scales[0]
+
+
+def _nan_canonical(q_bytes: np.ndarray) -> np.ndarray:
+  """FP8 e4m3fn bytes with both NaNs (0x7f, 0xff) as 0x7f: a NaN's sign is not defined
+  (the GPU's inf / inf is +NaN, x86's -NaN)."""
+  return np.where(q_bytes & 0x7F == 0x7F, np.uint8(0x7F), q_bytes)
+
+
+@pytest.mark.parametrize("block", [None, 128])
+def test_triton_kernel_division_is_exact_interpret(block):
+  """Bit for bit, signed zeros included, against float32 division at awkward magnitudes."""
+  mod = interpreted("onerec_kernels.quantize.triton_gpu")
+  import torch
+  x = _awkward(64, 1000)
+  k = x.shape[1]
+  q = torch.empty(x.shape, dtype=torch.float8_e4m3fn)
+  s = torch.empty((x.shape[0], 8) if block else (x.shape[0],), dtype=torch.float32)
+  none = torch.zeros(1, dtype=torch.int32)
+  mod._quantize_kernel[(x.shape[0],)](
+      torch.from_numpy(x), none, none, q, s, K=k, SRC_STRIDE=k, NB=8, KB=8, EPS=1e-6,
+      QMAX=FP8_MAX, MODE=0, GATHER=False, PER_BLOCK=block is not None)
+  q_ref, s_ref = _f32_quantize_bytes(x, block)
+  np.testing.assert_array_equal(s.numpy(), s_ref)
+  np.testing.assert_array_equal(_nan_canonical(q.view(torch.uint8).numpy()), q_ref)
+
+
+def test_exact_fma_rounds_once():
+  """The interpreter patch's fma against exact rational arithmetic."""
+  from fractions import Fraction
+  from triton_interpret import exact_fma
+  x, y, z = (rng.standard_normal(2000).astype(np.float32) for _ in range(3))
+  z[:1000] = -(x[:1000] * y[:1000])  # cancellation: the exact residual of a product
+  got = exact_fma(x, y, z)
+  for a, b, c, g in zip(x, y, z, got):
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    lo = np.float32(float(exact))  # float64 of the fraction, then float32: bracket it
+    cands = [np.nextafter(lo, np.float32(-np.inf)), lo, np.nextafter(lo, np.float32(np.inf))]
+    best = min(cands, key=lambda v: (abs(Fraction(float(v)) - exact),
+                                     int(np.float32(v).view(np.int32)) & 1))
+    assert g == best, (a, b, c, g, best)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [None, 128])
+def test_triton_kernel_division_is_exact_gpu(block):
+  """On the GPU, which may flush subnormal operands: bit for bit against float32 division."""
+  x = _awkward(64, 1408)
+  q, s = jax.jit(lambda a: quantize_activations(a, block=block, impl="triton"))(
+      jnp.asarray(x))
+  q_ref, s_ref = _f32_quantize_bytes(x, block)
+  np.testing.assert_array_equal(np.asarray(s), s_ref)
+  np.testing.assert_array_equal(_nan_canonical(np.asarray(q).view(np.uint8)), q_ref)
+
+
 @pytest.mark.parametrize("block", [None, 128])
 def test_triton_kernel_keeps_nan_interpret(block):
   """A NaN input gives its group scale 1 and stays NaN, as in the reference."""

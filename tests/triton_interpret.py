@@ -33,6 +33,37 @@ def _exact_fp8_casts() -> None:
   interpreter._convert_float = convert
 
 
+def exact_fma(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+  """fma(x, y, z) of float32 arrays rounded once, as the GPU's fma.rn.f32: the product is
+  exact in float64, the sum's rounding error is recovered exactly (TwoSum), and the float64
+  sum is rounded to odd before its rounding to float32 (53 >= 24 + 2 bits: no double
+  rounding error)."""
+  a = x.astype(np.float64) * y.astype(np.float64)
+  b = z.astype(np.float64)
+  with np.errstate(invalid="ignore", over="ignore"):
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    inexact_even = np.isfinite(s) & (err != 0) & (s.view(np.int64) & 1 == 0)
+    s = np.where(inexact_even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+@functools.cache
+def _exact_fma() -> None:
+  """Makes the interpreter's fma round once: it computes x * y + z in two float32 roundings,
+  so kernels that rely on an exact fma residual (the quantizer's division) would not run
+  as on the GPU."""
+  from triton.runtime import interpreter
+
+  def create_fma(self, x, y, z):
+    if x.data.dtype == np.float32:
+      return interpreter.TensorHandle(exact_fma(x.data, y.data, z.data), z.dtype.scalar)
+    return interpreter.TensorHandle(x.data * y.data + z.data, z.dtype.scalar)
+
+  interpreter.InterpreterBuilder.create_fma = create_fma
+
+
 def interpreted(module_name: str):
   """module_name, whose kernels run in the interpreter; skips the test on a GPU machine
   or where torch or triton is missing."""
@@ -41,4 +72,5 @@ def interpreted(module_name: str):
   pytest.importorskip("torch")
   pytest.importorskip("triton")
   _exact_fp8_casts()
+  _exact_fma()
   return importlib.import_module(module_name)

@@ -10,9 +10,13 @@ def sort_by_expert(expert_ids: jax.Array, num_experts: int
   """Stable sort of the T*k routed (token, slot) pairs by expert.
 
   expert_ids: [T, k] int -> (order [T*k]: flat (token*k + slot) index of each sorted row,
-  group_sizes [num_experts] int32). Sorted row i holds token order[i] // k.
+  group_sizes [num_experts] int32). Sorted row i holds token order[i] // k. Pairs with
+  an id outside [0, num_experts) sort last and count in no group.
   """
   flat = expert_ids.reshape(-1).astype(jnp.int32)
+  # Ids outside [0, E) belong to no expert: sorted last, past every group (the grouped
+  # GEMM's rows there come out zero, so they add nothing in combine).
+  flat = jnp.where((flat >= 0) & (flat < num_experts), flat, num_experts)
   order = jnp.argsort(flat, stable=True).astype(jnp.int32)
   group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
   return order, group_sizes
