@@ -115,6 +115,10 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
     t["alt_bf16_128x128"] = device_ms(
         lambda x, w, g: grouped_gemm_pallas(x, w, g, config=narrow),
         [(x, w, gs) for x, w in zip(xs, ws)])
+    three = dataclasses.replace(narrow, compute_wgs=3)  # the FP8 default's CTA shape
+    t["alt_bf16_three_wgs"] = device_ms(
+        lambda x, w, g: grouped_gemm_pallas(x, w, g, config=three),
+        [(x, w, gs) for x, w in zip(xs, ws)])
   # jax.lax.ragged_dot wants [E, K, N]; it takes tens of ms at large M: few calls.
   big = m >= 1024
   t["lax_ragged_dot_bf16"] = device_ms(
@@ -201,6 +205,8 @@ def candidate_configs(m, n, k):
   cands = {"pallas_fp8": base}
   if m >= 1024:  # the previous default walked N fastest
     cands["alt_minor_n"] = dataclasses.replace(base, grid_minor_dim=1)
+    # The other count of compute warpgroups (the default takes three at short K).
+    cands["alt_compute_wgs"] = dataclasses.replace(base, compute_wgs=5 - base.compute_wgs)
   return cands
 
 

@@ -26,6 +26,8 @@ from onerec_kernels.grouped_gemm import (
 from onerec_kernels.quantize import quantize_blocks
 
 FP8_SMALL = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2)
+FP8_THREE = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2,
+                        compute_wgs=3)  # the shape of the FP8 default's 192-row CTA
 BF16_SMALL = core.Config(tile_m=64, tile_n=32, tile_k=64, max_concurrent_steps=2,
                          wg_dimension="n")
 BF16_TALL = core.Config(tile_m=128, tile_n=32, tile_k=64, max_concurrent_steps=2,
@@ -40,11 +42,11 @@ def _fp8_operands(key, m, n, k, e):
   return (*quantize_blocks(x, 1, 128), *quantize_blocks(w, 128, 128))
 
 
-def _check_fp8(m, n, k, group_sizes, seed=0):
+def _check_fp8(m, n, k, group_sizes, seed=0, cfg=FP8_SMALL):
   gs = jnp.asarray(group_sizes, jnp.int32)
   ops = _fp8_operands(jax.random.key(seed), m, n, k, gs.shape[0])
   with plgpu.force_gpu_interpret_mode():
-    out = fp8_grouped_gemm_pallas(*ops, gs, out_dtype=jnp.float32, config=FP8_SMALL)
+    out = fp8_grouped_gemm_pallas(*ops, gs, out_dtype=jnp.float32, config=cfg)
   ref = fp8_grouped_gemm_reference(*ops, gs, out_dtype=jnp.float32)
   testing.assert_within(out, ref, testing.fp8_grouped_error_bound(*ops, gs),
                         testing.FP8_GROUPED_REL_TOL)
@@ -60,6 +62,14 @@ def _check_fp8(m, n, k, group_sizes, seed=0):
 ])
 def test_fp8_pallas_matches_reference_interpret(m, n, k, group_sizes):
   _check_fp8(m, n, k, group_sizes)
+
+
+@pytest.mark.parametrize("m,n,k,group_sizes", [
+    (300, 128, 256, [70, 0, 130, 60]),  # 192-row CTAs: groups inside and across them
+    (200, 64, 128, [200]),  # one expert, a partial second CTA
+])
+def test_fp8_pallas_three_warpgroups_interpret(m, n, k, group_sizes):
+  _check_fp8(m, n, k, group_sizes, cfg=FP8_THREE)
 
 
 @pytest.mark.parametrize("cfg", [BF16_SMALL, BF16_TALL])
@@ -104,6 +114,9 @@ def test_gemm_rejects_unsupported_tilings():
   ops = _fp8_operands(jax.random.key(0), 8, 128, 128, 2)
   with pytest.raises(ValueError, match="tile_m == 64"):
     fp8_grouped_gemm_pallas(*ops, gs, config=core.Config(tile_m=128, tile_n=64))
+  with pytest.raises(ValueError, match="compute_wgs=4: 2 or 3"):
+    fp8_grouped_gemm_pallas(*ops, gs, config=core.Config(tile_m=64, tile_n=64,
+                                                         compute_wgs=4))
 
 
 @pytest.mark.parametrize("sizes,rows,tile", [

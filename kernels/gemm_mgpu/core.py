@@ -1,9 +1,9 @@
 """The GEMM core of the FP8 linear and grouped-GEMM kernels (Pallas Mosaic GPU, Hopper).
 
 One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
-a [M, K] and b [G, N, K] through shared memory with TMA; two compute warpgroups run wgmma
-with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline across all of
-its tiles). Both operands stay K-major because FP8 wgmma rejects transposed operands
+a [M, K] and b [G, N, K] through shared memory with TMA; two or three compute warpgroups
+run wgmma with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline
+across all of its tiles). Both operands stay K-major because FP8 wgmma rejects transposed operands
 (DESIGN.md section 4). Variants, chosen statically:
 - rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
   to one group and the rows it owns; tiles never straddle two groups);
@@ -26,9 +26,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from onerec_kernels.backend import on_hopper  # noqa: F401  (part of this module's API)
 
-NUM_COMPUTE_WGS = 2
 MEMORY_REGISTERS = 40  # per thread of the memory warpgroup, which only issues TMA
-COMPUTE_REGISTERS = 232  # per compute thread: (512 - 40) / 2 rounded down to 8
+REGISTERS_PER_THREAD_SLOT = 512  # 64K registers / 128 threads: shared by the warpgroups
 ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
 
 
@@ -39,19 +38,26 @@ class Config:
   tile_n: int = 128  # columns of one compute warpgroup's tile
   tile_k: int = 128  # K per pipeline step; "block" scaling needs the 128 of the scales
   max_concurrent_steps: int = 3  # pipeline stages in shared memory
-  wg_dimension: str = "m"  # the two compute warpgroups split the CTA tile along m or n
+  wg_dimension: str = "m"  # the compute warpgroups split the CTA tile along m or n
   epi_tile_n: int = 64  # columns per epilogue store of a 16-bit output (half for FP32)
   grid_minor_dim: int = 1  # 0: walk m fastest, 1: walk n fastest (planar snake)
   grid_tile_width: int = 4
   k_splits: int = 1  # dense only: K cut into this many ranges, FP32 partials summed after
+  compute_wgs: int = 2  # compute warpgroups; more hide each other's waits, with fewer registers
 
   @property
   def cta_m(self) -> int:
-    return self.tile_m * (NUM_COMPUTE_WGS if self.wg_dimension == "m" else 1)
+    return self.tile_m * (self.compute_wgs if self.wg_dimension == "m" else 1)
 
   @property
   def cta_n(self) -> int:
-    return self.tile_n * (NUM_COMPUTE_WGS if self.wg_dimension == "n" else 1)
+    return self.tile_n * (self.compute_wgs if self.wg_dimension == "n" else 1)
+
+  @property
+  def compute_registers(self) -> int:
+    """Registers per compute thread: what the memory warpgroup leaves, split evenly and
+    rounded down to 8 (setmaxnreg's granularity): 232 for two warpgroups, 152 for three."""
+    return (REGISTERS_PER_THREAD_SLOT - MEMORY_REGISTERS) // self.compute_wgs // 8 * 8
 
 
 def round_up(x: int, m: int) -> int:
@@ -140,6 +146,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
   dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
   tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
   stages = cfg.max_concurrent_steps
+  wgs = cfg.compute_wgs
   swizzle = plgpu.find_swizzle(tk * jnp.dtype(dtype).itemsize * 8)
   transforms = (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
                 plgpu.SwizzleTransform(swizzle))
@@ -156,18 +163,18 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
       a_smem=plgpu.SMEM((stages, cfg.cta_m, tk), dtype, transforms=transforms),
       b_smem=plgpu.SMEM((stages, cfg.cta_n, tk), dtype, transforms=transforms),
       produced=plgpu.Barrier(num_arrivals=num_copies, num_barriers=stages),
-      consumed=plgpu.Barrier(num_arrivals=NUM_COMPUTE_WGS, num_barriers=stages),
+      consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
       # Ragged stores slice rows at any offset: no tiled (swizzled) layout there (an
       # 8-row aligned swizzled path for aligned tiles measured no faster).
-      out_smem=plgpu.SMEM((NUM_COMPUTE_WGS, 2, tm, epi_n), out_dtype,
+      out_smem=plgpu.SMEM((wgs, 2, tm, epi_n), out_dtype,
                           transforms=() if ragged else out_transforms))
   if block:  # one K block's scales per stage: s_a [Kb, M], s_b [G + 1, Kb, N]
     scoped.update(sa_smem=plgpu.SMEM((stages, cfg.cta_m), jnp.float32),
                   sb_smem=plgpu.SMEM((stages, cfg.cta_n), jnp.float32))
   if scaling == "rowcol":
-    scoped.update(sa_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tm), jnp.float32),
-                  sb_smem=plgpu.SMEM((NUM_COMPUTE_WGS, tn), jnp.float32),
-                  s_barrier=plgpu.Barrier(num_arrivals=2, num_barriers=NUM_COMPUTE_WGS))
+    scoped.update(sa_smem=plgpu.SMEM((wgs, tm), jnp.float32),
+                  sb_smem=plgpu.SMEM((wgs, tn), jnp.float32),
+                  s_barrier=plgpu.Barrier(num_arrivals=2, num_barriers=wgs))
 
   @functools.partial(pl.run_scoped, **scoped, collective_axes="wg")
   def _scope(a_smem, b_smem, produced, consumed, out_smem, sa_smem=None, sb_smem=None,
@@ -215,7 +222,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
         return lax.fori_loop(0, k_iters, k_step, carry)
 
     def compute():
-      plgpu.set_max_registers(COMPUTE_REGISTERS, action="increase")
+      plgpu.set_max_registers(cfg.compute_registers, action="increase")
       m_wg = wg * tm if split_m else 0
       n_wg = 0 if split_m else wg * tn
       a_rows, b_cols = pl.ds(m_wg, tm), pl.ds(n_wg, tn)
@@ -306,7 +313,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
 
       plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
 
-    lax.cond(wg == NUM_COMPUTE_WGS, memory, compute)
+    lax.cond(wg == wgs, memory, compute)
 
 
 def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
@@ -330,6 +337,9 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     raise ValueError(f"block scaling needs tile_m == 64 (a partial and a full FP32 "
                      f"accumulator fit the registers) and a tile_n within one 128-wide "
                      f"weight block: {cfg}")
+  if cfg.compute_wgs not in (2, 3):
+    raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one leaves the tensor cores "
+                     f"idle while it waits; four get 112 registers a thread)")
   ragged = schedule is not None
   epi_bytes = _epilogue_cols(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if ragged and epi_bytes % 128:  # ragged stores start at any row of the buffer
@@ -349,7 +359,7 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
                                     out_dtype if splits == 1 else jnp.float32),
       grid=(min(num_sms(), m_tiles * n_tiles * splits),),
       grid_names=("sm",),
-      num_threads=NUM_COMPUTE_WGS + 1,
+      num_threads=cfg.compute_wgs + 1,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),

@@ -13,21 +13,24 @@ BLOCK = 128  # the quantization block of DESIGN.md section 4
 def default_config(m: int, n: int, k: int, *, fp8: bool) -> core.Config:
   """Heuristic tiling per shape (measured on an H100, bench/results/grouped_gemm_h100.json).
 
-  FP8 with block scales: 64x128 warpgroup tiles stacked along M (a 128x128 CTA), since a
-  128x128 tile plus the per-K-block partial accumulator runs out of registers (DESIGN.md
-  section 7); tiles walk M fastest (2% faster than N fastest at moe-4b). Few rows
+  FP8 with block scales: 64x128 warpgroup tiles stacked along M, since a 128x128 tile
+  plus the per-K-block partial accumulator runs out of registers (DESIGN.md section 7);
+  tiles walk M fastest (2% faster than N fastest at moe-4b). At K <= 2048 three compute
+  warpgroups (a 192x128 CTA), whose wgmmas fill the tensor cores while another promotes
+  its partial product: 10-15% faster than two at moe-4b (K = 1408), but 7% slower at
+  K = 7168 ("alt_compute_wgs" in the benchmark JSON). Few rows
   (decode step 1: about 2 rows per expert): a 64-row CTA, the warpgroups side by side
   along N, a deeper pipeline to stream the weights (measured 8-10% faster at 96 rows).
   16-bit: 128x128 warpgroup tiles side by side along N (a 128x256 CTA, 11% faster than
   128x128 at moe-4b gate_up) where N allows, else 64x128 stacked along M; 64-wide K steps.
   """
-  del k
   if fp8 and m < 1024:
     return core.Config(tile_m=64, tile_n=64, tile_k=BLOCK, wg_dimension="n",
                        max_concurrent_steps=6)
   if fp8:
     return core.Config(tile_m=64, tile_n=128, tile_k=BLOCK, wg_dimension="m",
-                       max_concurrent_steps=4, grid_minor_dim=0)
+                       max_concurrent_steps=4, grid_minor_dim=0,
+                       compute_wgs=3 if k <= 2048 else 2)
   if m >= 1024 and n % 256 == 0:
     return core.Config(tile_m=128, tile_n=128, tile_k=64, wg_dimension="n",
                        max_concurrent_steps=3)
