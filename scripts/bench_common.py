@@ -17,6 +17,13 @@ def git_commit(explicit: str | None = None) -> str:
     return "unknown"
 
 
+def header(timing: str) -> dict:
+  """The fields every result starts with: device, jax version, commit, how it was timed."""
+  import jax
+  return dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
+              git_commit=git_commit(), timing=timing)
+
+
 def write_json(path: str, result: dict) -> None:
   """Writes a benchmark result, creating the folder."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

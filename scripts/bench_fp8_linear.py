@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.mosaic.gpu import profiler
 
-from bench_common import git_commit, write_json
+from bench_common import header, write_json
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
 from onerec_kernels.gemm_mgpu import core, testing
@@ -186,9 +186,8 @@ def candidate_configs(m, n, k):
 
 
 def _result(checks, rows, summary):
-  return dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-              git_commit=git_commit(), timing="CUPTI device time, median of 30 calls",
-              checks=checks, rows=rows, summary=summary)
+  return dict(header("CUPTI device time, median of 30 calls"), checks=checks, rows=rows,
+              summary=summary)
 
 
 def main():

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import git_commit, write_json  # noqa: E402
+from bench_common import header, write_json  # noqa: E402
 from bench_fp8_linear import device_ms, num_sets  # noqa: E402
 
 from onerec_kernels import triton_launch  # noqa: E402
@@ -242,9 +242,8 @@ def main():
         fp8_over_weight_read=t["pallas_fp8"] / weight_read_ms))
     print(json.dumps(rows[-1]), flush=True)
   moe = bench_moe_layer(key) if args.moe else None
-  result = dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-                git_commit=git_commit(), timing="CUPTI device time, median of calls",
-                checks=checks, rows=rows, moe_layer=moe)
+  result = dict(header("CUPTI device time, median of calls"), checks=checks, rows=rows,
+                moe_layer=moe)
   write_json(args.out, result)
   print(f"\n{'shape':24} {'fp8':>8} {'TF/s':>6} {'bf16':>8} {'lax':>9} {'upstr':>8} "
         f"{'dense16':>8} {'xla8':>8} {'xdense':>6} {'xupstr':>6} {'x/read':>6}")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import git_commit, write_json  # noqa: E402
+from bench_common import header, write_json  # noqa: E402
 from bench_fp8_linear import device_ms, num_sets  # noqa: E402
 
 from onerec_kernels import triton_launch  # noqa: E402
@@ -75,9 +75,7 @@ def main():
                      triton_vs_xla=t["reference"] / t["triton"],
                      triton_over_hbm_floor=t["triton"] / hbm_ms))
     print(rows[-1], flush=True)
-  write_json(args.out, dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-                            git_commit=git_commit(),
-                            timing="CUPTI device time, median of 30 calls", rows=rows))
+  write_json(args.out, dict(header("CUPTI device time, median of 30 calls"), rows=rows))
   print(f"\n{'case':20} {'triton us':>10} {'xla us':>8} {'floor us':>9} {'x xla':>6} "
         f"{'/floor':>6}")
   for r in rows:

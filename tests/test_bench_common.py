@@ -1,4 +1,4 @@
-"""scripts/bench_common.py: the commit recorded with every benchmark result."""
+"""scripts/bench_common.py: the fields recorded with every benchmark result."""
 
 import pathlib
 import subprocess
@@ -26,3 +26,12 @@ def test_write_json_creates_the_folder(tmp_path):
   from bench_common import write_json
   write_json(str(tmp_path / "a" / "b.json"), {"x": [1, 2]})
   assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"x": [1, 2]}
+
+
+def test_header_names_device_jax_and_commit(monkeypatch):
+  import jax
+  from bench_common import header
+  monkeypatch.setenv("GIT_COMMIT", "abc123")
+  assert header("median of 30") == dict(device=jax.devices()[0].device_kind,
+                                        jax_version=jax.__version__, git_commit="abc123",
+                                        timing="median of 30")
