@@ -3,8 +3,8 @@
 One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
 a [M, K] and b [G, N, K] through shared memory with TMA; two or three compute warpgroups
 run wgmma with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline
-across all of its tiles). Both operands stay K-major because FP8 wgmma rejects transposed operands
-(DESIGN.md section 4). Variants, chosen statically:
+across all of its tiles). Both operands stay K-major because FP8 wgmma rejects
+transposed operands (DESIGN.md section 4). Variants, chosen statically:
 - rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
   to one group and the rows it owns; tiles never straddle two groups);
 - scaling: none, "rowcol" (y = s_a[m] * s_b[n] * acc in the epilogue: per-token x
@@ -43,7 +43,7 @@ class Config:
   grid_minor_dim: int = 1  # 0: walk m fastest, 1: walk n fastest (planar snake)
   grid_tile_width: int = 4
   k_splits: int = 1  # dense only: K cut into this many ranges, FP32 partials summed after
-  compute_wgs: int = 2  # compute warpgroups; more hide each other's waits, with fewer registers
+  compute_wgs: int = 2  # 2 or 3: more hide each other's waits but get fewer registers
 
   @property
   def cta_m(self) -> int:
@@ -338,8 +338,8 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
                      f"accumulator fit the registers) and a tile_n within one 128-wide "
                      f"weight block: {cfg}")
   if cfg.compute_wgs not in (2, 3):
-    raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one leaves the tensor cores "
-                     f"idle while it waits; four get 112 registers a thread)")
+    raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one would take more "
+                     f"registers than setmaxnreg's 256, four get 112 a thread)")
   ragged = schedule is not None
   epi_bytes = _epilogue_cols(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if ragged and epi_bytes % 128:  # ragged stores start at any row of the buffer
