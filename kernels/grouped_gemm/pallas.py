@@ -17,7 +17,7 @@ def default_config(m: int, n: int, k: int, *, fp8: bool) -> core.Config:
   plus the per-K-block partial accumulator runs out of registers (DESIGN.md section 7);
   tiles walk M fastest (2% faster than N fastest at moe-4b). At K <= 2048 three compute
   warpgroups (a 192x128 CTA), whose wgmmas fill the tensor cores while another promotes
-  its partial product: 10-15% faster than two at moe-4b (K = 1408), but 7% slower at
+  its partial product: 10-14% faster than two at moe-4b (K = 1408), but 6% slower at
   K = 7168 ("alt_compute_wgs" in the benchmark JSON). Few rows
   (decode step 1: about 2 rows per expert): a 64-row CTA, the warpgroups side by side
   along N, a deeper pipeline to stream the weights (measured 8-10% faster at 96 rows).
