@@ -5,20 +5,7 @@ jax_triton is imported on first launch, not with the kernel modules, so the same
 Triton's interpreter (TRITON_INTERPRET=1) on torch tensors.
 """
 
-import functools
-
 import jax
-
-
-@functools.cache
-def available() -> bool:
-  """True where triton and jax_triton both import (the optional `triton` extra)."""
-  try:
-    import jax_triton  # noqa: F401
-    import triton  # noqa: F401
-  except ImportError:
-    return False
-  return True
 
 
 def triton_call(kernel, *args, out, grid, num_warps: int = 4, zeroed=(), **meta):

@@ -1,7 +1,7 @@
 """OneRec-V2 lazy-decoder configuration: a frozen, validated dataclass with presets.
 
-Every architecture parameter of DESIGN.md section 2 lives here; `config.json` beside every
-checkpoint is `Config.to_json()`.
+Every architecture parameter (docs/architecture.md) lives here; `config.json` beside every
+checkpoint is `Config.to_json()` (docs/bring_your_model.md lists the fields).
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
+from onerec_kernels.topk import ROUTER_SCORES
+
+from onerec_jax.errors import InputError
 
 _DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
-ROUTER_SCORES = ("sigmoid", "softmax")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """An invalid configuration; the message names the offending field and value."""
 
 
@@ -32,7 +34,7 @@ class Pathway:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Architecture of a OneRec-V2 lazy decoder (names follow DESIGN.md section 2).
+  """Architecture of a OneRec-V2 lazy decoder (the paper's symbols: docs/architecture.md).
 
   kv_heads is G_kv, kv_sets is L_kv, kv_split is S_kv (1: V = K; 2: separate V chunk).
   """
@@ -174,6 +176,8 @@ class Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "Config":
+    if not isinstance(d, dict):
+      raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -182,11 +186,20 @@ class Config:
                      if f.name not in d and f.default is dataclasses.MISSING)
     if missing:
       raise ConfigError(f"config is missing required fields {missing}")
-    return cls(**d)
+    try:
+      return cls(**d)
+    except (TypeError, ValueError) as e:  # a field of the wrong type or shape
+      if isinstance(e, ConfigError):
+        raise
+      raise ConfigError(f"config: {e}") from None
 
   @classmethod
   def from_json(cls, text: str) -> "Config":
-    return cls.from_dict(json.loads(text))
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"config is not valid JSON: {e}") from None
+    return cls.from_dict(d)
 
 
 def _dense(d_model: int, n_layers: int, n_heads: int, **kw) -> Config:
@@ -207,7 +220,7 @@ def _preset(d_model, n_layers, n_heads, **kw) -> Config:
 
 
 PRESETS: dict[str, Config] = {
-    # DESIGN.md section 2, paper Table 5.
+    # The paper's Table 5 (docs/architecture.md).
     "0.1b": _preset(640, 12, 10),
     "0.2b": _preset(896, 12, 14),
     "0.5b": _preset(1408, 14, 11),

@@ -1,8 +1,13 @@
-"""What every benchmark script records beside its timings."""
+"""What every benchmark script shares: the result header (device, jax version, commit,
+how it was timed), device timing by CUPTI, and the JSON writer."""
 
 import json
+import math
 import os
+import statistics
 import subprocess
+
+L2_BYTES = 50 << 20  # H100 / H200 L2: timed inputs rotate through at least twice this
 
 
 def git_commit(explicit: str | None = None) -> str:
@@ -17,11 +22,26 @@ def git_commit(explicit: str | None = None) -> str:
     return "unknown"
 
 
-def header(timing: str) -> dict:
-  """The fields every result starts with: device, jax version, commit, how it was timed."""
+def header(timing: str, commit: str | None = None) -> dict:
+  """The fields every result starts with: device, jax version, commit (`commit`, else as
+  git_commit finds it), how it was timed."""
   import jax
   return dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-              git_commit=git_commit(), timing=timing)
+              git_commit=git_commit(commit), timing=timing)
+
+
+def device_ms(f, sets, iterations=30):
+  """Median device time (ms) of f(*s) per input set s, from CUPTI, over rotating sets."""
+  import jax
+  from jax.experimental.mosaic.gpu import profiler
+  fn = jax.jit(lambda ss: [f(*s) for s in ss])
+  _, times = profiler.measure(fn, iterations=iterations)(sets)
+  return statistics.median(times) / len(sets)
+
+
+def num_sets(bytes_per_set):
+  """Input sets to rotate so that they do not fit in L2 together."""
+  return max(1, min(8, math.ceil(2 * L2_BYTES / bytes_per_set)))
 
 
 def write_json(path: str, result: dict) -> None:

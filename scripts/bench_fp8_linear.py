@@ -17,22 +17,18 @@ rotating input sets larger than L2. Prints a table last; writes JSON (--out).
 import argparse
 import dataclasses
 import json
-import math
-import statistics
 import sys
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.mosaic.gpu import profiler
 
-from bench_common import header, write_json
+from bench_common import device_ms, header, num_sets, write_json
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations,
                                      quantize_rows)
 
-L2_BYTES = 50 << 20
 EPS = 1e-6
 
 # name -> (K, N): moe-4b Linear shapes (d_model 1408) and the 1B preset's (d_model 1792).
@@ -49,17 +45,6 @@ MOE4B_LAYER = ["moe4b.qkv", "moe4b.o", "moe4b.cross_q", "moe4b.cross_o",
 # The producer of each Linear's input in the model (the "site" end to end).
 PRODUCER = {"qkv": "rmsnorm", "o": "plain", "cross_q": "rmsnorm", "cross_o": "plain",
             "ffn_gate_up": "rmsnorm", "ffn_down": "swiglu"}
-
-
-def device_ms(f, sets, iterations=30):
-  """Median device time (ms) of f(*s) per input set s, from CUPTI, over rotating sets."""
-  fn = jax.jit(lambda ss: [f(*s) for s in ss])
-  _, times = profiler.measure(fn, iterations=iterations)(sets)
-  return statistics.median(times) / len(sets)
-
-
-def num_sets(bytes_per_set):
-  return max(1, min(8, math.ceil(2 * L2_BYTES / bytes_per_set)))
 
 
 def rmsnorm(x, g):

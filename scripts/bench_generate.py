@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from bench_common import git_commit, write_json
+from bench_common import header, write_json
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
@@ -39,31 +39,31 @@ def bench(cfg, params, batch: int, beam: int, runs: int, items: int, seed: int) 
   """One configuration: compile, warm up, time beam_search and generate()."""
   features = gen.random_contexts(cfg, batch, seed)
   f, m = jax.device_put(gen.pad_batch(cfg, features, None, 0, batch, batch))
-  table = None
+  valid_items = None
   row = {"batch": batch, "beam_width": beam, "context_len": cfg.max_context_len,
          "valid_items": items or None}
   if items:
     t0 = time.perf_counter()
-    table = gen.build_item_table(*gen.random_items(cfg, items, seed), cfg.codebook_sizes)
-    jax.block_until_ready(table)
-    row.update(table_build_s=time.perf_counter() - t0, table_bytes=table.nbytes,
-               table_max_children=table.max_children)
+    valid_items = gen.build_item_table(*gen.random_items(cfg, items, seed), cfg.codebook_sizes)
+    jax.block_until_ready(valid_items)
+    row.update(table_build_s=time.perf_counter() - t0, table_bytes=valid_items.nbytes,
+               table_max_children=valid_items.max_children)
   t0 = time.perf_counter()
-  compiled = gen.beam_search.lower(params, f, m, table, config=cfg, beam_width=beam).compile()
+  compiled = gen.lower(params, f, m, valid_items, config=cfg, beam_width=beam).compile()
   row["compile_s"] = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   if mem is not None:
     row["temp_bytes"] = int(mem.temp_size_in_bytes)
-  run = lambda: compiled(params, f, m, table)
+  run = lambda: compiled(params, f, m, valid_items)
   _timed(run, 2)  # warm-up
   times = _timed(run, runs)
   row.update(latency_ms_median=1e3 * statistics.median(times),
              latency_ms_min=1e3 * min(times), latency_ms_max=1e3 * max(times), runs=runs,
              throughput_rps=batch / statistics.median(times))
   e2e = _timed(lambda: gen.generate(params, cfg, features, beam_width=beam,
-                                    valid_items=table, batch_buckets=(batch,)), 3)
+                                    valid_items=valid_items, batch_buckets=(batch,)), 3)
   row["generate_ms_median"] = 1e3 * statistics.median(e2e)
-  res = gen.generate(params, cfg, features, beam_width=beam, valid_items=table,
+  res = gen.generate(params, cfg, features, beam_width=beam, valid_items=valid_items,
                      batch_buckets=(batch,))
   row["empty_slots"] = int((res.semantic_ids[..., 0] == gen.EMPTY).sum())
   row["scores_descending"] = bool(np.all(np.diff(res.scores, axis=1) <= 0))
@@ -90,10 +90,10 @@ def main() -> None:
   t0 = time.perf_counter()
   params = jax.block_until_ready(
       jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(args.seed)))
-  commit = git_commit(args.commit)
-  report = {"preset": args.preset, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
-            "kernels": args.kernels, "device": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "commit": commit,
+  report = {**header("wall clock around block_until_ready, after 2 warm-up runs",
+                     args.commit),
+            "preset": args.preset, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
+            "kernels": args.kernels,
             "params": cfg.param_count()["total"], "init_s": time.perf_counter() - t0,
             "results": []}
   for items in args.items:  # the report is rewritten after each row: a cut run keeps some

@@ -1,4 +1,4 @@
-"""Benchmarks the Pallas grouped GEMM (bf16, and FP8 with block scales) on one GPU (issue 6).
+"""Benchmarks the Pallas grouped GEMM (bf16, and FP8 with block scales) on one GPU.
 
 Checks each shape against the reference (the bound derived in
 onerec_kernels.gemm_mgpu.testing, poisoned output, no NaN), then
@@ -11,32 +11,34 @@ than L2. Prints a table last; writes JSON (--out).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, write_json  # noqa: E402
-from bench_fp8_linear import device_ms, num_sets  # noqa: E402
+from bench_common import device_ms, header, num_sets, write_json  # noqa: E402
 
-from onerec_kernels import triton_launch  # noqa: E402
+from onerec_kernels import backend  # noqa: E402
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
 from onerec_kernels.grouped_gemm.pallas import (  # noqa: E402
     default_config,
     fp8_grouped_gemm_pallas,
     grouped_gemm_pallas,
 )
-from onerec_kernels.fp8_linear import fp8_linear  # noqa: E402
-from onerec_kernels.grouped_gemm.moe import routed_experts  # noqa: E402
 from onerec_kernels.grouped_gemm.reference import fp8_grouped_gemm_reference  # noqa: E402
-from onerec_kernels.grouped_gemm.routing import combine, sort_by_expert  # noqa: E402
-from onerec_kernels.quantize import SwiGLUOf, quantize_blocks, quantize_rows  # noqa: E402
+from onerec_kernels.quantize import quantize_blocks  # noqa: E402
+from onerec_jax import quant  # noqa: E402
+from onerec_jax.config import Config, preset  # noqa: E402
+from onerec_jax.model import RMSNorm, default_rules  # noqa: E402
+from onerec_jax.model.onerec import MoE  # noqa: E402
 
 # name -> (tokens, top_k, experts, K, N, routing)
 SHAPES = {
@@ -146,58 +148,59 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
   return t, ups
 
 
-def bench_moe_layer(key, tokens=16384, d=1408, f=1408, e=53, top_k=3):
-  """Whole moe-4b MoE layer (53 routed SwiGLU experts, top-3, plus the shared expert):
-  ours in FP8 (routed_experts and fp8_linear: gather and SwiGLU fused into the Triton
-  activation quantization) and bf16 against the same layer on jax.lax.ragged_dot and on
-  the upstream ragged_dot_mgpu, in the same run."""
-  if not triton_launch.available():  # quantize_activations would fall back to XLA
+class _MoELayer(nn.Module):
+  """The model's MoE block at its path in the model (layer_2: mlp_norm, then mlp), so the
+  model's own modules and default FP8 rules run, RMSNorm fused into the quantization."""
+
+  config: Config
+
+  @nn.compact
+  def __call__(self, h):  # [T, D]
+    cfg = self.config
+    norm = RMSNorm(cfg.rms_eps, name="mlp_norm", dtype=cfg.compute_dtype,
+                   param_dtype=cfg.params_dtype)
+    return MoE(cfg, name="mlp")(norm(h), producer=norm.producer(h))
+
+
+class _Model(nn.Module):
+  config: Config
+
+  @nn.compact
+  def __call__(self, h):
+    return _MoELayer(self.config, name="layer_2")(h)
+
+
+def bench_moe_layer(key, tokens=16384):
+  """The model's moe-4b MoE block (mlp_norm, router, 53 routed SwiGLU experts top-3, the
+  shared expert) at `tokens` tokens, through onerec_jax.model's modules: FP8 under the
+  default rules and bf16 on our kernels, and both on the references (jax.lax.ragged_dot
+  and XLA; kernel mode "reference"), in the same run."""
+  if not backend.triton_available():  # quantize_activations would fall back to XLA
     raise SystemExit("the FP8 layer needs jax_triton (the `triton` extra) for its fused "
                      "activation quantization: install it before timing the layer")
-  ks = jax.random.split(key, 7)
-  x = jax.random.normal(ks[0], (tokens, d), jnp.bfloat16)
-  _, ids = jax.lax.top_k(jax.random.gumbel(ks[1], (tokens, e)), top_k)
-  gates = jax.random.uniform(ks[2], (tokens, top_k))
-  w1 = (jax.random.normal(ks[3], (e, 2 * f, d)) * 0.03).astype(jnp.bfloat16)
-  w2 = (jax.random.normal(ks[4], (e, d, f)) * 0.03).astype(jnp.bfloat16)
-  s1 = (jax.random.normal(ks[5], (2 * f, d)) * 0.03).astype(jnp.bfloat16)
-  s2 = (jax.random.normal(ks[6], (d, f)) * 0.03).astype(jnp.bfloat16)
-  (w1q, w1s), (w2q, w2s) = quantize_blocks(w1, 128, 128), quantize_blocks(w2, 128, 128)
-  (s1q, s1s), (s2q, s2s) = quantize_rows(s1), quantize_rows(s2)
-  dims = (((1,), (1,)), ((), ()))
+  cfg = preset("moe-4b").replace(param_dtype="bfloat16")
+  model = _Model(cfg)
+  kx, kp = jax.random.split(key)
+  x = jax.random.normal(kx, (tokens, cfg.d_model), jnp.bfloat16)
+  params = jax.jit(model.init)(kp, x)["params"]
+  rules = quant.Rules(tuple(r for r in default_rules(cfg).rules if "experts" in r[0]))
+  qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
 
-  def shared_bf16(h):
-    gate, up = jnp.split(jax.lax.dot_general(h, s1, dims), 2, axis=-1)
-    return jax.lax.dot_general(jax.nn.silu(gate) * up, s2, dims).astype(jnp.float32)
-
-  def shared_fp8(h):  # the model's path: SwiGLU fused into the down input's quantization
-    return fp8_linear(SwiGLUOf(fp8_linear(h, s1q, s1s)), s2q, s2s).astype(jnp.float32)
-
-  def experts_with(gemm, w_up, w_down):
-    def run(h, i, g):
-      order, gs = sort_by_expert(i, e)
-      gate, up = jnp.split(gemm(h[order // top_k], w_up, gs), 2, axis=-1)
-      return combine(gemm(jax.nn.silu(gate) * up, w_down, gs), order, g)
+  def variant(p, rules, mode):
+    def run(h):
+      with backend.use(mode), (quant.fp8(rules) if rules else contextlib.nullcontext()):
+        return model.apply({"params": p}, h)
     return run
 
-  layers = {
-      "fp8_pallas": lambda h, i, g: routed_experts(
-          h, i, g, w1q, w2q, gate_up_scale=w1s, down_scale=w2s) + shared_fp8(h),
-      "bf16_pallas": lambda h, i, g: routed_experts(h, i, g, w1, w2) + shared_bf16(h),
-      "bf16_upstream_ragged_dot_mgpu": lambda h, i, g: experts_with(
-          functools.partial(upstream, block_m=128, block_n=128, steps=4), w1, w2)(h, i, g)
-          + shared_bf16(h),
-      "bf16_lax_ragged_dot": lambda h, i, g: experts_with(
-          jax.lax.ragged_dot, w1.transpose(0, 2, 1), w2.transpose(0, 2, 1))(h, i, g)
-          + shared_bf16(h),
-  }
-  t = {}
-  for name, fn in layers.items():
-    t[name] = device_ms(fn, [(x, ids, gates)], iterations=5 if "lax" in name else 20)
-  return dict(tokens=tokens, experts=e, top_k=top_k, d_model=d, expert_d_ff=f,
-              times_ms=t, fp8_vs_own_bf16=t["bf16_pallas"] / t["fp8_pallas"],
-              fp8_vs_best_jax_bf16=min(t["bf16_upstream_ragged_dot_mgpu"],
-                                       t["bf16_lax_ragged_dot"]) / t["fp8_pallas"])
+  layers = {"fp8": variant(qparams, rules, "auto"), "bf16": variant(params, None, "auto"),
+            "fp8_reference": variant(qparams, rules, "reference"),
+            "bf16_reference": variant(params, None, "reference")}
+  t = {name: device_ms(fn, [(x,)], iterations=5 if "reference" in name else 20)
+       for name, fn in layers.items()}
+  return dict(tokens=tokens, experts=cfg.n_routed_experts, top_k=cfg.top_k,
+              d_model=cfg.d_model, expert_d_ff=cfg.expert_d_ff, times_ms=t,
+              fp8_vs_own_bf16=t["bf16"] / t["fp8"],
+              fp8_vs_reference_bf16=t["bf16_reference"] / t["fp8"])
 
 
 def candidate_configs(m, n, k):
@@ -258,7 +261,7 @@ def main():
   if moe:
     print("MoE layer ms:", {k: round(v, 3) for k, v in moe["times_ms"].items()},
           f"fp8 vs own bf16 {moe['fp8_vs_own_bf16']:.2f}x,",
-          f"vs best JAX bf16 {moe['fp8_vs_best_jax_bf16']:.2f}x")
+          f"vs reference bf16 {moe['fp8_vs_reference_bf16']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, write_json  # noqa: E402
-from bench_fp8_linear import device_ms, num_sets  # noqa: E402
+from bench_common import device_ms, header, num_sets, write_json  # noqa: E402
 
-from onerec_kernels import triton_launch  # noqa: E402
+from onerec_kernels import backend  # noqa: E402
 from onerec_kernels.quantize import (RMSNormOf, RowsOf, SwiGLUOf,  # noqa: E402
                                      quantize_activations)
 
@@ -54,7 +53,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default="bench/results/quantize.json")
   args = ap.parse_args()
-  if not triton_launch.available():
+  if not backend.triton_available():
     raise SystemExit("the Triton kernel needs jax_triton (the `triton` extra)")
   key = jax.random.key(0)
   rows = []

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_common import git_commit, write_json
+from bench_common import header, write_json
 from onerec_kernels import topk
 
 V = 8192
@@ -220,10 +220,9 @@ def main():
   parser.add_argument("--router-device", action="store_true",
                       help="only the router shapes, timed by device time (CUPTI)")
   args = parser.parse_args()
-  commit = git_commit(args.commit)
   torch_ops = _torch_ops()
   if args.router_device:
-    return router_device_main(args.out, commit, torch_ops)
+    return router_device_main(args.out, args.commit, torch_ops)
   rows = []
   for w in (128, 256, 512):
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -238,12 +237,12 @@ def main():
       rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
                    "ms": times, "ratios": _ratios(times, "triton_router")})
   breakdown = bench_breakdown(args.reps)
-  result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "torch": torch_ops[0].__version__ if torch_ops else None, "commit": commit,
-            "timing": _time_all.__doc__ + f" reps={args.reps}, after 3 warm-ups",
+  result = {**header(_time_all.__doc__ + f" reps={args.reps}, after 3 warm-ups",
+                     args.commit),
+            "torch": torch_ops[0].__version__ if torch_ops else None,
             "rows": rows, "breakdown_w512_fp32": breakdown}
   write_json(args.out, result)
-  print(f"{result['device']}  jax {result['jax']}  commit {commit[:10]}")
+  print(f"{result['device']}  jax {result['jax_version']}  commit {result['git_commit'][:10]}")
   print(f"{'op':6} {'shape':>14} {'k':>4} {'dtype':8} {'floor':>7} {'kernel':>7} {'fused':>7} "
         f"{'packed':>7} {'lax':>7} {'lax_u':>7} {'torch':>7} {'k/fl':>5} {'lax/k':>6} "
         f"{'tch/k':>6} {'fu/fl':>5}")
@@ -260,16 +259,15 @@ def main():
   print("breakdown W=512 fp32 (ms):", json.dumps(breakdown))
 
 
-def router_device_main(out: str, commit: str, torch_ops) -> None:
+def router_device_main(out: str, commit: str | None, torch_ops) -> None:
   rows = []
   for t, e, k in _ROUTER_TILINGS:
     for dtype in (jnp.float32, jnp.bfloat16):
       times = bench_router_device(t, e, k, dtype, torch_ops)
       rows.append({"op": "router", "shape": [t, e], "k": k, "dtype": jnp.dtype(dtype).name,
                    "ms": times, "ratios": _ratios(times, "triton_router")})
-  write_json(out, {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                   "torch": torch_ops[0].__version__ if torch_ops else None,
-                   "commit": commit, "timing": bench_router_device.__doc__, "rows": rows})
+  write_json(out, {**header(bench_router_device.__doc__, commit),
+                   "torch": torch_ops[0].__version__ if torch_ops else None, "rows": rows})
   for r in rows:
     print(r["shape"], r["dtype"], {c: round(v * 1e3, 1) for c, v in r["ms"].items()},
           {c: round(v, 2) for c, v in r["ratios"].items()})

@@ -44,6 +44,9 @@ quiet_pip() {  # pip, minus the machine's notes about missing local index folder
   .venv/bin/python -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
 }
 quiet_pip install -q --upgrade pip
-quiet_pip install -q -e ".[${extras}]"
+# The editable install maps kernels/ and checkpoints/ to other import names, which
+# setuptools serves through a meta path finder and announces with an informational
+# UserWarning box on every install; the mapping is intended.
+PYTHONWARNINGS=ignore::UserWarning quiet_pip install -q -e ".[${extras}]"
 .venv/bin/python -c "import jax, flax, onerec_jax, onerec_kernels" >&2
 echo "$want" > "$stamp"

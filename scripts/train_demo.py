@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from onerec_jax import data, train
+from onerec_jax.lab import data, train
 from onerec_jax import generate as gen
 from onerec_jax.checkpoint import DEMO_SOURCE, export
 from onerec_jax.config import preset
@@ -49,7 +49,7 @@ def main() -> None:
   config = preset(args.preset)
   options = data.DataConfig(seed=args.seed)
   t0 = time.perf_counter()
-  dataset = data.generate(options, config)
+  dataset = data.make_dataset(options, config)
   data_s = time.perf_counter() - t0
   tc = train.TrainConfig(steps=args.steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed)

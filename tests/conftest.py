@@ -20,6 +20,18 @@ if not _has_gpu():
   os.environ["TRITON_INTERPRET"] = "1"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+  """The user cache folder (the demo's converted copy) in a temporary folder, and jax's
+  persistent compilation cache off unless a test turns it on: tests leave nothing in
+  the home folder and share no compiled state through the disk."""
+  mp = pytest.MonkeyPatch()
+  mp.setenv("ONEREC_JAX_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+  mp.setenv("ONEREC_JAX_COMPILE_CACHE", "off")
+  yield
+  mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
   if _has_gpu():
     return

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from onerec_jax import data
+from onerec_jax.lab import data
 from onerec_jax.config import preset
 
 CONFIG = preset("tiny-moe")  # codebooks of 16, pathways static 4x16, 8 + 12 history tokens
@@ -12,7 +12,7 @@ OPTIONS = data.DataConfig(n_items=256, n_users=300, n_topics=4, subtopics_per_to
 
 @pytest.fixture(scope="module")
 def dataset():
-  return data.generate(OPTIONS, CONFIG)
+  return data.make_dataset(OPTIONS, CONFIG)
 
 
 def _arrays(ds):
@@ -21,13 +21,13 @@ def _arrays(ds):
 
 
 def test_same_seed_same_data(dataset):
-  again = data.generate(OPTIONS, CONFIG)
+  again = data.make_dataset(OPTIONS, CONFIG)
   for a, b in zip(_arrays(dataset), _arrays(again)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_other_seed_other_data(dataset):
-  other = data.generate(OPTIONS.__class__(**{**OPTIONS.to_dict(), "seed": 1}), CONFIG)
+  other = data.make_dataset(OPTIONS.__class__(**{**OPTIONS.to_dict(), "seed": 1}), CONFIG)
   assert not np.array_equal(dataset.sequences, other.sequences)
 
 
@@ -98,4 +98,4 @@ def test_batches_and_popularity_ranking(dataset):
 
 def test_refuses_other_pathways():
   with pytest.raises(ValueError, match="pathways"):
-    data.generate(OPTIONS, CONFIG.replace(pathways=CONFIG.pathways[:2]))
+    data.make_dataset(OPTIONS, CONFIG.replace(pathways=CONFIG.pathways[:2]))

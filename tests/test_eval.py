@@ -9,9 +9,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onerec_jax import data, evaluate, quant
+from onerec_jax import quant
+from onerec_jax.lab import data, evaluate
 from onerec_jax.config import preset
-from onerec_jax.model import init_params
+from onerec_jax.model import default_rules, init_params
 
 # Two users, lists of 4 items; user 0's target is ranked 2nd, user 1's is absent.
 RANKED = np.array([[7, 3, 9, 1], [4, 5, 6, 8]])
@@ -53,7 +54,7 @@ def test_per_tensor_scheme_uses_one_scale():
 def test_per_tensor_params_touch_only_the_rules_modules():
   cfg = preset("tiny-moe")
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
-  rules = quant.default_rules(cfg)
+  rules = default_rules(cfg)
   out = evaluate.per_tensor_params(params, rules)
   assert out["layer_0"]["self_attn"]["qkv_proj"]["weight"].dtype == jnp.float32
   assert out["layer_2"]["mlp"]["experts"]["down_proj"]["weight"].dtype == jnp.float32
@@ -64,7 +65,7 @@ def test_per_tensor_params_touch_only_the_rules_modules():
 
 def test_end_to_end_report():
   cfg = preset("tiny")  # dense: the smallest model to compile (MoE is covered above)
-  dataset = data.generate(data.DataConfig(n_items=256, n_users=300, n_topics=4,
+  dataset = data.make_dataset(data.DataConfig(n_items=256, n_users=300, n_topics=4,
                                           subtopics_per_topic=4), cfg)
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   report = evaluate.evaluate(params, cfg, dataset, beam_width=50, batch_size=16,
@@ -73,14 +74,14 @@ def test_end_to_end_report():
   # Every cut point of each test user is a request: 16 requests from 4 users.
   assert report["test_requests"] == 16 and report["test_users"] == 4
   assert report["valid_items"] == 256
-  assert set(report["schemes"]) == set(evaluate.SCHEMES)
-  for s in report["schemes"].values():
+  assert set(report["recipes"]) == set(evaluate.RECIPES)
+  for s in report["recipes"].values():
     assert 0 < s["overlap@10"] <= 1 and 0 < s["overlap@50"] <= 1
     assert all(10 < x < 60 for x in s["logits_sqnr_db"])  # FP8: finite, far from exact
     assert set(s["relative_change"]) == set(s["relative_change_se"]) == set(report["fp16"])
   assert report["module_errors"]["activations"]
   assert [r["rule"] for r in report["rule_ablation"]] == [
-      p for p, _ in quant.default_rules(cfg).rules]
+      p for p, _ in default_rules(cfg).rules]
   assert all(x > 10 for r in report["rule_ablation"] for x in r["logits_sqnr_db"])
   text = evaluate.markdown(report)
   assert "| recall@10 |" in text and "FP8 (per_tensor)" in text and "SQNR" in text

@@ -16,6 +16,7 @@ from onerec_kernels.fp8_linear import (
     fp8_linear_pallas,
     fp8_linear_reference,
 )
+from onerec_kernels import backend
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations_reference,
                                      quantize_rows)
@@ -75,7 +76,7 @@ def test_entry_point_off_gpu_is_reference(producer):
   w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (48, 96)))
   y = fp8_linear(src, w_q, w_s)
   assert y.shape == (2, 5, 48) and y.dtype == jnp.bfloat16
-  if not core.on_hopper():
+  if not backend.on_hopper():
     x_q, x_s = quantize_activations_reference(src)
     ref = fp8_linear_reference(x_q.reshape(10, 96), x_s.reshape(10), w_q, w_s)
     chex.assert_trees_all_equal(y, ref.reshape(2, 5, 48))

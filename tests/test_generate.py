@@ -187,7 +187,7 @@ def test_context_kv_is_not_replicated_per_beam(tiny):
   n = cfg.max_context_len
   kv = 2 * n * cfg.kv_heads * cfg.d_head  # one request batch's K (= V)
   for width in (7, 11):
-    text = gen.beam_search.lower(params, f, m, None, config=cfg, beam_width=width).as_text()
+    text = gen.lower(params, f, m, None, config=cfg, beam_width=width).as_text()
     counts = _kv_like_tensors(text, n, cfg.d_head)
     assert counts and max(counts) == kv, (width, sorted(set(counts)))
 
@@ -231,7 +231,8 @@ def test_input_errors_before_device_work(tiny, case):
     ([0, 1], [[0, 0, 0], [0, 5, 0]], "level-1 codes outside"),
     ([0, 1], [[0, 0, 0], [0, 0, -1]], "level-2 codes outside"),
     ([0, 1], [[0, 0, 0], [0, 0, 0]], "each item needs its own"),
-    ([3, 3], [[0, 0, 0], [0, 0, 1]], "repeated item ids"),
+    ([5, 3, 3], [[0, 0, 0], [0, 0, 1], [0, 1, 0]],
+     r"item id 3 is repeated \(rows \[1, 2\]\); 1 ids repeat in all"),
     ([-1], [[0, 0, 0]], "item ids outside"),
     ([0], [[0, 0]], r"expected \[N, 3\]"),
     ([], np.zeros((0, 3), int), "empty"),
@@ -251,49 +252,67 @@ def test_item_table_structure():
 
 
 def _cli(*argv):
-  parser = argparse.ArgumentParser()
-  cli.add_arguments(parser)
-  return cli.run(parser.parse_args(list(argv)))
+  from onerec_jax.cli import main
+  return main(["generate", *argv])
 
 
 def test_cli_contexts_file_constrained_fp8(tmp_path, capsys):
   cfg = preset("tiny")
   feats, mask = _requests(cfg, 3)
   gen.save_contexts(tmp_path / "ctx.npz", feats, mask, request_ids=[7, 8, 9])
-  out = tmp_path / "out.json"
+  out = tmp_path / "deeper" / "out.json"  # its folder is created
   assert _cli("--preset", "tiny", "--contexts", str(tmp_path / "ctx.npz"), "--batch-size",
               "2", "--beam-width", "4", "--random-items", "50", "--fp8", "--output",
               str(out)) == 0
   report = json.loads(out.read_text())
   assert report["fp8"] and report["valid_items"] == 50
-  assert [r["request"] for r in report["results"]] == [7, 8, 9]
+  assert [r["request_id"] for r in report["results"]] == [7, 8, 9]
   for r in report["results"]:
-    scores = [it["score"] for it in r["items"]]
+    scores = [it["log_prob"] for it in r["items"]]
     assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    assert [it["rank"] for it in r["items"]] == [1, 2, 3, 4]
     assert all("item_id" in it for it in r["items"])
-  assert report["timing"]["batches"] == 2 and report["timing"]["compile_s"] > 0
-  assert "requests/s" in capsys.readouterr().out
+  timing = report["timing"]
+  assert timing["batches"] == 2 and timing["compile_s"] > 0
+  assert "latency_ms_median" in timing  # more than one batch was timed
+  captured = capsys.readouterr()
+  assert "requests/s" in captured.err and "median batch latency" in captured.err
+  header, *rows = captured.out.splitlines()
+  assert header.split() == ["request_id", "rank", "item_id", "semantic_ids", "log_prob"]
+  assert len(rows) == 3 * 4 and rows[0].split()[:2] == ["7", "1"]
+
+
+def test_cli_one_batch_sized_to_the_requests(capsys):
+  """Fewer requests than --batch-size run as one batch of their own size, and one timed
+  batch reports its time, not a median."""
+  assert _cli("--preset", "tiny", "--random", "3", "--beam-width", "4",
+              "--batch-size", "32") == 0
+  err = capsys.readouterr().err
+  assert "batch 3," in err and "one batch in" in err and "median" not in err
 
 
 def test_cli_reports_bad_contexts(tmp_path, capsys):
   np.savez(tmp_path / "ctx.npz", static=np.zeros((2, 3, 5), np.float32))
   assert _cli("--preset", "tiny", "--contexts", str(tmp_path / "ctx.npz")) == 2
-  assert "features: missing pathways" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "features: missing pathways" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_demo_defaults_to_its_sample_users_and_valid_items(tmp_path, capsys):
-  """The README's main command: the shipped demo recommends real items for its sample
-  test users."""
+  """The README's main command: the shipped demo recommends real items for all its sample
+  test users, labeled."""
   out = tmp_path / "out.json"
-  assert _cli("--beam-width", "8", "--batch-size", "16", "--output", str(out)) == 0
+  assert _cli("--beam-width", "8", "--output", str(out)) == 0
   report = json.loads(out.read_text())
   with np.load(checkpoint.DEMO_SOURCE / "valid_items.npz") as items:
     valid = set(items["item_ids"].tolist())
   with np.load(checkpoint.DEMO_SOURCE / "contexts.npz") as ctx:
-    requests = ctx["request_ids"].tolist() if "request_ids" in ctx else None
+    requests = ctx["request_ids"].tolist()
   assert report["valid_items"] == len(valid)
-  if requests is not None:
-    assert [r["request"] for r in report["results"]] == requests
+  assert [r["request_id"] for r in report["results"]] == requests
   for r in report["results"]:
     assert len(r["items"]) == 8 and all(it["item_id"] in valid for it in r["items"])
-  assert "#" in capsys.readouterr().out  # item ids printed
+  assert report["timing"]["batch_size"] == len(requests)  # 16 users: one batch of 16
+  printed = capsys.readouterr().out.splitlines()
+  assert len(printed) == 1 + 5 * len(requests)  # the header, then 5 items of every user
+  assert {int(line.split()[0]) for line in printed[1:]} == set(requests)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from onerec_jax import analysis, checkpoint
+from onerec_jax import checkpoint
+from onerec_jax.lab import analysis
 from onerec_jax.cli import main
 
 
@@ -25,7 +26,7 @@ def test_stats_command_on_the_shipped_demo(tmp_path, capsys):
   assert main(["stats", "--batch", "8", "--out", str(tmp_path)]) == 0
   text = capsys.readouterr().out
   data = json.loads((tmp_path / "stats.json").read_text())
-  assert data["source"] == str(checkpoint.DEMO_SOURCE)
+  assert data["source"] == f"the shipped demo ({checkpoint.DEMO_SOURCE})"
   png = (tmp_path / "stats.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 10_000
   # Every weight matrix (router included, norm gains excluded); activations of exactly the

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onerec_jax import data, train
+from onerec_jax.lab import data, train
 from onerec_jax.checkpoint import convert, export, load
 from onerec_jax.config import preset
 from onerec_jax.model import OneRecV2, init_params
@@ -27,7 +27,7 @@ TC = train.TrainConfig(steps=40, batch_size=32, learning_rate=3e-3, warmup_steps
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  dataset = data.generate(OPTIONS, CONFIG)
+  dataset = data.make_dataset(OPTIONS, CONFIG)
   workdir = tmp_path_factory.mktemp("train")
   params, log = train.train(dataset, TC, workdir=workdir, progress=False)
   return dataset, params, log, workdir
@@ -80,7 +80,7 @@ def test_export_convert_load_round_trip_and_torch_reference_agrees(trained, tmp_
   fp16 = train.to_fp16(params)
   export(fp16, CONFIG, tmp_path / "src")
   convert(tmp_path / "src", tmp_path / "jax", progress=False)
-  config, loaded = load(tmp_path / "jax")
+  config, loaded, *_ = load(tmp_path / "jax")
   assert config == CONFIG
   chex.assert_trees_all_equal(loaded, fp16)  # bit-exact
 

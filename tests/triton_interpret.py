@@ -38,9 +38,9 @@ def exact_fma(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
   exact in float64, the sum's rounding error is recovered exactly (TwoSum), and the float64
   sum is rounded to odd before its rounding to float32 (53 >= 24 + 2 bits: no double
   rounding error)."""
-  a = x.astype(np.float64) * y.astype(np.float64)
-  b = z.astype(np.float64)
-  with np.errstate(invalid="ignore", over="ignore"):
+  with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 is NaN, as on the GPU
+    a = x.astype(np.float64) * y.astype(np.float64)
+    b = z.astype(np.float64)
     s = a + b
     bb = s - a
     err = (a - (s - bb)) + (b - bb)

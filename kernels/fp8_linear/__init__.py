@@ -1,28 +1,41 @@
 """FP8 linear with per-token activation and per-channel weight scales."""
 
-from onerec_kernels.backend import reference_only
+from onerec_kernels import backend
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
-from onerec_kernels.gemm_mgpu import on_hopper
 from onerec_kernels.quantize import (Activation, activation_dtype, activation_shape,
                                      quantize_activations)
 
 
-def fp8_linear(x: Activation, w_q, w_scale, *, out_dtype=None):
+def _mosaic(*args, **kwargs):
+  backend.require_hopper("the Mosaic GPU FP8 linear")
+  return fp8_linear_pallas(*args, **kwargs)
+
+
+# The GEMM after the activation's quantization: x_q [M, K], x_scale [M], w_q [N, K],
+# w_scale [N] -> [M, N].
+IMPLEMENTATIONS = backend.Implementations("fp8_linear", {
+    "mosaic": _mosaic,
+    "reference": fp8_linear_reference,
+})
+
+
+def fp8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None = None):
   """Per-token FP8 quantization of x [..., K] (an array, or the RMSNormOf / SwiGLUOf that
   computes it, fused into the quantization), then the FP8 product with w_q [N, K] ->
   [..., N] in out_dtype (default: x's dtype).
 
-  The one entry point the model's Linear calls under FP8 rules: quantize_activations and
-  the Pallas Mosaic GPU kernel on a Hopper GPU, the references elsewhere.
+  The one entry point the model's Linear calls under FP8 rules. impl picks the GEMM:
+  None (the table's order: "mosaic", the Pallas Mosaic GPU kernel on a Hopper GPU, then
+  "reference"), or one of them.
   """
   shape = activation_shape(x)
   out_dtype = out_dtype or activation_dtype(x)
   x_q, x_scale = quantize_activations(x)
-  gemm = fp8_linear_reference if reference_only() or not on_hopper() else fp8_linear_pallas
-  y = gemm(x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
-           out_dtype=out_dtype)
+  y = IMPLEMENTATIONS(impl, x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
+                      out_dtype=out_dtype)
   return y.reshape(*shape[:-1], w_q.shape[0])
 
 
-__all__ = ["default_config", "fp8_linear", "fp8_linear_pallas", "fp8_linear_reference"]
+__all__ = ["IMPLEMENTATIONS", "default_config", "fp8_linear", "fp8_linear_pallas",
+           "fp8_linear_reference"]

@@ -1,4 +1,4 @@
-"""FP8 linear, the specification (DESIGN.md section 4).
+"""FP8 linear, the specification (docs/fp8.md).
 
 y[m, n] = s_x[m] * s_w[n] * sum_k x_q[m, k] * w_q[n, k], FP32 accumulation, the weight
 K-major [N, K] with one scale per output channel and the activation quantized per token at

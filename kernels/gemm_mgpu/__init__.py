@@ -4,11 +4,10 @@ from onerec_kernels.gemm_mgpu.core import (
     Config,
     gemm,
     num_sms,
-    on_hopper,
     pad_to,
     round_up,
     tile_schedule,
 )
 
-__all__ = ["Config", "gemm", "num_sms", "on_hopper", "pad_to", "round_up",
+__all__ = ["Config", "gemm", "num_sms", "pad_to", "round_up",
            "tile_schedule"]

@@ -4,7 +4,7 @@ One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
 a [M, K] and b [G, N, K] through shared memory with TMA; two or three compute warpgroups
 run wgmma with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline
 across all of its tiles). Both operands stay K-major because FP8 wgmma rejects
-transposed operands (DESIGN.md section 4). Variants, chosen statically:
+transposed operands (docs/kernels_gemm.md). Variants, chosen statically:
 - rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
   to one group and the rows it owns; tiles never straddle two groups);
 - scaling: none, "rowcol" (y = s_a[m] * s_b[n] * acc in the epilogue: per-token x
@@ -23,8 +23,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
-
-from onerec_kernels.backend import on_hopper  # noqa: F401  (part of this module's API)
 
 MEMORY_REGISTERS = 40  # per thread of the memory warpgroup, which only issues TMA
 REGISTERS_PER_THREAD_SLOT = 512  # 64K registers / 128 threads: shared by the warpgroups

@@ -6,15 +6,14 @@ import jax
 import jax.numpy as jnp
 
 from onerec_kernels.gemm_mgpu import core
-
-BLOCK = 128  # the quantization block of DESIGN.md section 4
+from onerec_kernels.quantize.reference import BLOCK
 
 
 def default_config(m: int, n: int, k: int, *, fp8: bool) -> core.Config:
   """Heuristic tiling per shape (measured on an H100, bench/results/grouped_gemm_h100.json).
 
   FP8 with block scales: 64x128 warpgroup tiles stacked along M, since a 128x128 tile
-  plus the per-K-block partial accumulator runs out of registers (DESIGN.md section 7);
+  plus the per-K-block partial accumulator runs out of registers (docs/kernels_gemm.md);
   tiles walk M fastest (2% faster than N fastest at moe-4b). At K <= 2048 three compute
   warpgroups (a 192x128 CTA), whose wgmmas fill the tensor cores while another promotes
   its partial product: 10-14% faster than two at moe-4b (K = 1408), but 6% slower at

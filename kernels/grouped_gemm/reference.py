@@ -8,6 +8,8 @@ sum(group_sizes) are padding and come out zero.
 import jax
 import jax.numpy as jnp
 
+from onerec_kernels.quantize.reference import BLOCK
+
 # Contract x's K with w's K (its last axis); w's axis 0 indexes the groups.
 _K_MAJOR = jax.lax.RaggedDotDimensionNumbers(
     dot_dimension_numbers=(((1,), (2,)), ((), ())),
@@ -30,13 +32,13 @@ def grouped_gemm_reference(x: jax.Array, w: jax.Array, group_sizes: jax.Array, *
 
 def fp8_grouped_gemm_reference(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array,
                                w_scale: jax.Array, group_sizes: jax.Array, *,
-                               block: int = 128, out_dtype=jnp.bfloat16) -> jax.Array:
+                               block: int = BLOCK, out_dtype=jnp.bfloat16) -> jax.Array:
   """FP8 grouped GEMM with 1 x block activation and block x block weight scales.
 
   x_q: [M, K] fp8, x_scale: [M, Kb] f32, w_q: [E, N, K] fp8, w_scale: [E, Nb, Kb] f32.
   y[m, n] = sum_kb x_scale[m, kb] * w_scale[e, n // block, kb]
                    * sum_{k in kb} x_q[m, k] * w_q[e, n, k],   e = group(m),
-  each K block's product accumulated in FP32, then scaled and added (DESIGN.md section 4).
+  each K block's product accumulated in FP32, then scaled and added (docs/fp8.md).
   """
   m, k = x_q.shape
   e, n, _ = w_q.shape

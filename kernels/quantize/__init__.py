@@ -2,7 +2,9 @@
 activation quantization every FP8 matmul input goes through (activations.py)."""
 
 from onerec_kernels.quantize.activations import (
+    IMPLEMENTATIONS,
     Activation,
+    Producer,
     RMSNormOf,
     RowsOf,
     SwiGLUOf,
@@ -13,6 +15,7 @@ from onerec_kernels.quantize.activations import (
     quantize_activations_reference,
 )
 from onerec_kernels.quantize.reference import (
+    BLOCK,
     FP8_DTYPE,
     FP8_MAX,
     dequantize_blocks,
@@ -22,7 +25,8 @@ from onerec_kernels.quantize.reference import (
     scale_from_amax,
 )
 
-__all__ = ["Activation", "FP8_DTYPE", "FP8_MAX", "RMSNormOf", "RowsOf", "SwiGLUOf",
+__all__ = ["Activation", "BLOCK", "FP8_DTYPE", "FP8_MAX", "IMPLEMENTATIONS", "Producer",
+           "RMSNormOf", "RowsOf", "SwiGLUOf",
            "activation_dtype", "activation_shape", "dequantize_blocks", "dequantize_rows",
            "evaluate_fp32", "quantize_activations", "quantize_activations_reference",
            "quantize_blocks", "quantize_rows", "scale_from_amax"]

@@ -13,9 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from onerec_kernels import triton_launch
-from onerec_kernels.backend import on_hopper, reference_only
-from onerec_kernels.quantize.reference import quantize_blocks, quantize_rows
+from onerec_kernels import backend
+from onerec_kernels.quantize.reference import BLOCK, quantize_blocks, quantize_rows
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["x", "weight"],
@@ -39,122 +38,126 @@ class SwiGLUOf:
   gate_up: jax.Array
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["src", "rows"],
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["x", "rows"],
                    meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class RowsOf:
-  """Rows rows [R] (int) of the 2-D activation [M, K] that src is or computes: the MoE
+  """Rows rows [R] (int) of the 2-D activation [M, K] that x is or computes: the MoE
   permutation, gathered inside the quantization pass."""
 
-  src: "jax.Array | RMSNormOf | SwiGLUOf"
+  x: "jax.Array | RMSNormOf | SwiGLUOf"
   rows: jax.Array
 
 
-# An activation, or what computes it.
-Activation = jax.Array | RMSNormOf | SwiGLUOf | RowsOf
+# A producer computes a matmul's input activation; the FP8 ops fuse it into the
+# activation's quantization. An Activation is the array itself or its producer.
+Producer = RMSNormOf | SwiGLUOf | RowsOf
+Activation = jax.Array | Producer
 
 
-def activation_shape(src: Activation) -> tuple[int, ...]:
-  """The shape of the activation src is or computes."""
-  if isinstance(src, RowsOf):
-    return (*src.rows.shape, activation_shape(src.src)[-1])
-  if isinstance(src, RMSNormOf):
-    return src.x.shape
-  if isinstance(src, SwiGLUOf):
-    return (*src.gate_up.shape[:-1], src.gate_up.shape[-1] // 2)
-  return src.shape
+def activation_shape(x: Activation) -> tuple[int, ...]:
+  """The shape of the activation x is or computes."""
+  if isinstance(x, RowsOf):
+    return (*x.rows.shape, activation_shape(x.x)[-1])
+  if isinstance(x, RMSNormOf):
+    return x.x.shape
+  if isinstance(x, SwiGLUOf):
+    return (*x.gate_up.shape[:-1], x.gate_up.shape[-1] // 2)
+  return x.shape
 
 
-def evaluate_fp32(src: Activation) -> jax.Array:
+def evaluate_fp32(x: Activation) -> jax.Array:
   """The activation in FP32 with no 16-bit intermediate: the specification the fused
   kernels follow."""
-  if isinstance(src, RowsOf):
-    return evaluate_fp32(_gather(src.src, src.rows))
-  if isinstance(src, RMSNormOf):  # the operation order of the model's RMSNorm
-    x = src.x.astype(jnp.float32)
-    inv = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + src.eps)
-    return x * inv * src.weight.astype(jnp.float32)
-  if isinstance(src, SwiGLUOf):
-    gate, up = jnp.split(src.gate_up.astype(jnp.float32), 2, axis=-1)
+  if isinstance(x, RowsOf):
+    return evaluate_fp32(_gather(x.x, x.rows))
+  if isinstance(x, RMSNormOf):  # the operation order of the model's RMSNorm
+    v = x.x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(v * v, axis=-1, keepdims=True) + x.eps)
+    return v * inv * x.weight.astype(jnp.float32)
+  if isinstance(x, SwiGLUOf):
+    gate, up = jnp.split(x.gate_up.astype(jnp.float32), 2, axis=-1)
     return jax.nn.silu(gate) * up
-  return src.astype(jnp.float32)
+  return x.astype(jnp.float32)
 
 
-def activation_dtype(src: Activation):
-  """The dtype of the tensor src reads (its compute dtype)."""
-  if isinstance(src, RowsOf):
-    return activation_dtype(src.src)
-  return (src.x if isinstance(src, RMSNormOf) else
-          src.gate_up if isinstance(src, SwiGLUOf) else src).dtype
+def activation_dtype(x: Activation):
+  """The dtype of the tensor x reads (its compute dtype)."""
+  if isinstance(x, RowsOf):
+    return activation_dtype(x.x)
+  return (x.x if isinstance(x, RMSNormOf) else
+          x.gate_up if isinstance(x, SwiGLUOf) else x).dtype
 
 
-IMPLS = ("reference", "triton")
-KERNEL_BLOCK = 128  # the only activation block the kernel writes (DESIGN.md section 4)
+def _gather(x: Activation, rows: jax.Array) -> Activation:
+  if isinstance(x, RMSNormOf):
+    return dataclasses.replace(x, x=x.x[rows])
+  if isinstance(x, SwiGLUOf):
+    return SwiGLUOf(x.gate_up[rows])
+  return x[rows]
 
 
-def _gather(src: Activation, rows: jax.Array) -> Activation:
-  if isinstance(src, RMSNormOf):
-    return dataclasses.replace(src, x=src.x[rows])
-  if isinstance(src, SwiGLUOf):
-    return SwiGLUOf(src.gate_up[rows])
-  return src[rows]
+def _check(x: Activation) -> None:
+  """Producers whose parts disagree raise ValueError naming the shapes."""
+  if isinstance(x, RowsOf):
+    shape = activation_shape(x.x)
+    if len(shape) != 2 or x.rows.ndim != 1:
+      raise ValueError(f"RowsOf needs a 2-D source and 1-D rows, got shapes {shape} and "
+                       f"{x.rows.shape}")
+    x = x.x
+  if isinstance(x, RMSNormOf) and x.weight.shape != x.x.shape[-1:]:
+    raise ValueError(f"RMSNorm weight shape {x.weight.shape} != ({x.x.shape[-1]},)")
+  if isinstance(x, SwiGLUOf) and x.gate_up.shape[-1] % 2:
+    raise ValueError(f"SwiGLU gate_up last axis {x.gate_up.shape[-1]} is odd")
 
 
-def quantize_activations_reference(src: Activation, *, block: int | None = None
+def quantize_activations_reference(x: Activation, *, block: int | None = None
                                    ) -> tuple[jax.Array, jax.Array]:
   """The specification: the activation in FP32 (gathered first for RowsOf), then
   quantize_rows or quantize_blocks(., 1, block)."""
-  y = evaluate_fp32(src)
+  y = evaluate_fp32(x)
   return quantize_rows(y) if block is None else quantize_blocks(y, 1, block)
 
 
-def _pick(impl: str | None) -> str:
-  if impl is None:
-    fast = not reference_only() and on_hopper() and triton_launch.available()
-    return "triton" if fast else "reference"
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r}: must be one of {IMPLS}")
-  if impl == "triton" and not triton_launch.available():
-    raise ImportError("impl='triton' needs triton and jax_triton (the `triton` extra)")
-  return impl
-
-
-def quantize_activations(src: Activation, *, block: int | None = None,
-                         impl: str | None = None) -> tuple[jax.Array, jax.Array]:
-  """FP8 e4m3 quantization of the activation src is or computes (an array, RMSNormOf,
-  SwiGLUOf, or RowsOf one of them: the MoE gather fused in), computed in FP32 without a
-  16-bit intermediate.
-
-  block None: per-token scales over the last axis; else 1 x block groups.
-  -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32).
-  """
-  rows = None
-  if isinstance(src, RowsOf):
-    src, rows = src.src, src.rows
-  shape = activation_shape(src)
-  if rows is not None and (len(shape) != 2 or rows.ndim != 1):
-    raise ValueError(f"RowsOf needs a 2-D source and 1-D rows, got shapes {shape} and "
-                     f"{rows.shape}")
-  if isinstance(src, RMSNormOf) and src.weight.shape != shape[-1:]:
-    raise ValueError(f"RMSNorm weight shape {src.weight.shape} != ({shape[-1]},)")
-  if isinstance(src, SwiGLUOf) and src.gate_up.shape[-1] % 2:
-    raise ValueError(f"SwiGLU gate_up last axis {src.gate_up.shape[-1]} is odd")
-  impl = _pick(impl)
-  if impl == "triton" and block not in (None, KERNEL_BLOCK):
-    raise ValueError(f"block={block}: the kernel quantizes 1 x {KERNEL_BLOCK} blocks")
-  if impl == "reference":
-    return quantize_activations_reference(src if rows is None else RowsOf(src, rows),
-                                          block=block)
+def _triton(x: Activation, *, block: int | None) -> tuple[jax.Array, jax.Array]:
+  """One Triton pass (triton_gpu.py): per-token or 1 x BLOCK scales."""
+  backend.require_triton_gpu("the Triton activation quantization")
+  if block not in (None, BLOCK):
+    raise backend.Unsupported(f"block={block}: the kernel quantizes 1 x {BLOCK} blocks")
   from onerec_kernels.quantize import triton_gpu
+  rows = None
+  if isinstance(x, RowsOf):
+    x, rows = x.x, x.rows
+  shape = activation_shape(x)
   k = shape[-1]
-  if isinstance(src, RMSNormOf):
-    data, weight, mode, eps = src.x, src.weight, 1, src.eps
-  elif isinstance(src, SwiGLUOf):
-    data, weight, mode, eps = src.gate_up, None, 2, 0.0
+  if isinstance(x, RMSNormOf):
+    data, weight, mode, eps = x.x, x.weight, 1, x.eps
+  elif isinstance(x, SwiGLUOf):
+    data, weight, mode, eps = x.gate_up, None, 2, 0.0
   else:
-    data, weight, mode, eps = src, None, 0, 0.0
+    data, weight, mode, eps = x, None, 0, 0.0
   flat = data.reshape(-1, data.shape[-1])
   value, scale = triton_gpu.quantize(flat, weight, rows, k=k, mode=mode, eps=eps,
                                      per_block=block is not None)
   lead = shape[:-1] if rows is None else rows.shape
   return value.reshape(*lead, k), scale.reshape(*lead, *scale.shape[1:])
+
+
+IMPLEMENTATIONS = backend.Implementations("quantize_activations", {
+    "triton": _triton,
+    "reference": quantize_activations_reference,
+})
+
+
+def quantize_activations(x: Activation, *, block: int | None = None,
+                         impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """FP8 e4m3 quantization of the activation x is or computes (an array, RMSNormOf,
+  SwiGLUOf, or RowsOf one of them: the MoE gather fused in), computed in FP32 without a
+  16-bit intermediate.
+
+  block None: per-token scales over the last axis; else 1 x block groups.
+  -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32).
+  impl: None (the table's order: "triton", then "reference"), or one of them.
+  """
+  _check(x)
+  return IMPLEMENTATIONS(impl, x, block=block)

@@ -1,4 +1,4 @@
-"""FP8 e4m3 quantization, the specification (DESIGN.md section 4).
+"""FP8 e4m3 quantization, the specification (docs/fp8.md).
 
 scale = amax * fl32(1/448) over each quantization group (FP32; a zero amax gives 1);
 value = round_to_nearest_even(clip(x / scale, -448, 448)) as float8_e4m3fn.
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 FP8_DTYPE = jnp.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+BLOCK = 128  # block edge: 1 x BLOCK activation blocks, BLOCK x BLOCK weight blocks
 
 
 def scale_from_amax(amax: jax.Array) -> jax.Array:
@@ -41,7 +42,7 @@ def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return cast_to_fp8(x, scale[..., None]), scale
 
 
-def quantize_blocks(x: jax.Array, block_rows: int, block_cols: int = 128
+def quantize_blocks(x: jax.Array, block_rows: int, block_cols: int = BLOCK
                     ) -> tuple[jax.Array, jax.Array]:
   """Block quantization of the last two axes in block_rows x block_cols tiles.
 
@@ -70,7 +71,7 @@ def dequantize_rows(value: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def dequantize_blocks(value: jax.Array, scale: jax.Array, block_rows: int,
-                      block_cols: int = 128) -> jax.Array:
+                      block_cols: int = BLOCK) -> jax.Array:
   """Inverse of quantize_blocks, in FP32."""
   m, k = value.shape[-2:]
   return value.astype(jnp.float32) * expand_block_scale(scale, m, k, block_rows, block_cols)

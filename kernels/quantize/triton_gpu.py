@@ -5,8 +5,7 @@ read once, computed in FP32 in registers, and written as FP8 with its per-row or
 scales: 3 bytes an element of traffic for a 16-bit RMSNorm input where XLA's norm plus
 quantize moves 7. Triton, not Pallas Mosaic GPU: a row of K = 1408 or 5632 is a plain
 masked vector load here, while Mosaic GPU's TMA boxes (<= 256 elements a dimension) and
-layout inference made the same kernel a tiling exercise that did not lower (DESIGN.md
-section 7).
+layout inference made the same kernel a tiling exercise that did not lower.
 """
 
 import jax
@@ -15,9 +14,7 @@ import triton
 import triton.language as tl
 
 from onerec_kernels import triton_launch
-from onerec_kernels.quantize.reference import FP8_DTYPE, FP8_MAX
-
-BLOCK = 128  # columns of a 1 x 128 activation block
+from onerec_kernels.quantize.reference import BLOCK, FP8_DTYPE, FP8_MAX
 
 
 @triton.jit

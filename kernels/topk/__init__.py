@@ -1,11 +1,11 @@
-"""Top-k entry points for generation and routing; each picks its backend.
+"""Top-k entry points for generation and routing, each with its implementations table.
 
-impl=None picks "triton" (GPU kernels through jax-triton; see triton_gpu.py) when JAX's
-default backend is a GPU, jax_triton imports and the rows are longer than 8192 (shorter
-rows take the whole-row path of radix.py, not measured faster than XLA's top_k), else
-"reference" (reference.py, the specification), and always "reference" under
-ONEREC_KERNELS=reference (onerec_kernels.backend). "radix" runs the GPU algorithm in plain
-JAX (radix.py), anywhere.
+Default order (onerec_kernels.backend): "triton" (GPU kernels through jax-triton; see
+triton_gpu.py) where a Hopper GPU and jax_triton are there, the dtype is a float and
+k <= TRITON_MAX_K, for rows longer than radix.DIRECT_SORT (shorter rows take the whole-row
+path of radix.py, not measured faster than XLA's top_k); else "reference" (reference.py,
+the specification). "radix" runs the GPU algorithm in plain JAX
+(radix.py), anywhere, when asked for by name. Every implementation takes k in [1, n].
 """
 
 import functools
@@ -13,8 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from onerec_kernels import triton_launch
-from onerec_kernels.backend import reference_only
+from onerec_kernels import backend
 from onerec_kernels.topk import radix
 from onerec_kernels.topk.radix import Config
 from onerec_kernels.topk.reference import (
@@ -27,50 +26,92 @@ from onerec_kernels.topk.reference import (
     top_k_reference,
 )
 
-IMPLS = ("reference", "radix", "triton")
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
+TRITON_MAX_K = 8192  # the GPU kernels' candidate capacity: the largest k they select
+ROUTER_MAX_EXPERTS, ROUTER_MAX_K = 256, 16  # the router kernel's design range
 
 
 @functools.cache
 def _triton():
-  """The GPU backend module, or None where triton or jax_triton is missing (the module
-  itself imports with triton alone: CPU tests run its kernels in Triton's interpreter)."""
-  if not triton_launch.available():
-    return None
+  """The GPU backend module (it imports with triton alone: CPU tests run its kernels in
+  Triton's interpreter)."""
   from onerec_kernels.topk import triton_gpu
   return triton_gpu
 
 
-def _pick(impl: str | None, dtype, n: int | None = None) -> str:
-  """impl, or the default for rows of n elements (None: router rows, always the kernel)."""
-  if impl is None:
-    if reference_only():
-      return "reference"
-    on_gpu = jax.default_backend() == "gpu" and _triton() is not None
-    long_rows = n is None or n > radix.DIRECT_SORT
-    return "triton" if on_gpu and long_rows and jnp.dtype(dtype) in _FLOATS else "reference"
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r}: must be one of {IMPLS}")
-  if impl == "triton" and _triton() is None:
-    raise ImportError("impl='triton' needs triton and jax_triton")
-  return impl
+def _check_k(k: int, n: int) -> None:
+  if not isinstance(k, int) or not 0 < k <= n:
+    raise ValueError(f"k={k!r}: must be an integer in [1, {n}]")
+
+
+def _require_triton_rows(what: str, dtype, k: int) -> None:
+  """Unsupported unless the Triton kernels serve rows of dtype and this k."""
+  backend.require_triton_gpu(what)
+  if jnp.dtype(dtype) not in _FLOATS:
+    raise backend.Unsupported(f"{what} takes float32, bfloat16 or float16, not {dtype}")
+  if k > TRITON_MAX_K:
+    raise backend.Unsupported(f"{what}: k={k} exceeds the kernels' {TRITON_MAX_K}")
+
+
+def _long_rows(n: int) -> bool:
+  """Rows up to radix.DIRECT_SORT are sorted whole by the kernels: no faster than XLA's
+  top_k, so the default order keeps the reference there."""
+  return n > radix.DIRECT_SORT
+
+
+def _top_k_radix(x, k, *, config=None, ops=radix.JaxOps):
+  n = x.shape[-1]
+  rows = x.reshape(-1, n)  # [R, N]
+  values, idx = radix.top_k(rows, k, config or Config.default(n, k), ops)
+  return values.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
+
+
+def _top_k_triton(x, k, *, config=None):
+  _require_triton_rows("the Triton top_k", x.dtype, k)
+  cfg = config or Config.default(x.shape[-1], k)
+  return _top_k_radix(x, k, config=cfg, ops=_triton().TritonOps(cfg))
+
+
+def _top_k_reference(x, k, *, config=None):
+  del config  # a tuning of the radix algorithm
+  return top_k_reference(x, k)
+
+
+TOP_K = backend.Implementations("top_k", {
+    "triton": _top_k_triton, "radix": _top_k_radix, "reference": _top_k_reference,
+}, explicit=("radix",), prefer={"triton": lambda x, k, **_: _long_rows(x.shape[-1])})
 
 
 def top_k(x: jax.Array, k: int, *, impl: str | None = None,
           config: Config | None = None) -> tuple[jax.Array, jax.Array]:
   """Values and indices of the k largest entries of each row of x [..., N], descending,
   ties broken by the lowest index (jax.lax.top_k's contract, which is the reference)."""
-  impl = _pick(impl, x.dtype, x.shape[-1])
-  if impl == "reference":
-    return top_k_reference(x, k)
-  n = x.shape[-1]
-  if not 0 < k <= n:
-    raise ValueError(f"k={k}: must lie in [1, {n}]")
-  rows = x.reshape(-1, n)  # [R, N]
-  cfg = config or Config.default(n, k)
-  ops = radix.JaxOps if impl == "radix" else _triton().TritonOps(cfg)
-  values, idx = radix.top_k(rows, k, cfg, ops)
-  return values.reshape(*x.shape[:-1], k), idx.reshape(*x.shape[:-1], k)
+  _check_k(k, x.shape[-1])
+  return TOP_K(impl, x, k, config=config)
+
+
+def _beam_radix(logits, beam_scores, k, valid_mask, *, config=None):
+  b, w, v = logits.shape
+  return radix.top_k(beam_scores_reference(logits, beam_scores, valid_mask), k,
+                     config or Config.default(w * v, k))
+
+
+def _beam_triton(logits, beam_scores, k, valid_mask, *, config=None):
+  b, w, v = logits.shape
+  _require_triton_rows("the Triton beam_topk", logits.dtype, k)
+  return _triton().beam_top_k(logits, beam_scores, k, valid_mask,
+                              config or Config.default(w * v, k))
+
+
+def _beam_reference(logits, beam_scores, k, valid_mask, *, config=None):
+  del config
+  return beam_topk_reference(logits, beam_scores, k, valid_mask)
+
+
+BEAM_TOPK = backend.Implementations("beam_topk", {
+    "triton": _beam_triton, "radix": _beam_radix, "reference": _beam_reference,
+}, explicit=("radix",), prefer={
+    "triton": lambda logits, *_, **__: _long_rows(logits.shape[1] * logits.shape[2])})
 
 
 def beam_topk(logits: jax.Array, beam_scores: jax.Array, k: int,
@@ -82,38 +123,44 @@ def beam_topk(logits: jax.Array, beam_scores: jax.Array, k: int,
   (scores [B, k] f32, flat index [B, k] into W*V). The GPU kernel never writes the W*V
   scores to memory.
   """
-  impl = _pick(impl, logits.dtype, logits.shape[1] * logits.shape[2])
-  if impl == "reference":
-    return beam_topk_reference(logits, beam_scores, k, valid_mask)
-  b, w, v = logits.shape
-  cfg = config or Config.default(w * v, k)
-  if impl == "radix":
-    return radix.top_k(beam_scores_reference(logits, beam_scores, valid_mask), k, cfg)
-  return _triton().beam_top_k(logits, beam_scores, k, valid_mask, cfg)
+  _check_k(k, logits.shape[1] * logits.shape[2])
+  return BEAM_TOPK(impl, logits, beam_scores, k, valid_mask, config=config)
+
+
+def _router_triton(logits, bias, k, score, norm_topk_prob, scaling):
+  backend.require_triton_gpu("the Triton router")
+  e = logits.shape[-1]
+  if e > ROUTER_MAX_EXPERTS or k > ROUTER_MAX_K:
+    raise backend.Unsupported(f"the Triton router takes E <= {ROUTER_MAX_EXPERTS} and "
+                              f"k <= {ROUTER_MAX_K}, got E={e}, k={k}")
+  return _triton().router_top_k(logits, bias, k, score, norm_topk_prob, scaling)
+
+
+def _router_radix(logits, bias, k, score, norm_topk_prob, scaling):
+  scores = router_scores_reference(logits, score)  # [T, E]
+  ids = radix.top_k_rounds(scores if bias is None else scores + bias.astype(jnp.float32), k)
+  return ids, router_gates(scores, ids, norm_topk_prob, scaling)
+
+
+ROUTER_TOPK = backend.Implementations("router_topk", {
+    "triton": _router_triton, "radix": _router_radix, "reference": router_topk_reference,
+}, explicit=("radix",))
 
 
 def router_topk(logits: jax.Array, bias: jax.Array | None, k: int,
                 score: str = "sigmoid", norm_topk_prob: bool = True,
                 scaling: float = 1.0, *, impl: str | None = None
                 ) -> tuple[jax.Array, jax.Array]:
-  """MoE routing in one kernel on GPU (E <= 256, k <= 16; else the reference by default):
-  logits [T, E], bias [E] or None -> (ids [T, k] int32, gates [T, k] f32); see
-  router_topk_reference."""
-  in_range = logits.shape[-1] <= 256 and k <= 16  # the kernel's design range
-  impl = _pick(impl if impl or in_range else "reference", logits.dtype)
-  if impl == "reference":
-    return router_topk_reference(logits, bias, k, score, norm_topk_prob, scaling)
+  """MoE routing in one kernel on GPU: logits [T, E], bias [E] or None -> (ids [T, k]
+  int32, gates [T, k] f32); see router_topk_reference."""
   if score not in ROUTER_SCORES:
     raise ValueError(f"score={score!r}: must be one of {ROUTER_SCORES}")
-  if impl == "triton":
-    return _triton().router_top_k(logits, bias, k, score, norm_topk_prob, scaling)
-  scores = router_scores_reference(logits, score)  # [T, E]
-  ids = radix.top_k_rounds(scores if bias is None else scores + bias.astype(jnp.float32), k)
-  return ids, router_gates(scores, ids, norm_topk_prob, scaling)
+  _check_k(k, logits.shape[-1])
+  return ROUTER_TOPK(impl, logits, bias, k, score, norm_topk_prob, scaling)
 
 
 __all__ = [
-    "Config", "IMPLS", "ROUTER_SCORES", "beam_scores_reference", "beam_topk",
-    "beam_topk_reference", "router_topk", "router_topk_reference", "top_k",
-    "top_k_reference",
+    "BEAM_TOPK", "Config", "ROUTER_SCORES", "ROUTER_TOPK", "TOP_K", "TRITON_MAX_K",
+    "beam_scores_reference", "beam_topk", "beam_topk_reference", "router_topk",
+    "router_topk_reference", "top_k", "top_k_reference",
 ]

@@ -58,7 +58,7 @@ class Config:
   def default(cls, n: int, k: int) -> "Config":
     if n <= DIRECT_SORT:
       return cls(chunk=16, capacity=_pow2(max(n, k)))
-    capacity = min(8192, max(2048, 8 * _pow2(k)))
+    capacity = max(_pow2(k), min(8192, max(2048, 8 * _pow2(k))))  # k fits, any k
     return cls(chunk=max(16, _pow2(-(-n // _MAX_CHUNKS))), capacity=capacity,
                buffer=max(capacity, min(_BUFFER, _pow2(n))))
 

@@ -16,9 +16,14 @@ from tqdm import tqdm
 
 from onerec_jax import quant
 from onerec_jax.checkpoint import mapping, store
+from onerec_jax.model import default_rules
 from onerec_jax.checkpoint.source import (CheckpointError, Source, config_path_for,
                                           open_source)
 from onerec_jax.config import Config, ConfigError
+
+# What a source tensor may hold: every value converts exactly to the parameter dtype or
+# rounds as a 16-bit float would (never an integer truncated silently).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def _flat_shapes(tree) -> dict[str, jax.ShapeDtypeStruct]:
@@ -59,6 +64,8 @@ def check_source(source: Source, config: Config) -> list[mapping.Entry]:
   unexpected = sorted(have - set(wanted))
   bad_shapes = sorted(f"{n}: {source.shape(n)} (expected {s})"
                       for n, s in wanted.items() if n in have and source.shape(n) != s)
+  bad_dtypes = sorted(f"{n}: {source.dtype(n)}" for n in wanted
+                      if n in have and source.dtype(n) not in FLOAT_DTYPES)
   problems = []
   if missing:
     problems.append(f"missing tensors ({len(missing)}): {missing}")
@@ -66,6 +73,9 @@ def check_source(source: Source, config: Config) -> list[mapping.Entry]:
     problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected}")
   if bad_shapes:
     problems.append(f"wrong shapes ({len(bad_shapes)}): {bad_shapes}")
+  if bad_dtypes:
+    problems.append(f"not floating-point tensors ({len(bad_dtypes)}; expected one of "
+                    f"{list(FLOAT_DTYPES)}): {bad_dtypes}")
   if problems:
     raise CheckpointError("checkpoint does not match the config:\n  " + "\n  ".join(problems))
   return entries
@@ -121,14 +131,18 @@ def export(params: Any, config: Config, path: str | os.PathLike) -> pathlib.Path
 
 
 def read_config(source_path: str | os.PathLike) -> Config:
-  """The config.json that sits beside (or inside) a PyTorch-format checkpoint."""
+  """The config.json that sits beside (or inside) a checkpoint: a PyTorch-format source
+  or a converted checkpoint."""
+  if not pathlib.Path(source_path).exists():
+    raise CheckpointError(f"checkpoint not found: {source_path}")
   path = config_path_for(source_path)
   if not path.exists():
-    raise CheckpointError(f"no config.json beside {source_path} (looked at {path})")
+    raise CheckpointError(f"no config.json beside {source_path} (looked at {path}); "
+                          f"docs/bring_your_model.md lists its fields")
   try:
     return Config.from_json(path.read_text())
-  except (ConfigError, ValueError) as e:
-    raise CheckpointError(f"{path}: {e}") from e
+  except (ConfigError, OSError) as e:
+    raise CheckpointError(f"{path}: {e}") from None
 
 
 def convert(source_path: str | os.PathLike, dest: str | os.PathLike, *,
@@ -145,10 +159,11 @@ def convert(source_path: str | os.PathLike, dest: str | os.PathLike, *,
     raise CheckpointError(f"precision {precision!r} not in {store.PRECISIONS}")
   if rules is not None and precision != "fp8":
     raise CheckpointError("quantization rules given but precision is not 'fp8'")
+  store.check_destination(dest, overwrite)  # before any work
   config = config or read_config(source_path)
   params = torch_to_jax(open_source(source_path), config, progress=progress)
   if precision == "fp8":
-    rules = rules or quant.default_rules(config)
+    rules = rules or default_rules(config)
     params = quant.quantize_params(params, rules)
   return store.save(dest, config, params, rules=rules,
                     source=source_label or str(source_path), overwrite=overwrite)

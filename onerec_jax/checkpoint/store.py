@@ -36,6 +36,46 @@ def abstract_params(config: Config, rules: "quant.Rules | None" = None):
   return tree
 
 
+def is_converted(path: str | os.PathLike) -> bool:
+  """True for a folder in this layout (complete or not); False for anything else, such
+  as a PyTorch-format source."""
+  path = pathlib.Path(path)
+  return path.is_dir() and ((path / METADATA_NAME).exists() or (path / "params").is_dir())
+
+
+def _remove_stale_partials(path: pathlib.Path) -> None:
+  """Removes the temporary folders that killed saves of path left behind (their process
+  is gone); a save still running in another process keeps its folder."""
+  for tmp in path.parent.glob(f".{path.name}.partial-*"):
+    pid = tmp.name.rsplit("-", 1)[-1]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool) -> None:
+  """Refuses a destination that exists (unless overwrite) or could not be written."""
+  path = pathlib.Path(path).absolute()
+  empty = path.is_dir() and not any(path.iterdir())
+  if path.exists() and not empty and not overwrite:
+    raise CheckpointError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+  if path.exists() and not empty and not is_converted(path):
+    raise CheckpointError(f"{path} exists and is not an onerec-jax checkpoint; refusing to "
+                          f"replace it")
+  parent = next((p for p in path.parents if p.exists()), None)
+  if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+    raise CheckpointError(f"{path}: cannot create it ({parent} is not a writable folder)")
+
+
 def save(path: str | os.PathLike, config: Config, params: Any, *,
          rules: "quant.Rules | None" = None, source: str = "",
          overwrite: bool = False) -> pathlib.Path:
@@ -43,9 +83,9 @@ def save(path: str | os.PathLike, config: Config, params: Any, *,
   temporary folder that is renamed into place at the end, so an interrupted save never
   leaves a checkpoint that loads."""
   path = pathlib.Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise CheckpointError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+  check_destination(path, overwrite)
   path.parent.mkdir(parents=True, exist_ok=True)
+  _remove_stale_partials(path)
   tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir()
@@ -59,7 +99,7 @@ def save(path: str | os.PathLike, config: Config, params: Any, *,
             "source": source,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     (tmp / METADATA_NAME).write_text(json.dumps(meta, indent=2))
-    if path.exists():
+    if path.exists():  # a checkpoint being replaced, or an empty folder
       old = path.parent / f".{path.name}.old-{os.getpid()}"
       path.rename(old)
       tmp.rename(path)
@@ -79,8 +119,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   if not meta_file.exists():
     raise CheckpointError(f"{path} is not a complete onerec-jax checkpoint "
                           f"({METADATA_NAME} missing)")
-  meta = json.loads(meta_file.read_text())
-  if meta.get("format") != FORMAT:
+  try:
+    meta = json.loads(meta_file.read_text())
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{meta_file}: unreadable ({e})") from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = meta if isinstance(meta, dict) else {}
     raise CheckpointError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT!r}")
   if meta.get("precision") not in PRECISIONS:
     raise CheckpointError(f"{meta_file}: precision {meta.get('precision')!r} not in "
@@ -91,18 +135,29 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_rules(path: str | os.PathLike) -> "quant.Rules | None":
   """The FP8 rules the checkpoint was quantized with, or None for an FP16 checkpoint."""
   meta = read_metadata(path)
-  return None if meta["rules"] is None else quant.Rules.from_json(json.dumps(meta["rules"]))
+  if meta.get("rules") is None:
+    return None
+  try:
+    return quant.Rules.from_json(json.dumps(meta["rules"]))
+  except quant.QuantizationError as e:
+    raise CheckpointError(f"{pathlib.Path(path) / METADATA_NAME}: {e}") from None
 
 
-def load(path: str | os.PathLike) -> tuple[Config, Any]:
-  """Returns (config, params) restored with the dtypes the checkpoint was written with
-  (FP8 values and FP32 scales for a quantized checkpoint)."""
+def restore(path: str | os.PathLike) -> tuple[Config, Any]:
+  """Returns (config, params) of a converted checkpoint, restored with the dtypes it was
+  written with (FP8 values and FP32 scales for a quantized one). Damaged files raise
+  CheckpointError naming the checkpoint; nothing is returned half-restored."""
   path = pathlib.Path(path).absolute()
   rules = load_rules(path)
   try:
     config = Config.from_json((path / "config.json").read_text())
-  except (OSError, ConfigError, ValueError) as e:
-    raise CheckpointError(f"{path / 'config.json'}: {e}") from e
+  except (OSError, ConfigError) as e:
+    raise CheckpointError(f"{path / 'config.json'}: {e}") from None
   target = abstract_params(config, rules)
-  params = ocp.StandardCheckpointer().restore(path / "params", target)
+  try:
+    params = ocp.StandardCheckpointer().restore(path / "params", target)
+  except Exception as e:  # orbax/tensorstore raise ValueError, OSError and their own
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"{path / 'params'}: cannot restore the parameters "
+                          f"({first[:300]}); convert the checkpoint again") from None
   return config, params

@@ -1,36 +1,32 @@
 """Generate the top items for user contexts by beam search; prints them, writes JSON.
 
-Loads a checkpoint (default: the shipped demo) or random weights of a preset, takes
-contexts from an .npz file (docs/generate.md) or makes random ones, runs batches of
---batch-size requests (one compiled bucket) and reports the compile time, per-batch
-latency and throughput. With --valid-items or --random-items only real items are
-decoded. A pre-quantized FP8 checkpoint runs with the FP8 rules it was saved with.
+Loads a checkpoint (default: the shipped demo, with its sample test users and valid-item
+table) or random weights of a preset, takes contexts from an .npz file (docs/generate.md)
+or makes random ones, and runs them in batches of --batch-size requests (one compiled
+bucket; fewer requests make a smaller batch). With --valid-items or --random-items only
+real items are decoded. A pre-quantized FP8 checkpoint runs with the FP8 rules it was
+saved with. Every input is checked before the model loads; compiled executables are kept
+in jax's persistent compilation cache, so a second run with the same model, batch and
+beam width compiles nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 import time
 
-import jax
 import numpy as np
-import tqdm
 
-from onerec_jax import generate as gen
-from onerec_jax import quant
-from onerec_jax.config import preset
-from onerec_jax.model.onerec import init_params
-
+from onerec_jax.cli._paths import writable_file
+from onerec_jax.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("checkpoint", nargs="?", default=None,
                       help="converted checkpoint or PyTorch-format source (default: the "
-                           "shipped demo in checkpoints/demo, converted once and cached, with "
-                           "its sample test users and valid-item table)")
+                           "shipped demo, converted once into the user cache folder)")
   model = parser.add_argument_group("model")
   model.add_argument("--preset", help="use random weights of this config preset instead")
   model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -45,141 +41,182 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   search = parser.add_argument_group("search")
   search.add_argument("--beam-width", type=int, default=64, help="items per request")
   search.add_argument("--batch-size", type=int, default=32,
-                      help="requests per compiled batch (the last one is padded)")
+                      help="most requests per compiled batch")
   items = search.add_mutually_exclusive_group()
   items.add_argument("--valid-items", metavar="NPZ",
                      help="decode only these items: item_ids [N], semantic_ids [N, levels]")
   items.add_argument("--random-items", type=int, metavar="N",
                      help="decode only N random valid items (for trials)")
+  cache = search.add_mutually_exclusive_group()
+  cache.add_argument("--compile-cache", metavar="DIR",
+                     help="jax's persistent compilation cache folder (default: "
+                          "$ONEREC_JAX_COMPILE_CACHE, else <user cache>/jax-compile)")
+  cache.add_argument("--no-compile-cache", action="store_true",
+                     help="compile without the persistent cache")
   out = parser.add_argument_group("output")
   out.add_argument("--top", type=int, default=5, help="items printed per request")
-  out.add_argument("--print-requests", type=int, default=3, help="requests printed")
+  out.add_argument("--print-requests", type=int, default=16,
+                   help="requests printed (all of them are in --output)")
   out.add_argument("--output", metavar="JSON", help="write every result and the timings")
   parser.add_argument("--seed", type=int, default=0, help="for random weights/contexts")
 
 
-def _load_model(args):
-  """(config, params, rules, source) for the chosen weights."""
+def _positive(args: argparse.Namespace, *names: str) -> None:
+  for name in names:
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def _config(args):
+  """The model's config, read without loading its weights."""
+  from onerec_jax import checkpoint
+  from onerec_jax.config import preset
   if args.preset:
     config = preset(args.preset)
-    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
-    return config, params, None, f"random weights of preset {args.preset}"
-  from onerec_jax import checkpoint  # orbax is needed only for checkpoints
-  path = pathlib.Path(args.checkpoint or checkpoint.DEMO_SOURCE)
-  if path.resolve() == checkpoint.DEMO_SOURCE:
-    config, params = checkpoint.load_demo()
-    return config, params, None, "shipped demo checkpoint"
-  if (path / checkpoint.store.METADATA_NAME).exists():
-    config, params = checkpoint.load(path)
-    return config, params, checkpoint.load_rules(path), str(path)
-  config = checkpoint.read_config(path)  # a PyTorch-format source, converted in memory
-  return config, checkpoint.torch_to_jax(checkpoint.open_source(path), config), None, str(path)
+  else:
+    config = checkpoint.read_config(args.checkpoint or checkpoint.DEMO_SOURCE)
+  return config.replace(dtype=args.dtype) if args.dtype else config
 
 
-def _items(args, config):
-  if args.valid_items:
-    with np.load(args.valid_items) as data:
-      ids, sem = data["item_ids"], data["semantic_ids"]
+def _requests(args, config):
+  """(features, mask or None, request_ids, valid_items or None): the demo's sample users
+  and valid items when the demo runs with no inputs named."""
+  from onerec_jax import checkpoint
+  from onerec_jax import generate as gen
+  demo = args.checkpoint is None and args.preset is None
+  contexts = args.contexts
+  if demo and contexts is None and args.random is None:
+    contexts = checkpoint.DEMO_SOURCE / "contexts.npz"
+  if contexts is not None:
+    features, mask, request_ids = gen.load_contexts(contexts, config)
+  else:
+    n = 8 if args.random is None else args.random
+    features, mask, request_ids = gen.random_contexts(config, n, args.seed), None, np.arange(n)
+  items = args.valid_items
+  if demo and items is None and args.random_items is None:
+    items = checkpoint.DEMO_SOURCE / "valid_items.npz"
+  if items is not None:
+    ids, sem = gen.load_valid_items(items)
   elif args.random_items:
     ids, sem = gen.random_items(config, args.random_items, args.seed)
   else:
-    return None
-  return gen.build_item_table(ids, sem, config.codebook_sizes)
+    return features, mask, request_ids, None
+  return features, mask, request_ids, gen.build_item_table(ids, sem, config.codebook_sizes)
 
 
-def _results(res: gen.Result, request_ids) -> list[dict]:
+def _weights(args, config):
+  """(params, rules, source) for the chosen weights."""
+  import jax
+  from onerec_jax import checkpoint
+  from onerec_jax.model import init_params
+  if args.preset:
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
+    return params, None, f"random weights of preset {args.preset}"
+  ckpt = checkpoint.load(args.checkpoint)
+  return ckpt.params, ckpt.rules, ckpt.source
+
+
+def _results(res, request_ids) -> list[dict]:
   """Per request, its non-empty slots best first."""
+  from onerec_jax import generate as gen
   out = []
   for i, rid in enumerate(request_ids):
     items = []
     for w in np.flatnonzero(res.semantic_ids[i, :, 0] != gen.EMPTY):
-      item = {"semantic_ids": res.semantic_ids[i, w].tolist(),
-              "score": float(res.scores[i, w])}
+      item = {"rank": len(items) + 1, "semantic_ids": res.semantic_ids[i, w].tolist(),
+              "log_prob": float(res.scores[i, w])}
       if res.item_ids is not None:
         item["item_id"] = int(res.item_ids[i, w])
       items.append(item)
-    out.append({"request": int(rid), "items": items})
+    out.append({"request_id": int(rid), "items": items})
   return out
 
 
-def _demo_defaults(args: argparse.Namespace) -> None:
-  """With the shipped demo and no inputs named: its sample test users and its valid items."""
-  from onerec_jax import checkpoint
-  if args.preset or (args.checkpoint and pathlib.Path(args.checkpoint).resolve()
-                     != checkpoint.DEMO_SOURCE):
-    return
-  if args.contexts is None and args.random is None:
-    args.contexts = str(checkpoint.DEMO_SOURCE / "contexts.npz")
-  if args.valid_items is None and args.random_items is None:
-    args.valid_items = str(checkpoint.DEMO_SOURCE / "valid_items.npz")
-
-
-def _prepare(args: argparse.Namespace):
-  """(config, params, rules, source, features, mask, request_ids, table, batch), with
-  every input checked."""
-  _demo_defaults(args)
-  config, params, rules, source = _load_model(args)
-  if args.dtype:
-    config = config.replace(dtype=args.dtype)
-  if args.fp8 and rules is None:
-    rules = quant.default_rules(config)
-    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  if args.contexts:
-    features, mask, request_ids = gen.load_contexts(args.contexts, config)
-  else:
-    n = 8 if args.random is None else args.random
-    features, mask, request_ids = gen.random_contexts(config, n, args.seed), None, np.arange(n)
-  table = _items(args, config)
-  batch = gen.check_inputs(config, features, mask, args.beam_width, table)
-  if args.batch_size < 1:
-    raise gen.GenerateInputError(f"--batch-size must be positive, got {args.batch_size}")
-  return config, params, rules, source, features, mask, request_ids, table, batch
+def _table(results: list[dict], top: int, requests: int) -> str:
+  """The printed results: a header row, then one row per (request, rank)."""
+  with_ids = any("item_id" in it for r in results for it in r["items"])
+  head = f"{'request_id':>10} {'rank':>4} " + (f"{'item_id':>9} " if with_ids else "")
+  lines = [head + f"{'semantic_ids':<20} {'log_prob':>9}"]
+  for r in results[:requests]:
+    for it in r["items"][:top]:
+      item = f"{it['item_id']:>9} " if with_ids else ""
+      sem = "(" + ", ".join(map(str, it["semantic_ids"])) + ")"
+      lines.append(f"{r['request_id']:>10} {it['rank']:>4} {item}{sem:<20} "
+                   f"{it['log_prob']:>9.3f}")
+  if len(results) > requests:
+    lines.append(f"... {len(results) - requests} more requests (all of them in --output)")
+  return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-  try:
-    config, params, rules, source, features, mask, request_ids, table, batch = _prepare(args)
-  except (gen.GenerateInputError, OSError, KeyError, ValueError) as e:
-    print(f"onerec-jax generate: error: {e}", file=sys.stderr)
-    return 2
+  # Everything the user typed is checked before the weights load or the device works.
+  _positive(args, "beam_width", "batch_size", "top", "print_requests", "random",
+            "random_items")
+  output = writable_file(args.output)
+  config = _config(args)
+  features, mask, request_ids, valid_items = _requests(args, config)
+  from onerec_jax import generate as gen
+  from onerec_jax import quant
+  from onerec_jax.model import default_rules
+  batch = gen.check_inputs(config, features, mask, args.beam_width, valid_items)
+  if not args.no_compile_cache:
+    gen.compile_cache.enable(args.compile_cache)
+  import jax
 
-  buckets = (args.batch_size,)
-  kw = dict(beam_width=args.beam_width, valid_items=table, rules=rules,
-            batch_buckets=buckets)
-  compile_s = gen.warmup(params, config, **kw)[args.batch_size]
-  print(f"{source}: {jax.devices()[0].device_kind}, beam width {args.beam_width}, "
-        f"batch {args.batch_size}, dtype {config.dtype}{', FP8' if rules else ''}"
-        f"{'' if table is None else f', {table.num_items} valid items'}; "
-        f"compiled in {compile_s:.2f} s", file=sys.stderr)
+  params, rules, source = _weights(args, config)
+  if args.fp8 and rules is None:
+    rules = default_rules(config)
+    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  bucket = min(args.batch_size, batch)
+  kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
+            batch_buckets=(bucket,))
+  print(f"{source}: {jax.devices()[0].device_kind}, {batch} requests, beam width "
+        f"{args.beam_width}, batch {bucket}, dtype {config.dtype}{', FP8' if rules else ''}"
+        f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}",
+        file=sys.stderr)
+  before = gen.compile_cache.compile_events()
+  print("compiling ...", end="", flush=True, file=sys.stderr)
+  compile_s = gen.warmup(params, config, **kw)[bucket]
+  hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
+  print(f"\rcompiled in {compile_s:.2f} s"
+        f"{' (from the persistent compilation cache)' if hits else ''}", file=sys.stderr)
+
   parts, latencies = [], []
-  spans = gen.chunks(batch, buckets)
-  for start, stop, _ in tqdm.tqdm(spans, desc="batches", unit="batch", file=sys.stderr,
-                                  disable=len(spans) < 4):
+  spans = gen.chunks(batch, (bucket,))
+  for i, (start, stop, _) in enumerate(spans):
     take = lambda d: None if d is None else {k: v[start:stop] for k, v in d.items()}
     t0 = time.perf_counter()
     parts.append(gen.generate(params, config, take(features), mask=take(mask), **kw))
     latencies.append(time.perf_counter() - t0)
+    if len(spans) > 3:
+      print(f"\rbatch {i + 1}/{len(spans)}", end="", flush=True, file=sys.stderr)
+  if len(spans) > 3:
+    print(file=sys.stderr)
   res = gen.Result(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
                      for i in range(3)))
   total = sum(latencies)
-  timing = {"compile_s": compile_s, "batches": len(latencies),
-            "latency_ms_median": 1e3 * float(np.median(latencies)),
-            "latency_ms_max": 1e3 * max(latencies), "throughput_rps": batch / total,
-            "device": jax.devices()[0].device_kind}
+  timing = {"compile_s": compile_s, "compile_cache_hit": bool(hits),
+            "batches": len(latencies), "batch_size": bucket, "total_s": total,
+            "throughput_rps": batch / total, "device": jax.devices()[0].device_kind}
+  if len(latencies) > 1:
+    timing.update(latency_ms_median=1e3 * float(np.median(latencies)),
+                  latency_ms_max=1e3 * max(latencies))
   results = _results(res, request_ids)
-  for r in results[:args.print_requests]:
-    shown = ", ".join(f"{tuple(it['semantic_ids'])}"
-                      f"{'' if 'item_id' not in it else ' #%d' % it['item_id']}"
-                      f" {it['score']:.3f}" for it in r["items"][:args.top])
-    print(f"request {r['request']}: {shown}")
-  print(f"{batch} requests in {len(latencies)} batches: median batch latency "
-        f"{timing['latency_ms_median']:.1f} ms, {timing['throughput_rps']:.1f} requests/s "
-        f"(compile {compile_s:.2f} s)")
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump({"source": source, "config": config.to_dict(), "fp8": rules is not None,
-                 "beam_width": args.beam_width,
-                 "batch_size": args.batch_size,
-                 "valid_items": None if table is None else table.num_items,
-                 "timing": timing, "results": results}, f, indent=1)
+  print(_table(results, args.top, args.print_requests))
+  if len(latencies) > 1:
+    speed = (f"median batch latency {timing['latency_ms_median']:.1f} ms (max "
+             f"{timing['latency_ms_max']:.1f})")
+  else:
+    speed = f"one batch in {1e3 * total:.1f} ms"
+  print(f"{batch} requests in {len(latencies)} batch{'es' if len(latencies) > 1 else ''} "
+        f"of up to {bucket}: {speed}, {timing['throughput_rps']:.1f} requests/s",
+        file=sys.stderr)
+  if output:
+    output.write_text(json.dumps({
+        "source": source, "config": config.to_dict(), "fp8": rules is not None,
+        "beam_width": args.beam_width,
+        "valid_items": None if valid_items is None else valid_items.num_items,
+        "timing": timing, "results": results}, indent=1))
+    print(f"wrote {output}", file=sys.stderr)
   return 0

@@ -11,24 +11,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from onerec_jax.config import Config
-from onerec_jax.generate.beam import beam_search
+from onerec_jax.generate import beam
+from onerec_jax.generate.beam import Result, beam_search
 from onerec_jax.generate.items import GenerateInputError, ItemTable
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-class Result(NamedTuple):
-  """Top beam_width items per request, best first (host arrays)."""
-
-  semantic_ids: np.ndarray  # [B, W, levels] int32; -1 in empty slots
-  scores: np.ndarray  # [B, W] f32, sum of log-probabilities, descending; -inf when empty
-  item_ids: np.ndarray | None  # [B, W] int32 with a valid-item table; -1 when empty
 
 
 def check_inputs(config: Config, features: Mapping[str, Any],
@@ -137,17 +130,21 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
 
 def warmup(params: Any, config: Config, *, beam_width: int,
            valid_items: ItemTable | None = None, rules=None,
-           batch_buckets: Sequence[int] = DEFAULT_BUCKETS) -> dict[int, float]:
+           batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
+           progress: Callable[[int, float], None] | None = None) -> dict[int, float]:
   """Compiles the beam search for every bucket ahead of traffic and runs it once (the
   first call also sets up jit's fast dispatch path); returns the compile seconds per
-  bucket. Later generate calls in these buckets do not compile."""
+  bucket, and calls progress(bucket, seconds) after each. Later generate calls in these
+  buckets do not compile."""
   seconds = {}
   for bucket in batch_buckets:
     empty = {p.name: np.zeros((0, 1, p.width), np.float32) for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
     kw = dict(config=config, beam_width=beam_width, rules=rules)
     t0 = time.perf_counter()
-    beam_search.lower(params, f, m, valid_items, **kw).compile()
+    beam.lower(params, f, m, valid_items, **kw).compile()
     seconds[bucket] = time.perf_counter() - t0
     jax.block_until_ready(beam_search(params, f, m, valid_items, **kw))
+    if progress:
+      progress(bucket, seconds[bucket])
   return seconds

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import onerec_kernels.topk as topk_op
+from onerec_kernels import backend
 
 from onerec_jax import quant
 from onerec_jax.config import Config
@@ -54,16 +55,16 @@ def _top_all(beams: Beams, logits: jax.Array, beam_width: int):
   return topk_op.beam_topk(logits, scores, beam_width)
 
 
-def _children(beams: Beams, logits: jax.Array, table: ItemTable, level: int):
+def _children(beams: Beams, logits: jax.Array, valid_items: ItemTable, level: int):
   """Constrained: candidate scores of every beam's children in the trie [B, W', M], with
   the children's codes and nodes (M = max_children[level]; missing children -inf)."""
-  offsets = table.offsets[level]
+  offsets = valid_items.offsets[level]
   first = offsets[beams.nodes]  # [B, W']
   count = offsets[beams.nodes + 1] - first
-  slot = jnp.arange(table.max_children[level])
+  slot = jnp.arange(valid_items.max_children[level])
   ok = slot < count[..., None]  # [B, W', M]
   nodes = jnp.where(ok, first[..., None] + slot, 0)
-  codes = table.codes[level][nodes]
+  codes = valid_items.codes[level][nodes]
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), codes, axis=-1)
   return jnp.where(ok, beams.scores[..., None] + logp, -jnp.inf), codes, nodes
 
@@ -77,15 +78,15 @@ def _top_children(cand: jax.Array, beam_width: int):
   return topk_op.top_k(flat, beam_width)
 
 
-def _step(beams: Beams, logits: jax.Array, table: ItemTable | None, level: int,
+def _step(beams: Beams, logits: jax.Array, valid_items: ItemTable | None, level: int,
           beam_width: int) -> tuple[Beams, jax.Array]:
   """One level: the new beams and their parents [B, W] (indices into the old beams)."""
   b, w_prev, v = logits.shape  # [B, W', V]
-  if table is None:
+  if valid_items is None:
     scores, idx = _top_all(beams, logits, beam_width)
     m, codes, nodes = v, None, None
   else:
-    cand, codes, nodes = _children(beams, logits, table, level)
+    cand, codes, nodes = _children(beams, logits, valid_items, level)
     scores, idx = _top_children(cand, beam_width)
     m = cand.shape[-1]
   idx = jnp.minimum(idx, w_prev * m - 1)  # padding slots point at a real (-inf) candidate
@@ -104,20 +105,47 @@ def _reorder(cache, parent: jax.Array):
                                     axis=1), cache)
 
 
-class Output(NamedTuple):
-  semantic_ids: jax.Array  # [B, W, levels] int32, EMPTY in empty slots
-  scores: jax.Array  # [B, W] f32, descending; -inf in empty slots
-  item_ids: jax.Array | None  # [B, W] int32 (constrained decoding), EMPTY in empty slots
+class Result(NamedTuple):
+  """Top beam_width items per request, best first: device arrays from beam_search, host
+  arrays from generate."""
+
+  semantic_ids: Any  # [B, W, levels] int32; EMPTY in empty slots
+  scores: Any  # [B, W] f32, sum of log-probabilities, descending; -inf in empty slots
+  item_ids: Any | None  # [B, W] int32 with valid items; EMPTY in empty slots; else None
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_width", "rules"))
+@functools.partial(jax.jit, static_argnames=("config", "beam_width", "rules", "kernels"))
+def _search(params: Any, features: dict[str, jax.Array], mask: dict[str, jax.Array],
+            valid_items: ItemTable | None, *, config: Config, beam_width: int, rules,
+            kernels: str) -> Result:
+  """beam_search, jitted; kernels (the kernel mode) is static, so each mode compiles and
+  caches its own executable."""
+  with backend.use(kernels):
+    return _beam_search(params, features, mask, valid_items, config, beam_width, rules)
+
+
 def beam_search(params: Any, features: dict[str, jax.Array], mask: dict[str, jax.Array],
-                table: ItemTable | None, *, config: Config, beam_width: int,
-                rules=None) -> Output:
-  """Beam search over a padded batch: features[name] [B, n, width], mask [B, n] bool.
+                valid_items: ItemTable | None = None, *, config: Config, beam_width: int,
+                rules=None) -> Result:
+  """Beam search over a padded batch: features[name] [B, n, width], mask [B, n] bool, in
+  the kernel mode in force (onerec_kernels.backend.mode()). Jitted per (shapes, config,
+  beam width, rules, kernel mode).
 
   No input checks: generate() validates and pads, and is the API to call.
   """
+  return _search(params, features, mask, valid_items, config=config,
+                 beam_width=beam_width, rules=rules, kernels=backend.mode())
+
+
+def lower(params, features, mask, valid_items=None, *, config: Config, beam_width: int,
+          rules=None):
+  """beam_search lowered for these arguments (call .compile() on it), in the kernel mode
+  in force."""
+  return _search.lower(params, features, mask, valid_items, config=config,
+                       beam_width=beam_width, rules=rules, kernels=backend.mode())
+
+
+def _beam_search(params, features, mask, valid_items, config, beam_width, rules) -> Result:
   model = OneRecV2(config)
   apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
   with _fp8_scope(rules):
@@ -131,10 +159,11 @@ def beam_search(params: Any, features: dict[str, jax.Array], mask: dict[str, jax
       last = beams.codes[:, :, -1:] if level else jnp.zeros((b, 1, 1), jnp.int32)
       h, cache = apply("decode", context, last, level, cache)  # [B, W', 1, D]
       logits = apply("head", h[:, :, 0], level)  # [B, W', V] f32
-      beams, parent = _step(beams, logits, table, level, beam_width)
+      beams, parent = _step(beams, logits, valid_items, level, beam_width)
       if level + 1 < config.levels:
         cache = _reorder(cache, parent)
   alive = beams.scores > -jnp.inf
   semantic_ids = jnp.where(alive[..., None], beams.codes, EMPTY)
-  item_ids = None if table is None else jnp.where(alive, table.item_ids[beams.nodes], EMPTY)
-  return Output(semantic_ids, beams.scores, item_ids)
+  item_ids = (None if valid_items is None
+              else jnp.where(alive, valid_items.item_ids[beams.nodes], EMPTY))
+  return Result(semantic_ids, beams.scores, item_ids)

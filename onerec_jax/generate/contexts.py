@@ -18,10 +18,25 @@ from onerec_jax.generate.items import GenerateInputError
 MASK_SUFFIX = "_mask"
 
 
+def _read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+  """Every array of an .npz file; a missing, unreadable or pickled file is refused with
+  its name (allow_pickle stays off: no object arrays are ever unpickled)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if not hasattr(data, "files"):
+        raise GenerateInputError(f"{path}: {what} must be an .npz archive, not one array")
+      return {k: data[k] for k in data.files}
+  except FileNotFoundError:
+    raise GenerateInputError(f"{path}: {what} not found") from None
+  except GenerateInputError:
+    raise
+  except (OSError, ValueError, EOFError) as e:  # truncated, not a zip, object arrays
+    raise GenerateInputError(f"{path}: cannot read {what} ({e})") from None
+
+
 def load_contexts(path: str | os.PathLike, config: Config):
   """(features, mask or None, request_ids) from an .npz context file."""
-  with np.load(path) as data:
-    arrays = {k: data[k] for k in data.files}
+  arrays = _read_npz(path, "context file")
   names = [p.name for p in config.pathways]
   known = set(names) | {n + MASK_SUFFIX for n in names} | {"request_ids"}
   unknown = sorted(set(arrays) - known)
@@ -32,7 +47,20 @@ def load_contexts(path: str | os.PathLike, config: Config):
   mask = {n: arrays[n + MASK_SUFFIX] for n in names if n + MASK_SUFFIX in arrays} or None
   batch = len(next(iter(features.values()))) if features else 0
   request_ids = arrays.get("request_ids", np.arange(batch))
+  if np.shape(request_ids) != (batch,):
+    raise GenerateInputError(f"{path}: request_ids has shape {np.shape(request_ids)}, "
+                             f"expected [{batch}] (one per request)")
   return features, mask, request_ids
+
+
+def load_valid_items(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+  """(item_ids [N], semantic_ids [N, levels]) from a valid-item .npz file."""
+  arrays = _read_npz(path, "valid-item file")
+  missing = sorted({"item_ids", "semantic_ids"} - set(arrays))
+  if missing:
+    raise GenerateInputError(f"{path}: valid-item file lacks {missing}; it needs item_ids "
+                             f"[N] and semantic_ids [N, levels]")
+  return arrays["item_ids"], arrays["semantic_ids"]
 
 
 def save_contexts(path: str | os.PathLike, features: dict[str, Any],

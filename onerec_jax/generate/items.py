@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from onerec_jax.errors import InputError
 
-class GenerateInputError(ValueError):
+
+class GenerateInputError(InputError):
   """Input that generate refuses before anything runs on the device; says what and why."""
 
 
@@ -74,8 +76,11 @@ def build_item_table(item_ids, semantic_ids, codebook_sizes) -> ItemTable:
     raise GenerateInputError(f"valid items: {bad.size} item ids outside [0, 2^31), e.g. "
                              f"row {bad[0]}: {item_ids[bad[0]]} (-1 marks empty beams)")
   sorted_ids = np.sort(item_ids)
-  if np.any(sorted_ids[1:] == sorted_ids[:-1]):
-    raise GenerateInputError("valid items: repeated item ids")
+  repeated = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
+  if repeated.size:
+    rows = np.flatnonzero(item_ids == repeated[0])
+    raise GenerateInputError(f"valid items: item id {repeated[0]} is repeated (rows "
+                             f"{rows[:5].tolist()}); {np.unique(repeated).size} ids repeat in all")
   radix = [math.prod(sizes[j + 1:]) for j in range(levels)]  # mixed-radix key, s_1 first
   if math.prod(sizes) >= 2**63:
     raise GenerateInputError(f"valid items: codebooks {sizes} do not fit a 64-bit key")

@@ -1,5 +1,6 @@
-"""The OneRec-V2 Flax model."""
+"""The OneRec-V2 Flax model and its FP8 rule set."""
 
+from onerec_jax.model.fp8_rules import default_rules
 from onerec_jax.model.layers import GroupedLinear, Linear, RMSNorm, SwiGLU
 from onerec_jax.model.onerec import (
     Cache,
@@ -10,4 +11,4 @@ from onerec_jax.model.onerec import (
 )
 
 __all__ = ["Cache", "Context", "GroupedLinear", "Linear", "OneRecV2", "RMSNorm", "SwiGLU",
-           "init_cache", "init_params"]
+           "default_rules", "init_cache", "init_params"]

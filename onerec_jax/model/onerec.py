@@ -1,4 +1,4 @@
-"""The OneRec-V2 lazy decoder (DESIGN.md section 2) in Flax linen.
+"""The OneRec-V2 lazy decoder (docs/architecture.md) in Flax linen.
 
 Shapes: B requests, W beams per request, T decoder positions in a call, N context tokens,
 H query heads, G = kv_heads, dh = d_head, D = d_model. The decoder works on hidden states

@@ -1,4 +1,4 @@
-"""FP8 post-training quantization (DESIGN.md section 4).
+"""FP8 post-training quantization (docs/fp8.md).
 
 Offline, `quantize_params(params, rules)` replaces the weights that `rules` select by
 QArray (FP8 value, FP32 scale); at apply time, `with fp8(rules): model.apply(...)` runs
@@ -7,10 +7,10 @@ naming: without the context the model is untouched.
 """
 
 from onerec_jax.quant.interceptor import Captured, capture, fp8
-from onerec_jax.quant.params import QuantizationError, quantize_params
-from onerec_jax.quant.rules import Rules, default_rules
-from onerec_jax.quant.schemes import SCHEME_NAMES, QArray, quantize_weight, quantized_matmul
+from onerec_jax.quant.params import quantize_params
+from onerec_jax.quant.rules import Rules
+from onerec_jax.quant.schemes import (SCHEME_NAMES, QArray, QuantizationError,
+                                      quantize_weight, quantized_matmul)
 
 __all__ = ["Captured", "QArray", "QuantizationError", "Rules", "SCHEME_NAMES", "capture",
-           "default_rules", "fp8", "quantize_params", "quantize_weight",
-           "quantized_matmul"]
+           "fp8", "quantize_params", "quantize_weight", "quantized_matmul"]

@@ -5,13 +5,9 @@ from typing import Any
 from flax import traverse_util
 
 from onerec_jax.quant.rules import Rules
-from onerec_jax.quant.schemes import NONE, QArray, quantize_weight
+from onerec_jax.quant.schemes import NONE, QArray, QuantizationError, quantize_weight
 
 WEIGHT = "weight"  # the parameter holding a matmul module's matrix (Linear, GroupedLinear)
-
-
-class QuantizationError(ValueError):
-  """Rules that do not fit a parameter tree; the message lists every problem."""
 
 
 def quantize_params(params: Any, rules: Rules) -> dict[str, Any]:

@@ -13,10 +13,9 @@ import json
 import re
 
 import jax.numpy as jnp
-from onerec_kernels.quantize import FP8_DTYPE
+from onerec_kernels.quantize import BLOCK, FP8_DTYPE
 
-from onerec_jax.config import Config
-from onerec_jax.quant.schemes import BLOCK, NONE, SCHEME_NAMES
+from onerec_jax.quant.schemes import NONE, SCHEME_NAMES, QuantizationError
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,12 +38,13 @@ class Rules:
     object.__setattr__(self, "rules", rules)
     for pattern, scheme in rules:
       if scheme not in SCHEME_NAMES:
-        raise ValueError(f"rule {pattern!r}: unknown scheme {scheme!r}; known: "
-                         f"{list(SCHEME_NAMES)}")
+        raise QuantizationError(f"rule {pattern!r}: unknown scheme {scheme!r}; known: "
+                                f"{list(SCHEME_NAMES)}")
       try:
         _regex(pattern)
       except re.error as e:
-        raise ValueError(f"rule {pattern!r}: invalid regular expression: {e}") from None
+        raise QuantizationError(f"rule {pattern!r}: invalid regular expression: {e}"
+                                ) from None
 
   def match(self, path: str) -> int | None:
     """Index of the first rule whose pattern matches the whole path, else None."""
@@ -63,28 +63,19 @@ class Rules:
 
   @classmethod
   def from_json(cls, text: str) -> Rules:
-    d = json.loads(text)
+    """Rules from to_json's text; another FP8 format or a malformed file is refused."""
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise QuantizationError(f"rules are not valid JSON: {e}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("rules"), list):
+      raise QuantizationError('rules JSON needs an object with a "rules" list of '
+                              '[pattern, scheme] pairs')
     for key, want in _FORMAT.items():
       if d.get(key, want) != want:
-        raise ValueError(f"rules were written for {key}={d[key]!r}; this build uses "
-                         f"{want!r}")
-    return cls(tuple(d["rules"]))
-
-
-def default_rules(config: Config) -> Rules:
-  """The paper's set: self-attention qkv/o, cross-attention q/o, dense FFN and shared
-  experts per channel; routed experts in 128x128 blocks; the rest unquantized. Rules for
-  parts the config does not have (dense FFN, experts, shared experts) are left out, so
-  that every rule matches some weight."""
-  layers = range(config.n_layers)
-  dense = [i for i in layers if not config.is_moe(i)]
-  ffn = "(gate_up_proj|down_proj)"
-  rules = [(r"layer_\d+/self_attn/(qkv_proj|o_proj)", "per_channel"),
-           (r"layer_\d+/cross_attn/(q_proj|o_proj)", "per_channel")]
-  if dense:
-    rules.append((rf"layer_\d+/mlp/{ffn}", "per_channel"))
-  if config.moe_layers and config.n_shared_experts:
-    rules.append((rf"layer_\d+/mlp/shared_experts/{ffn}", "per_channel"))
-  if config.moe_layers:
-    rules.append((rf"layer_\d+/mlp/experts/{ffn}", "block"))
-  return Rules(tuple(rules))
+        raise QuantizationError(f"rules were written for {key}={d[key]!r}; this build "
+                                f"uses {want!r}")
+    if not all(isinstance(r, list) and len(r) == 2 for r in d["rules"]):
+      raise QuantizationError(f"rules: every rule is a [pattern, scheme] pair, got "
+                              f"{d['rules']!r}")
+    return cls(tuple(tuple(r) for r in d["rules"]))

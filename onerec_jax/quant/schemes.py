@@ -1,8 +1,8 @@
 """The quantized weight (QArray) and the schemes that produce and consume it.
 
 A scheme names how a weight is quantized offline and which FP8 op runs it at apply time
-(DESIGN.md section 4). Everything numeric is delegated to onerec_kernels; this module only
-maps scheme names to those functions and checks that a weight fits its scheme.
+(docs/fp8.md). Everything numeric is delegated to onerec_kernels; this module only maps
+scheme names to those functions and checks that a weight fits its scheme.
 """
 
 import dataclasses
@@ -12,15 +12,20 @@ import flax.struct
 import jax
 import onerec_kernels.fp8_linear as fp8_linear_op
 import onerec_kernels.grouped_gemm as grouped_gemm_op
-from onerec_kernels.quantize import activation_shape, quantize_blocks, quantize_rows
+from onerec_kernels.quantize import BLOCK, activation_shape, quantize_blocks, quantize_rows
 
-BLOCK = 128  # weight blocks are BLOCK x BLOCK, activation blocks 1 x BLOCK
+from onerec_jax.errors import InputError
+
+
+class QuantizationError(InputError):
+  """Rules that are malformed or do not fit a parameter tree; the message says which."""
 
 
 @flax.struct.dataclass
 class QArray:
   """An FP8 weight: value float8_e4m3fn in the original K-major layout ([N, K] or
-  [E, N, K]) and its FP32 scale ([N] per channel, [E, ceil(N/128), ceil(K/128)] block)."""
+  [E, N, K]) and its FP32 scale ([N] per channel, [E, ceil(N/BLOCK), ceil(K/BLOCK)]
+  block)."""
 
   value: jax.Array
   scale: jax.Array
@@ -70,8 +75,8 @@ def quantized_matmul(scheme: str, x: jax.Array, weight: QArray, *args, out_dtype
                      producer=None, **kwargs) -> jax.Array:
   """The scheme's FP8 op on x and a quantized weight, with the rest of the module's call
   arguments (group_sizes for block); x is first cast to out_dtype, the compute dtype, as
-  the unquantized module does. producer (the RMSNormOf / SwiGLUOf that computed x), when
-  given, replaces x: the op fuses it into its activation quantization."""
+  the unquantized module does. producer (the RMSNormOf / SwiGLUOf / RowsOf that computed
+  x), when given, replaces x: the op fuses it into its activation quantization."""
   if producer is not None and activation_shape(producer) != x.shape:
     raise ValueError(f"producer computes shape {activation_shape(producer)}, but the "
                      f"module's input has shape {x.shape}")

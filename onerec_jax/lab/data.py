@@ -176,7 +176,7 @@ def semantic_ids(vectors: np.ndarray, codebook_sizes: tuple[int, ...], leaf_size
   return codes
 
 
-def generate(config: DataConfig, model_config: Config) -> Dataset:
+def make_dataset(config: DataConfig, model_config: Config) -> Dataset:
   """Builds the dataset; feature shapes follow model_config's three pathways."""
   widths = {p.name: p.width for p in model_config.pathways}
   if sorted(widths) != sorted(PATHWAYS) or widths["short_term"] != widths["long_term"]:

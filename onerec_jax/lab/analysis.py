@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from onerec_jax import quant
 from onerec_jax.config import Config
-from onerec_jax.model import OneRecV2
+from onerec_jax.model import OneRecV2, default_rules
 
 STATS = ("variance", "absmax", "absp99")
 Batch = tuple[dict[str, jax.Array], jax.Array]
@@ -97,7 +97,7 @@ def _means(rows: list[dict[str, Any]], keys) -> dict[str, float]:
 def analyze(config: Config, params: Any, rules: quant.Rules | None = None, *,
             batch: int = 32, seed: int = 0) -> dict[str, Any]:
   """The statistics report (a JSON-serialisable dict) for FP16 params."""
-  rules = rules or quant.default_rules(config)
+  rules = rules or default_rules(config)
   weights = _weights(params)
   if any(isinstance(w, quant.QArray) for w in weights.values()):
     raise ValueError("analyze needs unquantized (FP16) params; this tree is FP8")

@@ -1,12 +1,13 @@
 """FP16 vs FP8 recommendation quality on a dataset's test split (the paper's A/B claim).
 
 From one FP16 checkpoint: the top beam_width items of every test user by constrained beam
-search (onerec_jax.generate) in FP16 and under each FP8 scheme; recall@{1,10,50} and NDCG@10
+search (onerec_jax.generate) in FP16 and under each FP8 recipe; recall@{1,10,50} and NDCG@10
 of the next item, the overlap of the FP16 and FP8 top-10 and top-W lists, the SQNR of the
-teacher-forced logits, and the per-module FP8 error table of onerec_jax.analysis. Schemes:
-"fp8", the paper's (default rules: per-channel/per-token, 128x128 blocks for experts), and
-"per_tensor", a deliberately bad one (one scale per weight tensor and one per activation
-tensor, on the same modules) that shows the evaluation can tell a bad scheme apart.
+teacher-forced logits, and the per-module FP8 error table of onerec_jax.lab.analysis.
+Recipes (a recipe is how the whole model is quantized): "fp8", the paper's (default rules:
+per-channel/per-token, 128x128 blocks for experts), and "per_tensor", a deliberately bad
+one (one scale per weight tensor and one per activation tensor, on the same modules) that
+shows the evaluation can tell a bad recipe apart.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import numpy as np
 from flax import traverse_util
 from onerec_kernels.quantize import dequantize_rows, quantize_rows
 
-from onerec_jax import analysis, quant
 from onerec_jax import generate as gen
+from onerec_jax import quant
 from onerec_jax.config import Config
-from onerec_jax.data import Dataset, popularity_ranking
-from onerec_jax.model import OneRecV2
+from onerec_jax.lab import analysis
+from onerec_jax.lab.data import Dataset, popularity_ranking
+from onerec_jax.model import OneRecV2, default_rules
 
 RECALL_AT = (1, 10, 50)
 NDCG_AT = 10
-SCHEMES = ("fp8", "per_tensor")
+RECIPES = ("fp8", "per_tensor")
 
 
 # Metrics -----------------------------------------------------------------------------------
@@ -63,6 +65,7 @@ def per_user_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, np.nd
 
 
 def ranking_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+  """recall@{1,10,50} and NDCG@10 averaged over users."""
   return {k: float(v.mean()) for k, v in per_user_metrics(ranked, targets).items()}
 
 
@@ -79,18 +82,12 @@ def overlap_at(a: np.ndarray, b: np.ndarray, k: int) -> float:
   return float(np.mean(shared) / k)
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-  out = {f"recall@{k}": recall_at(ranked, targets, k) for k in RECALL_AT}
-  out[f"ndcg@{NDCG_AT}"] = ndcg_at(ranked, targets, NDCG_AT)
-  return out
-
-
 def relative_change(ref: float, test: float) -> float:
   """(test - ref) / ref; 0 when both are 0."""
   return 0.0 if ref == test else (test - ref) / ref if ref else math.inf
 
 
-# The deliberately bad scheme ---------------------------------------------------------------
+# The deliberately bad recipe ---------------------------------------------------------------
 def _per_tensor(x: jax.Array) -> jax.Array:
   """x through FP8 with one scale for the whole tensor (quantized as one row), in FP32."""
   value, scale = quantize_rows(x.reshape(1, -1))
@@ -136,8 +133,8 @@ class Variant:
 
 
 def variants(params: Any, config: Config) -> dict[str, Variant]:
-  """FP16 and the two FP8 schemes from the same FP16 params."""
-  rules = quant.default_rules(config)
+  """FP16 and the two FP8 recipes from the same FP16 params."""
+  rules = default_rules(config)
   return {
       "fp16": Variant(params),
       "fp8": Variant(quant.quantize_params(params, rules), rules),
@@ -148,11 +145,12 @@ def variants(params: Any, config: Config) -> dict[str, Variant]:
 
 # Running the model -------------------------------------------------------------------------
 def rank(variant: Variant, config: Config, features: dict[str, np.ndarray],
-         table: gen.ItemTable, beam_width: int, batch_size: int) -> np.ndarray:
+         valid_items: gen.ItemTable, beam_width: int, batch_size: int) -> np.ndarray:
   """Item ids [n, beam_width], best first, by constrained beam search."""
   with variant.enter():
     res = gen.generate(variant.params, config, features, beam_width=beam_width,
-                       valid_items=table, rules=variant.rules, batch_buckets=(batch_size,))
+                       valid_items=valid_items, rules=variant.rules,
+                       batch_buckets=(batch_size,))
   return res.item_ids
 
 
@@ -179,7 +177,7 @@ def rule_ablation(params: Any, config: Config, features, ids, batch_size: int
   requests: which module group the FP8 logits error comes from."""
   ref = teacher_forced_logits(Variant(params), config, features, ids, batch_size)
   rows = []
-  for rule in quant.default_rules(config).rules:
+  for rule in default_rules(config).rules:
     one = quant.Rules((rule,))
     out = teacher_forced_logits(Variant(quant.quantize_params(params, one), one), config,
                                 features, ids, batch_size)
@@ -191,7 +189,7 @@ def rule_ablation(params: Any, config: Config, features, ids, batch_size: int
 # The evaluation ----------------------------------------------------------------------------
 def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int = 64,
              batch_size: int = 64, every_cut: bool = True, max_requests: int | None = None,
-             schemes: tuple[str, ...] = SCHEMES, analysis_batch: int = 32,
+             recipes: tuple[str, ...] = RECIPES, analysis_batch: int = 32,
              ablation_requests: int = 1024, progress=print) -> dict[str, Any]:
   """The full report (JSON-serialisable) for FP16 params on dataset's test split: one
   request per test user and cut point (every_cut; else the last cut only), the first
@@ -204,26 +202,26 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
   features = dataset.features(users, cuts)
   targets = dataset.targets(users, cuts)
   target_ids = dataset.semantic_ids[targets]
-  table = gen.build_item_table(dataset.item_ids, dataset.semantic_ids,
-                               config.codebook_sizes)
+  valid_items = gen.build_item_table(dataset.item_ids, dataset.semantic_ids,
+                                     config.codebook_sizes)
   pop = np.broadcast_to(popularity_ranking(dataset)[:beam_width], (len(users), beam_width))
   runs = variants(params, config)
 
   ranked, logits = {}, {}
-  for name in ("fp16",) + tuple(schemes):
+  for name in ("fp16",) + tuple(recipes):
     progress(f"evaluate: {name}: beam search over {len(users)} test requests")
-    ranked[name] = rank(runs[name], config, features, table, beam_width, batch_size)
+    ranked[name] = rank(runs[name], config, features, valid_items, beam_width, batch_size)
     logits[name] = teacher_forced_logits(runs[name], config, features, target_ids,
                                          batch_size)
   per_user = {name: per_user_metrics(r, targets) for name, r in ranked.items()}
   fp16 = {k: float(v.mean()) for k, v in per_user["fp16"].items()}
   report = {
       "test_requests": len(users), "test_users": len(np.unique(users)),
-      "beam_width": beam_width, "valid_items": table.num_items,
-      "popularity_baseline": ranking_metrics(pop, targets), "fp16": fp16, "schemes": {}}
-  for name in schemes:
+      "beam_width": beam_width, "valid_items": valid_items.num_items,
+      "popularity_baseline": ranking_metrics(pop, targets), "fp16": fp16, "recipes": {}}
+  for name in recipes:
     metrics = {k: float(v.mean()) for k, v in per_user[name].items()}
-    report["schemes"][name] = {
+    report["recipes"][name] = {
         "metrics": metrics,
         "relative_change": {k: relative_change(fp16[k], metrics[k]) for k in fp16},
         # Sampling noise of that change (paired over users), relative to FP16.
@@ -243,11 +241,11 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
   return report
 
 
-def markdown_table(report: dict[str, Any], scheme: str) -> str:
+def markdown_table(report: dict[str, Any], recipe: str) -> str:
   """The paper's A/B table shape: metric, FP16, FP8, relative change."""
-  s = report["schemes"][scheme]
+  s = report["recipes"][recipe]
   w = report["beam_width"]
-  lines = [f"| metric | FP16 | FP8 ({scheme}) | relative change (± s.e.) |",
+  lines = [f"| metric | FP16 | FP8 ({recipe}) | relative change (± s.e.) |",
            "| --- | ---: | ---: | ---: |"]
   for k, v in report["fp16"].items():
     lines.append(f"| {k} | {v:.4f} | {s['metrics'][k]:.4f} | "
@@ -269,11 +267,11 @@ def baseline_table(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-  """All tables: baseline, one A/B table per scheme, the per-module FP8 error table."""
+  """All tables: baseline, one A/B table per recipe, the per-module FP8 error table."""
   parts = [f"Test requests: {report['test_requests']} ({report['test_users']} users), beam "
            f"width {report['beam_width']}, {report['valid_items']} valid items.", "",
            baseline_table(report)]
-  for name in report["schemes"]:
+  for name in report["recipes"]:
     parts += ["", markdown_table(report, name)]
   parts += ["", "Logits SQNR (dB) per level with one default rule's modules in FP8 at a time "
             "(test requests):", "", "| rule | scheme | SQNR per level (dB) |",
@@ -282,6 +280,6 @@ def markdown(report: dict[str, Any]) -> str:
   parts += [f"| `{escape(r['rule'])}` | {r['scheme']} | "
             f"{', '.join(f'{x:.1f}' for x in r['logits_sqnr_db'])} |"
             for r in report["rule_ablation"]]
-  parts += ["", "Per-module FP8 error (default rules; onerec_jax.analysis):", "", "```",
+  parts += ["", "Per-module FP8 error (default rules; onerec_jax.lab.analysis):", "", "```",
             analysis.format_table(report["module_errors"]), "```"]
   return "\n".join(parts)

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from onerec_jax.config import Config
-from onerec_jax.data import Dataset, batches
+from onerec_jax.lab.data import Dataset, batches
 from onerec_jax.model import OneRecV2, init_params
 
 
