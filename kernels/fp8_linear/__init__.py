@@ -7,15 +7,10 @@ from onerec_kernels.quantize import (Activation, activation_dtype, activation_sh
                                      quantize_activations)
 
 
-def _mosaic(*args, **kwargs):
-  backend.require_hopper("the Mosaic GPU FP8 linear")
-  return fp8_linear_pallas(*args, **kwargs)
-
-
 # The GEMM after the activation's quantization: x_q [M, K], x_scale [M], w_q [N, K],
 # w_scale [N] -> [M, N].
 IMPLEMENTATIONS = backend.Implementations("fp8_linear", {
-    "mosaic": _mosaic,
+    "mosaic": backend.hopper_only("the Mosaic GPU FP8 linear", fp8_linear_pallas),
     "reference": fp8_linear_reference,
 })
 
