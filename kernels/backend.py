@@ -6,11 +6,13 @@ not raise `Unsupported` (wrong platform, missing package, a shape or dtype outsi
 range) runs; the plain-JAX reference comes last and runs anywhere. A named impl runs alone
 and its `Unsupported` error reaches the caller. An implementation that runs an input
 but was not measured faster there (short top-k rows) says so in `prefer`: the default order
-passes over it for that input. The kernel mode narrows the default order:
-"auto" (every implementation) or "reference" (the references only, for baselines and
-debugging). The mode is ONEREC_KERNELS, or the innermost `use(mode)` block; it is read when
-a function is traced, so callers that jit must key their cache on `mode()` (as
-onerec_jax.generate does).
+passes over it for that input. The kernel mode narrows the default order: "auto" (every
+implementation) or "reference" (the references only, for baselines and debugging),
+optionally followed by pins of single ops, "auto,attention=reference" (that op's default
+is then that implementation alone; benchmarks measure one fusion at a time this way). The
+mode is ONEREC_KERNELS, or the innermost `use(mode)` block; it is read when a function is
+traced, so callers that jit must key their cache on `mode()` (as onerec_jax.generate
+does).
 """
 
 from __future__ import annotations
@@ -39,9 +41,16 @@ class Unsupported(NotImplementedError):
 
 
 def _check_mode(value: str, where: str) -> str:
-  if value not in MODES:
-    raise ValueError(f"{where}={value!r}: must be one of {MODES}")
+  default, *pins = value.split(",")
+  if default not in MODES or not all(p.count("=") == 1 and all(p.split("=")) for p in pins):
+    raise ValueError(f"{where}={value!r}: must be one of {MODES}, optionally followed by "
+                     f"',op=impl' pins")
   return value
+
+
+def _pins() -> dict[str, str]:
+  """The ops the mode pins to one implementation: {op: impl}."""
+  return dict(p.split("=") for p in mode().split(",")[1:])
 
 
 def mode() -> str:
@@ -77,8 +86,8 @@ def interpret() -> Iterator[None]:
 
 
 def reference_only() -> bool:
-  """True in the "reference" mode."""
-  return mode() == REFERENCE
+  """True in the "reference" mode (pins aside)."""
+  return mode().split(",")[0] == REFERENCE
 
 
 def on_hopper() -> bool:
@@ -162,6 +171,11 @@ class Implementations:
 
   def order(self, impl: str | None) -> tuple[str, ...]:
     """The implementations a call with this impl tries, in order."""
+    pins = _pins()
+    unknown = sorted(set(pins) - set(_TABLES))
+    if unknown:
+      raise ValueError(f"{ENV}: pins of unknown ops {unknown}; known: {sorted(_TABLES)}")
+    impl = impl if impl is not None else pins.get(self.op)
     if impl is not None:
       if impl not in self.table:
         raise ValueError(f"{self.op}: impl={impl!r}; known: {list(self.table)}")
@@ -173,7 +187,7 @@ class Implementations:
   def __call__(self, impl: str | None, *args, **kwargs):
     """Runs the first implementation of order(impl) that supports the inputs."""
     order = self.order(impl)
-    if impl is None:
+    if len(order) > 1:
       order = tuple(n for n in order[:-1] if self.prefer.get(n, lambda *a, **k: True)(
           *args, **kwargs)) + order[-1:]
     *first, last = order

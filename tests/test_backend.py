@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import onerec_kernels.attention  # noqa: F401  (registers its table)
 import onerec_kernels.fp8_linear as fp8_linear_op
 import onerec_kernels.grouped_gemm as grouped_gemm_op
 import onerec_kernels.topk as topk_op
@@ -16,7 +17,7 @@ from onerec_kernels.quantize import (quantize_activations, quantize_activations_
 
 # Every kernel entry point of the product and its table.
 ENTRY_POINTS = {"quantize_activations", "fp8_linear", "grouped_gemm", "fp8_grouped_gemm",
-                "top_k", "beam_topk", "router_topk"}
+                "top_k", "beam_topk", "router_topk", "attention"}
 
 
 def _table(calls, **kw):
@@ -145,3 +146,25 @@ def test_beam_search_caches_one_executable_per_kernel_mode(monkeypatch):
       gen.beam_search(params, f, m, config=cfg, beam_width=4)
   # One trace per mode (3 levels each, a beam_topk per level), none on the repeats.
   assert traces == ["auto"] * 3 + ["reference"] * 3
+
+
+def test_a_mode_can_pin_single_ops():
+  """"auto,op=impl" pins one op and leaves the others to their default order."""
+  with backend.use("auto,attention=reference,top_k=radix"):
+    assert backend.tables()["attention"].order(None) == ("reference",)
+    assert backend.tables()["top_k"].order(None) == ("radix",)  # explicit-only, pinned
+    assert backend.tables()["fp8_linear"].order(None) == ("mosaic", "reference")
+    assert not backend.reference_only()
+    assert backend.tables()["top_k"].order("reference") == ("reference",)  # impl= wins
+  with backend.use("reference,attention=triton"):
+    assert backend.tables()["attention"].order(None) == ("triton",)
+    assert backend.tables()["grouped_gemm"].order(None) == ("reference",)
+  with pytest.raises(ValueError, match=r"pins of unknown ops \['atention'\]"):
+    with backend.use("auto,atention=reference"):
+      backend.tables()["top_k"].order(None)
+  with pytest.raises(ValueError, match="optionally followed by ',op=impl' pins"):
+    with backend.use("auto,attention"):
+      pass
+  with pytest.raises(ValueError, match=r"attention: impl='xla'; known"):
+    with backend.use("auto,attention=xla"):
+      backend.tables()["attention"].order(None)

@@ -125,3 +125,22 @@ def test_nan_input_is_not_hidden_gpu():
   out = jax.jit(fp8_linear_pallas)(*ops)
   assert bool(jnp.all(jnp.isnan(out[7].astype(jnp.float32))))
   assert bool(jnp.all(jnp.isfinite(jnp.delete(out, 7, axis=0).astype(jnp.float32))))
+
+
+def test_each_distinct_kernel_is_lowered_once():
+  """Many call sites of one kernel configuration lower it once (the program calls one
+  jitted body), so compile time does not grow with the model's depth; another
+  configuration is a second body."""
+  x_q, x_s = quantize_rows(jax.random.normal(jax.random.key(0), (64, 256)))
+  w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (128, 256)))
+  small = core.Config(tile_m=64, tile_n=64, max_concurrent_steps=2)
+  other = core.Config(tile_m=64, tile_n=128, max_concurrent_steps=2)
+
+  def layers(x_q, x_s, w_q, w_s):
+    ys = [fp8_linear_pallas(x_q, x_s, w_q, w_s, config=small) for _ in range(6)]
+    return ys + [fp8_linear_pallas(x_q, x_s, w_q, w_s, config=other)]
+
+  with plgpu.force_gpu_interpret_mode():
+    text = jax.jit(layers).lower(x_q, x_s, w_q, w_s).as_text()
+  assert text.count("func.func private @gemm") == 2, "one body per distinct kernel"
+  assert text.count("call @gemm") == 7

@@ -13,7 +13,7 @@ from helpers import random_features, random_ids, state_dict_numpy, torch_model
 from onerec_jax.checkpoint import open_source, torch_to_jax
 from onerec_jax.checkpoint.source import StateDictSource
 from onerec_jax.config import preset
-from onerec_jax.model import OneRecV2, init_cache, init_params
+from onerec_jax.model import OneRecV2, extend, init_params
 
 CONFIGS = {
     # dense, G_kv < heads, S_kv 1, L_kv 1
@@ -44,8 +44,8 @@ def _both(cfg, batch=3, seed=0, mask=None):
 
 
 def _jit_decode(model):
-  """model.apply(..., method="decode") compiled once per start position."""
-  return jax.jit(functools.partial(model.apply, method="decode"), static_argnums=3)
+  """model.apply(..., method="decode"), jitted (a Past is a pytree)."""
+  return jax.jit(functools.partial(model.apply, method="decode"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -95,14 +95,44 @@ def test_incremental_decoding_matches_full_forward(name):
   feats, ids = random_features(cfg, 2), random_ids(cfg, 2)
   full = model.apply({"params": params}, feats, jnp.asarray(ids))
   ctx = model.apply({"params": params}, feats, method="encode")
-  cache = init_cache(cfg, 2, 1)
+  past = None
   inputs = np.concatenate([np.zeros((2, 1), np.int32), ids[:, :-1]], 1)[:, None, :]
   decode = _jit_decode(model)
   for t in range(cfg.levels):
-    h, cache = decode({"params": params}, ctx, jnp.asarray(inputs[:, :, t:t + 1]), t, cache)
+    h, kv = decode({"params": params}, ctx, jnp.asarray(inputs[:, :, t:t + 1]), past)
     chex.assert_shape(h, (2, 1, 1, cfg.d_model))
+    chex.assert_shape(kv[0][0], (2, 1, 1, cfg.n_heads, cfg.d_head))
     logits = model.apply({"params": params}, h[:, 0, 0], t, method="head")
     chex.assert_trees_all_close(logits, full[t], rtol=1e-5, atol=1e-5)
+    past = extend(past, kv, jnp.zeros((2, 1), jnp.int32))
+    assert past.positions == t + 1
+
+
+def test_past_follows_the_ancestors():
+  """Beams that branch and reorder read their own ancestors' K/V: each new beam's state
+  equals decoding its whole prefix from scratch."""
+  cfg = CONFIGS["moe"]
+  params = init_params(cfg, jax.random.key(6))
+  model = OneRecV2(cfg)
+  ctx = model.apply({"params": params}, random_features(cfg, 1), method="encode")
+  decode = _jit_decode(model)
+  c1 = jnp.array([[[3], [0], [5]]], jnp.int32)  # [1, W=3, 1]: level-0 codes of 3 beams
+  c2 = jnp.array([[[1], [2], [2], [4]]], jnp.int32)  # [1, W=4, 1]: level-1 codes
+  parents = jnp.array([[2, 0, 1, 2]], jnp.int32)  # the 4 beams' parents among the 3
+  _, kv0 = decode({"params": params}, ctx, jnp.zeros((1, 1, 1), jnp.int32), None)
+  past = extend(None, kv0, jnp.zeros((1, 3), jnp.int32))  # BOS shared by the 3 beams
+  _, kv1 = decode({"params": params}, ctx, c1, past)
+  past = extend(past, kv1, parents)
+  np.testing.assert_array_equal(past.rows, [[[0, 2], [0, 0], [0, 1], [0, 2]]])
+  h2, _ = decode({"params": params}, ctx, c2, past)  # [1, 4, 1, D]
+  prefixes = jnp.concatenate([jnp.zeros((1, 4, 1), jnp.int32), c1[:, parents[0]], c2], -1)
+  full, _ = decode({"params": params}, ctx, prefixes, None)  # [1, 4, 3, D]
+  chex.assert_trees_all_close(h2[:, :, 0], full[:, :, 2], rtol=1e-5, atol=1e-5)
+  # A further step follows the ancestry through the earlier rows too.
+  _, kv2 = decode({"params": params}, ctx, c2, past)
+  deeper = extend(past, kv2, jnp.array([[3, 1]], jnp.int32))
+  np.testing.assert_array_equal(deeper.rows, [[[0, 2, 3], [0, 0, 1]]])
+  assert len(deeper.kv[0]) == 3 and deeper.kv[0][2][0].shape[1] == 4  # position 2: 4 rows
 
 
 def test_beams_share_context_and_match_single_beam():
@@ -114,12 +144,12 @@ def test_beams_share_context_and_match_single_beam():
   ctx = model.apply({"params": params}, feats, method="encode")
   ids = jnp.asarray(random_ids(cfg, 5)[None, :, :1])  # [1, W=5, T=1] codes for position 1
   decode = _jit_decode(model)
-  h0, _ = decode({"params": params}, ctx, jnp.zeros((1, 5, 1), jnp.int32), 0, None)
+  h0, _ = decode({"params": params}, ctx, jnp.zeros((1, 5, 1), jnp.int32))
   hw, _ = decode({"params": params}, ctx, jnp.concatenate(
-      [jnp.zeros((1, 5, 1), jnp.int32), ids], -1), 0, None)
+      [jnp.zeros((1, 5, 1), jnp.int32), ids], -1))
   for w in range(5):
     hs, _ = decode({"params": params}, ctx, jnp.concatenate(
-        [jnp.zeros((1, 1, 1), jnp.int32), ids[:, w:w + 1]], -1), 0, None)
+        [jnp.zeros((1, 1, 1), jnp.int32), ids[:, w:w + 1]], -1))
     chex.assert_trees_all_close(hw[:, w], hs[:, 0], rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(h0[:, 0], h0[:, 4])
 

@@ -314,10 +314,16 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
     lax.cond(wg == wgs, memory, compute)
 
 
+@functools.partial(jax.jit, static_argnames=("out_dtype", "cfg", "scaling"))
 def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
          b_scale: jax.Array | None = None, schedule: jax.Array | None = None, *,
          out_dtype, cfg: Config, scaling: str = "none") -> jax.Array:
   """out[m, n] = sum_k a[m, k] b[g(m), n, k], scaled as `scaling` says.
+
+  Jitted on its own: however many call sites a program has, each distinct (shapes,
+  dtypes, Config, scaling) kernel is traced and lowered once per process (the lowering
+  of a Mosaic GPU kernel costs about a second), and XLA inlines the one lowered body at
+  every site.
 
   a [M, K] and b [G, N, K] in one dtype (fp8 e4m3 or 16-bit); M a multiple of cfg.cta_m,
   N of cfg.cta_n, K of cfg.tile_k. a_scale / b_scale: "rowcol" [M] and [1, N];

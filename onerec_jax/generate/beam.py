@@ -1,7 +1,8 @@
 """Semantic-ID beam search: one jit-compiled function for a padded request batch.
 
 The context processor runs once per request and its K/V are shared by the request's beams
-(the model's decoder works on [B, W, T, D]); the self-attention KV cache follows the beams;
+(the model's decoder works on [B, W, T, D]); the self-attention reads each decoded
+position's K/V through the beams' ancestry (model.Past), never copying it to follow them;
 step 1 decodes BOS as a single beam per request; every step keeps the top W of
 W * (children per beam) candidates through the kernels' top-k entry points (the fused
 beam_topk when unconstrained). Everything stays on the device from the context features
@@ -25,7 +26,7 @@ from onerec_kernels import backend
 from onerec_jax import quant
 from onerec_jax.config import Config
 from onerec_jax.generate.items import ItemTable
-from onerec_jax.model.onerec import OneRecV2, init_cache
+from onerec_jax.model.onerec import OneRecV2, extend
 
 EMPTY = -1  # semantic and item id of an empty slot
 
@@ -98,13 +99,6 @@ def _step(beams: Beams, logits: jax.Array, valid_items: ItemTable | None, level:
   return Beams(scores, jnp.concatenate([prefix, code[..., None]], axis=-1), node), parent
 
 
-def _reorder(cache, parent: jax.Array):
-  """Gathers each new beam's self-attention KV cache from its parent ([B, W', ...])."""
-  return jax.tree.map(
-      lambda c: jnp.take_along_axis(c, parent.reshape(parent.shape + (1,) * (c.ndim - 2)),
-                                    axis=1), cache)
-
-
 class Result(NamedTuple):
   """Top beam_width items per request, best first: device arrays from beam_search, host
   arrays from generate."""
@@ -153,15 +147,17 @@ def _beam_search(params, features, mask, valid_items, config, beam_width, rules)
     b = mask[config.pathways[0].name].shape[0]
     beams = Beams(scores=jnp.zeros((b, 1), jnp.float32),
                   codes=jnp.zeros((b, 1, 0), jnp.int32), nodes=jnp.zeros((b, 1), jnp.int32))
-    cache = init_cache(config, b, 1)  # step 1 has one live beam; the gather widens it
+    past = None  # the decoded positions' K/V, read through each beam's ancestors
     for level in range(config.levels):
-      # [B, W', 1]: the last code (BOS at level 0 ignores its id)
+      # [B, W', 1]: the last code (BOS at level 0 ignores its id); step 1 has one beam.
       last = beams.codes[:, :, -1:] if level else jnp.zeros((b, 1, 1), jnp.int32)
-      h, cache = apply("decode", context, last, level, cache)  # [B, W', 1, D]
+      h, kv = apply("decode", context, last, past)  # [B, W', 1, D]
       logits = apply("head", h[:, :, 0], level)  # [B, W', V] f32
-      beams, parent = _step(beams, logits, valid_items, level, beam_width)
+      with jax.named_scope("beam_select"):  # named for device-time breakdowns
+        beams, parent = _step(beams, logits, valid_items, level, beam_width)
       if level + 1 < config.levels:
-        cache = _reorder(cache, parent)
+        with jax.named_scope("past"):
+          past = extend(past, kv, parent)
   alive = beams.scores > -jnp.inf
   semantic_ids = jnp.where(alive[..., None], beams.codes, EMPTY)
   item_ids = (None if valid_items is None

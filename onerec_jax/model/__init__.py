@@ -3,12 +3,12 @@
 from onerec_jax.model.fp8_rules import default_rules
 from onerec_jax.model.layers import GroupedLinear, Linear, RMSNorm, SwiGLU
 from onerec_jax.model.onerec import (
-    Cache,
     Context,
     OneRecV2,
-    init_cache,
+    Past,
+    extend,
     init_params,
 )
 
-__all__ = ["Cache", "Context", "GroupedLinear", "Linear", "OneRecV2", "RMSNorm", "SwiGLU",
-           "default_rules", "init_cache", "init_params"]
+__all__ = ["Context", "GroupedLinear", "Linear", "OneRecV2", "Past", "RMSNorm", "SwiGLU",
+           "default_rules", "extend", "init_params"]

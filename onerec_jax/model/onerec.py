@@ -8,41 +8,60 @@ its N context rows, never a W-fold copy of K/V.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import onerec_kernels.attention as attention_op
 import onerec_kernels.grouped_gemm as grouped_gemm_op
 import onerec_kernels.topk as topk_op
 
 from onerec_jax.config import Config
-from onerec_jax.model.layers import GroupedLinear, Linear, RMSNorm, SwiGLU, swiglu
+from onerec_jax.model.layers import (GroupedLinear, Linear, RMSNorm, SwiGLU, matmul_precision,
+                                     swiglu)
 from onerec_kernels.quantize import RMSNormOf, RowsOf, SwiGLUOf
 
 # Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "mask": [B, N] bool}.
 Context = dict[str, Any]
-# KV cache of the decoder's self-attention: per layer {"k", "v": [B, W, levels, H, dh]}.
-Cache = tuple[dict[str, jax.Array], ...]
 
-_NEG = jnp.finfo(jnp.float32).min  # masked attention score (finite: no NaN on empty rows)
+
+class Past(NamedTuple):
+  """The decoded positions the self-attention reads: kv[layer][p] = (k, v), each
+  [B, W_p, H, dh] for the W_p rows (beams) that decoded position p, and rows [B, W, P]
+  int32: for each current row, the row of position p it descends from. Kept per position
+  and gathered when read, so a decoding step never copies the earlier positions' K/V to
+  follow the beams (the reorder a per-beam cache needs)."""
+
+  kv: tuple[tuple[tuple[jax.Array, jax.Array], ...], ...]
+  rows: jax.Array
+
+  @property
+  def positions(self) -> int:
+    return self.rows.shape[-1]
+
+
+def extend(past: Past | None, kv: tuple[tuple[jax.Array, jax.Array], ...],
+           parents: jax.Array) -> Past:
+  """past with the positions of one decode call appended, following the rows that
+  parents [B, W] picks from that call's W' rows: kv is decode's per-layer (k, v)
+  [B, W', T, H, dh]."""
+  t = kv[0][0].shape[2]
+  parents = parents.astype(jnp.int32)
+  if past is None:
+    rows = jnp.zeros(parents.shape + (0,), jnp.int32)
+    layers = tuple(() for _ in kv)
+  else:
+    rows = jnp.take_along_axis(past.rows, parents[..., None], axis=1)  # [B, W, P]
+    layers = past.kv
+  new = tuple(layer + tuple((k[:, :, i], v[:, :, i]) for i in range(t))
+              for layer, (k, v) in zip(layers, kv))
+  rows = jnp.concatenate([rows, jnp.repeat(parents[..., None], t, axis=-1)], axis=-1)
+  return Past(new, rows)
 
 
 def _kw(cfg: Config) -> dict[str, Any]:
   return dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Grouped-query attention; softmax in FP32.
-
-  q: [B, Q, G, R, dh] (R = H / G), k, v: [B, S, G, dh], mask: broadcastable to
-  [B, G, R, Q, S] -> [B, Q, G, R, dh].
-  """
-  scale = q.shape[-1] ** -0.5
-  s = jnp.einsum("bqgrd,bsgd->bgrqs", q, k, preferred_element_type=jnp.float32) * scale
-  p = jax.nn.softmax(jnp.where(mask, s, _NEG), axis=-1)
-  return jnp.einsum("bgrqs,bsgd->bqgrd", p.astype(v.dtype), v,
-                    preferred_element_type=jnp.float32).astype(q.dtype)
 
 
 class ContextProcessor(nn.Module):
@@ -78,7 +97,8 @@ class ContextProcessor(nn.Module):
 
 
 class CrossAttention(nn.Module):
-  """Lazy cross-attention: only W_q and W_o; K/V come from the context processor."""
+  """Lazy cross-attention: only W_q and W_o; K/V come from the context processor, shared
+  by all beams of a request (onerec_kernels.attention: the fused kernel on the GPU)."""
 
   config: Config
 
@@ -90,43 +110,52 @@ class CrossAttention(nn.Module):
     g, r = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
     q = Linear(cfg.n_heads * cfg.d_head, name="q_proj", **_kw(cfg))(h, producer=producer)
     q = q.reshape(b, w * t, g, r, cfg.d_head)
-    o = _attend(q, k, v, mask[:, None, None, None, :])  # [B, W*T, G, R, dh]
+    o = attention_op.attention(q, k, v, mask[:, None, None, None, :])  # [B, W*T, G, R, dh]
     o = o.reshape(b, w, t, cfg.n_heads * cfg.d_head)
     return Linear(cfg.d_model, name="o_proj", **_kw(cfg))(o)
 
 
 class SelfAttention(nn.Module):
-  """Causal self-attention over the decoder positions, with an optional KV cache."""
+  """Causal self-attention over the decoder positions: the positions of this call, after
+  the earlier ones of `past` (read through the rows each current row descends from).
+
+  At most `levels` positions exist, so scores are products summed over the head width
+  (elementwise ops XLA fuses with the gathers), softmax in FP32, probabilities cast to
+  the compute dtype for the weighted sum, accumulated in FP32.
+  """
 
   config: Config
 
   @nn.compact
-  def __call__(self, h: jax.Array, start: int, cache: dict[str, jax.Array] | None,
-               producer: RMSNormOf | None = None):
+  def __call__(self, h: jax.Array, past: tuple[tuple[jax.Array, jax.Array], ...],
+               rows: jax.Array | None, producer: RMSNormOf | None = None):
     cfg = self.config
     b, w, t, _ = h.shape  # [B, W, T, D]
     hd = cfg.n_heads * cfg.d_head
     qkv = Linear(3 * hd, name="qkv_proj", **_kw(cfg))(h, producer=producer)
     q, k, v = (a.reshape(b, w, t, cfg.n_heads, cfg.d_head) for a in jnp.split(qkv, 3, -1))
-    if cache is not None:  # write positions [start, start + t) and read all of them
-      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                              start, axis=2)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                              start, axis=2)
-      cache = {"k": k, "v": v}
-    s_len = k.shape[2]
-    q_pos = start + jnp.arange(t)
-    causal = q_pos[:, None] >= jnp.arange(s_len)[None, :]  # [T, S]
-    # Fold beams into the batch; every head is its own group (R = 1).
-    fold = lambda a: a.reshape(b * w, a.shape[2], cfg.n_heads, 1, cfg.d_head)
-    o = _attend(fold(q), fold(k)[:, :, :, 0], fold(v)[:, :, :, 0], causal)
-    o = o.reshape(b, w, t, hd)
-    return Linear(cfg.d_model, name="o_proj", **_kw(cfg))(o), cache
+    ancestor = lambda a, p: jnp.take_along_axis(a, rows[:, :, p, None, None], axis=1)
+    keys = [ancestor(pk, p) for p, (pk, _) in enumerate(past)] + [k[:, :, i] for i in range(t)]
+    values = [ancestor(pv, p) for p, (_, pv) in enumerate(past)] + [v[:, :, i] for i in range(t)]
+    f32 = lambda a: a.astype(jnp.float32)
+    out = []
+    for i in range(t):  # query position len(past) + i sees keys 0 .. len(past) + i
+      n = len(past) + i + 1
+      qi = f32(q[:, :, i]) * cfg.d_head ** -0.5  # [B, W, H, dh]
+      s = jnp.stack([jnp.sum(qi * f32(key), axis=-1) for key in keys[:n]], -1)  # [B, W, H, n]
+      p = f32(jax.nn.softmax(s, axis=-1).astype(v.dtype))
+      o = sum(p[..., j, None] * f32(values[j]) for j in range(n))  # [B, W, H, dh]
+      out.append(o.astype(q.dtype))
+    o = jnp.stack(out, axis=2).reshape(b, w, t, hd)
+    return Linear(cfg.d_model, name="o_proj", **_kw(cfg))(o), (k, v)
 
 
 class Router(nn.Module):
-  """DeepSeek-V3 style router: FP32 logits, then onerec_kernels.topk.router_topk (scores,
-  bias-corrected top-k selection, normalised and scaled gates).
+  """DeepSeek-V3 style router: logits from the compute-dtype operands accumulated in
+  FP32 (the tensor cores' rate; a 16-bit product is exact in FP32, so only the order of
+  the sums differs from an FP32 matmul of the same values), then
+  onerec_kernels.topk.router_topk (scores, bias-corrected top-k selection, normalised and
+  scaled gates).
 
   Returns (expert ids [T, k] int32, gates [T, k] f32).
   """
@@ -139,8 +168,10 @@ class Router(nn.Module):
     e = cfg.n_routed_experts
     w = self.param("weight", nn.initializers.normal(0.02), (e, x.shape[-1]), cfg.params_dtype)
     bias = self.param("score_bias", nn.initializers.zeros, (e,), cfg.params_dtype)
-    logits = jnp.einsum("td,ed->te", x.astype(jnp.float32), w.astype(jnp.float32),
-                        precision=jax.lax.Precision.HIGHEST)
+    dtype = cfg.compute_dtype
+    logits = jnp.einsum("td,ed->te", x.astype(dtype), w.astype(dtype),
+                        preferred_element_type=jnp.float32,
+                        precision=matmul_precision(dtype))
     ids, gates = topk_op.router_topk(logits, bias.astype(jnp.float32), cfg.top_k,
                                      cfg.router_score, cfg.norm_topk_prob,
                                      cfg.routed_scaling_factor)
@@ -193,7 +224,7 @@ class DecoderBlock(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, h, context: Context, start: int, cache):
+  def __call__(self, h, context: Context, past, rows):
     cfg = self.config
 
     def norm(name: str, x: jax.Array) -> tuple[jax.Array, RMSNormOf]:
@@ -205,14 +236,14 @@ class DecoderBlock(nn.Module):
     x, producer = norm("cross_attn_norm", h)
     h = h + CrossAttention(cfg, name="cross_attn")(x, k, v, context["mask"], producer)
     x, producer = norm("self_attn_norm", h)
-    a, cache = SelfAttention(cfg, name="self_attn")(x, start, cache, producer)
+    a, kv = SelfAttention(cfg, name="self_attn")(x, past, rows, producer)
     h = h + a
     x, producer = norm("mlp_norm", h)
     if cfg.is_moe(self.layer):
       h = h + MoE(cfg, name="mlp")(x, producer=producer)
     else:
       h = h + SwiGLU(cfg.d_model, cfg.d_ff, name="mlp", **_kw(cfg))(x, producer=producer)
-    return h, cache
+    return h, kv
 
 
 class DecoderEmbed(nn.Module):
@@ -243,8 +274,9 @@ class DecoderEmbed(nn.Module):
 
 
 class OneRecV2(nn.Module):
-  """The lazy decoder. Methods: encode (context K/V), decode (positions, with an optional
-  KV cache), head (per-level logits) and __call__ (teacher-forced logits of all levels)."""
+  """The lazy decoder. Methods: encode (context K/V), decode (positions, after the
+  decoded positions of an optional Past), head (per-level logits) and __call__
+  (teacher-forced logits of all levels)."""
 
   config: Config
 
@@ -262,16 +294,19 @@ class OneRecV2(nn.Module):
     """Context K/V for each KV set: features[name] [B, n, width] per pathway."""
     return self.context(features, mask)
 
-  def decode(self, context: Context, ids: jax.Array, start: int = 0,
-             cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
-    """Runs decoder positions start .. start+T-1 for ids [B, W, T]; returns the final hidden
-    states [B, W, T, D] and the updated cache (None without one)."""
+  def decode(self, context: Context, ids: jax.Array, past: Past | None = None
+             ) -> tuple[jax.Array, tuple[tuple[jax.Array, jax.Array], ...]]:
+    """Runs the T decoder positions after past's (from 0 without one) for ids [B, W, T];
+    returns the final hidden states [B, W, T, D] and, per layer, the self-attention
+    (k, v) of these positions [B, W, T, H, dh] (extend() appends them to past)."""
+    start = 0 if past is None else past.positions
     h = self.embed(ids, start)
-    new_cache = []
+    kv = []
     for i, layer in enumerate(self.layers):
-      h, c = layer(h, context, start, None if cache is None else cache[i])
-      new_cache.append(c)
-    return h, (None if cache is None else tuple(new_cache))
+      h, layer_kv = layer(h, context, () if past is None else past.kv[i],
+                          None if past is None else past.rows)
+      kv.append(layer_kv)
+    return h, tuple(kv)
 
   def head(self, h: jax.Array, level: int) -> jax.Array:
     """Level `level`'s logits in FP32: [..., D] -> [..., codebook_sizes[level]]."""
@@ -285,16 +320,8 @@ class OneRecV2(nn.Module):
     context = self.encode(features, mask)
     b = ids.shape[0]
     inputs = jnp.concatenate([jnp.zeros((b, 1), ids.dtype), ids[:, :-1]], axis=1)
-    h, _ = self.decode(context, inputs[:, None, :], 0, None)  # [B, 1, levels, D]
+    h, _ = self.decode(context, inputs[:, None, :])  # [B, 1, levels, D]
     return tuple(self.head(h[:, 0, j], j) for j in range(self.config.levels))
-
-
-def init_cache(config: Config, batch: int, beams: int, dtype=None) -> Cache:
-  """Empty self-attention KV cache for all decoder positions: [B, W, levels, H, dh]."""
-  shape = (batch, beams, config.levels, config.n_heads, config.d_head)
-  dtype = dtype or config.compute_dtype
-  return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-               for _ in range(config.n_layers))
 
 
 def init_params(config: Config, rng: jax.Array, batch: int = 1) -> dict[str, Any]:

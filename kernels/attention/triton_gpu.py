@@ -1,0 +1,108 @@
+"""GPU backend of the attention op: one Triton kernel, flash-attention style.
+
+A program owns BLOCK_M query rows of one (request, K/V head): the request's Q rows times
+the R query heads of that K/V head, flattened. It walks the request's N keys in blocks of
+BLOCK_N with an FP32 online softmax, so no [.., N] score tensor exists in memory, and
+reads K and V of the (request, head) pair from memory once per row block: with the beam
+search's Q = W rows of one request all sharing its context, that is the same K/V for
+every beam, read from L2 after the first block. Triton, not Pallas Mosaic GPU, for the
+same reason as the quantization pass: rows of any length and masks are plain masked
+loads, and the kernel runs in Triton's CPU interpreter for the tests. The *_plan function
+gives the launch its grid and constexprs, so the CPU tests launch what the GPU runs.
+"""
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+from onerec_kernels import triton_launch
+from onerec_kernels.attention.reference import MASKED
+
+
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, Q: tl.constexpr,
+                      N: tl.constexpr, G: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
+                      SCALE: tl.constexpr, MASKED_SCORE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                      HAS_MASK: tl.constexpr, IEEE: tl.constexpr):
+  """q [B, Q, G, R, D], k, v [B, N, G, D], mask [B, N] int8 (1: attend) -> o like q.
+  Grid (row blocks of Q * R, B * G)."""
+  bg = tl.program_id(1)
+  b, g = bg // G, bg % G
+  rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] (query, head) rows
+  row_ok = rows < Q * R
+  d = tl.arange(0, BLOCK_D)
+  d_ok = d < D
+  # Row (b, q, g, r) of q viewed as [B * Q * G * R, D].
+  q_row = ((b * Q + rows // R) * G + g).to(tl.int64) * R + rows % R
+  q_mask = row_ok[:, None] & d_ok[None, :]
+  q = tl.load(q_ptr + q_row[:, None] * D + d[None, :], mask=q_mask, other=0.0)
+  m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
+  l_i = tl.zeros((BLOCK_M,), tl.float32)
+  acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+  for start in range(0, N, BLOCK_N):
+    n = start + tl.arange(0, BLOCK_N)  # [BN]
+    n_ok = n < N
+    kv_row = ((b * N + n) * G + g).to(tl.int64)
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + kv_row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+    if IEEE:
+      s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+      s = tl.dot(q, tl.trans(k))
+    s = s * SCALE  # [BM, BN] f32
+    if HAS_MASK:
+      keep = tl.load(mask_ptr + b * N + n, mask=n_ok, other=0) != 0
+      s = tl.where(keep[None, :], s, MASKED_SCORE)
+    s = tl.where(n_ok[None, :], s, -float("inf"))  # past the keys: no weight at all
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_ptr + kv_row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+    if IEEE:
+      pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+      pv = tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + pv
+    m_i = m_new
+  o = acc / l_i[:, None]
+  tl.store(o_ptr + q_row[:, None] * D + d[None, :], o.to(o_ptr.dtype.element_ty),
+           mask=q_mask)
+
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def attention_plan(b: int, q: int, g: int, r: int, n: int, d: int, dtype
+                   ) -> tuple[tuple[int, int], int, int, dict]:
+  """(grid, warps, stages, constexprs but HAS_MASK) of _attention_kernel.
+
+  Row blocks of 128 (fewer rows: the smallest power of two from 16, tl.dot's least);
+  key blocks of 64 at head widths up to 128 (32 beyond); fp32 operands multiply in IEEE
+  FP32 (Triton's default would be TF32), as the FP32 reference does."""
+  rows = q * r
+  block_m = 128 if rows >= 128 else max(16, _pow2(rows))
+  block_d = max(16, _pow2(d))
+  block_n = 64 if block_d <= 128 else 32
+  warps = 8 if block_m * block_d >= 128 * 128 else 4
+  meta = dict(Q=q, N=n, G=g, R=r, D=d, SCALE=d ** -0.5, MASKED_SCORE=float(MASKED),
+              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+              IEEE=jnp.dtype(dtype) == jnp.float32)
+  return (-(-rows // block_m), b * g), warps, 2, meta
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
+              ) -> jax.Array:
+  """q [B, Q, G, R, dh], k, v [B, N, G, dh] (one dtype), key_mask [B, N] bool or None ->
+  [B, Q, G, R, dh] in q's dtype; as attention_reference with that key mask."""
+  b, nq, g, r, d = q.shape
+  n = k.shape[1]
+  grid, warps, stages, meta = attention_plan(b, nq, g, r, n, d, q.dtype)
+  mask = (jnp.zeros((1,), jnp.int8) if key_mask is None
+          else key_mask.astype(jnp.int8))
+  return triton_launch.triton_call(
+      _attention_kernel, q, k, v, mask, out=triton_launch.shape(q.shape, q.dtype),
+      grid=grid, num_warps=warps, num_stages=stages, HAS_MASK=key_mask is not None, **meta)

@@ -1,0 +1,114 @@
+"""Start-up time: cold and warm compiles of one bucket through the command a user runs.
+
+Writes random-weight converted checkpoints of the preset (FP8 and bf16) once, then for each
+runs `onerec-jax generate CKPT --random B --batch-size B --beam-width W` in a fresh process
+twice with one persistent compilation cache folder, first empty (cold), then filled
+(warm). Reports the compile time the command measured (tracing, lowering and XLA; a
+persistent cache hit included) and the warm process's wall time from its start to its
+exit: loading the converted weights, the cache hit, and the first batch's result.
+Writes JSON (--out) with a top-level "summary"; prints a table last.
+
+  python scripts/bench_compile.py --out bench/results/compile_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import header, write_json  # noqa: E402
+
+
+def write_checkpoints(preset: str, layers: int, folder: str) -> dict[str, str]:
+  """Random bf16 weights of the preset saved as converted checkpoints, unquantized and
+  FP8 (the paper's rules): {precision: path}."""
+  import jax
+  from onerec_jax import checkpoint, quant
+  from onerec_jax.config import preset as get_preset
+  from onerec_jax.model import default_rules, init_params
+  cfg = get_preset(preset).replace(param_dtype="bfloat16")
+  if layers:
+    cfg = cfg.replace(n_layers=layers, moe_layers=tuple(i for i in cfg.moe_layers
+                                                         if i < layers))
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
+  rules = default_rules(cfg)
+  qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  paths = {"bf16": os.path.join(folder, "bf16"), "fp8": os.path.join(folder, "fp8")}
+  checkpoint.save(paths["bf16"], cfg, params, source=f"random {preset}")
+  checkpoint.save(paths["fp8"], cfg, qparams, rules=rules, source=f"random {preset}")
+  return paths
+
+
+def run_command(ckpt: str, cache: str, batch: int, beam: int, out: str) -> dict:
+  """One `onerec-jax generate` process: its wall time and the timing it reports."""
+  cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt, "--random", str(batch),
+         "--batch-size", str(batch), "--beam-width", str(beam), "--compile-cache", cache,
+         "--print-requests", "1", "--output", out]
+  t0 = time.perf_counter()
+  done = subprocess.run(cmd, text=True, capture_output=True)
+  wall = time.perf_counter() - t0
+  if done.returncode:
+    return {"error": done.stderr.strip().splitlines()[-3:], "wall_s": wall}
+  timing = json.load(open(out))["timing"]
+  return {"wall_s": wall, "compile_s": timing["compile_s"],
+          "compile_cache_hit": timing["compile_cache_hit"],
+          "batch_ms": 1e3 * timing["total_s"]}
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="bench/results/compile.json")
+  ap.add_argument("--preset", default="moe-4b")
+  ap.add_argument("--layers", type=int, default=0, help="cut the preset to N layers")
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--beam", type=int, default=512)
+  ap.add_argument("--precisions", default="fp8,bf16")
+  ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
+  args = ap.parse_args()
+  if args.smoke:
+    args.preset, args.batch, args.beam = "tiny", 2, 8
+  work = tempfile.mkdtemp(prefix="onerec-compile-")
+  try:
+    t0 = time.perf_counter()
+    paths = write_checkpoints(args.preset, args.layers, work)
+    write_s = time.perf_counter() - t0
+    rows = []
+    for precision in filter(None, args.precisions.split(",")):
+      cache = os.path.join(work, f"cache-{precision}")
+      row = {"precision": precision}
+      for start in ("cold", "warm"):
+        row[start] = run_command(paths[precision], cache, args.batch, args.beam,
+                                 os.path.join(work, f"{precision}-{start}.json"))
+        print(json.dumps({"precision": precision, start: row[start]}), flush=True)
+      rows.append(row)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  get = lambda p, s, k: next((r[s].get(k) for r in rows if r["precision"] == p), None)
+  summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
+             "beam": args.beam, "fp8_cold_s": get("fp8", "cold", "compile_s"),
+             "bf16_cold_s": get("bf16", "cold", "compile_s"),
+             "fp8_warm_compile_s": get("fp8", "warm", "compile_s"),
+             "warm_start_s": get("fp8", "warm", "wall_s"),
+             "warm_cache_hit": get("fp8", "warm", "compile_cache_hit")}
+  result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
+            "summary": summary, "checkpoint_write_s": write_s, "rows": rows}
+  write_json(args.out, result)
+  print(f"\n{'precision':9} {'cold compile s':>14} {'cold wall s':>11} {'warm compile s':>14} "
+        f"{'warm wall s':>11} {'hit':>4}")
+  for r in rows:
+    c, w = r["cold"], r["warm"]
+    print(f"{r['precision']:9} {c.get('compile_s', float('nan')):14.1f} {c['wall_s']:11.1f} "
+          f"{w.get('compile_s', float('nan')):14.1f} {w['wall_s']:11.1f} "
+          f"{str(w.get('compile_cache_hit')):>4}")
+  print("summary:", json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()

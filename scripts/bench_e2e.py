@@ -1,0 +1,308 @@
+"""End to end: the beam search as a ladder of rungs, each in its own process (the kernel
+mode is read when the search is traced), measured in one run on one GPU.
+
+Rungs (--rungs): xla_bf16 (every kernel entry point on its reference: plain XLA),
+kernels_bf16 (our kernels, 16-bit weights), fp8 (our kernels under the paper's FP8 rules),
+and the fusions this project added, each taken away once: fp8_attention_xla (the fused
+attention kernel pinned to its XLA reference), fp8_constrained (constrained decoding over
+--items valid items). For every rung: compile time (tracing and lowering, XLA's compile),
+latency median/min/max over --runs runs with inputs on the device, requests/s, peak device
+memory, and a device-time breakdown from CUPTI (every kernel of one search, by category:
+gemm, quantize, attention, norms/residual, routing/combine, top-k, beam/past, other; idle
+= wall minus kernel time). --sweep adds the best FP8 rung at other batch sizes, beam
+widths and context lengths. Random bf16 weights made on the device, random contexts.
+Writes JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a
+table last. --smoke runs a tiny preset on any backend (the CPU tests use it).
+
+  python scripts/bench_e2e.py --out bench/results/e2e_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import header, write_json  # noqa: E402
+
+RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
+    "xla_bf16": ("reference", False, False, ""),
+    "kernels_bf16": ("auto", False, False, ""),
+    "fp8": ("auto", True, False, ""),
+    "fp8_attention_xla": ("auto,attention=reference", True, False, ""),
+    "fp8_constrained": ("auto", True, True, ""),
+    # Not in the default ladder: XLA's command buffers (CUDA graphs) off, and on for
+    # every command type that can be captured.
+    "fp8_command_buffers_off": ("auto", True, False, "--xla_gpu_enable_command_buffer="),
+    "fp8_command_buffers_all": ("auto", True, False,
+                                "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,"
+                                "CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"),
+}
+DEFAULT_RUNGS = ("xla_bf16", "kernels_bf16", "fp8", "fp8_attention_xla", "fp8_constrained")
+CATEGORIES = ("gemm", "quantize", "attention", "norms_residual", "routing_combine", "topk",
+              "beam_past", "other")
+# Kernel names of our own kernels (CUPTI names the Triton and Mosaic kernels after their
+# functions) and of cuBLAS.
+_KERNEL_NAMES = [
+    (r"_quantize_kernel", "quantize"), (r"_attention_kernel", "attention"),
+    (r"_router_kernel", "routing_combine"),
+    (r"_beam_|_filter_kernel|_kth_kernel|_chunk_max|_counts_kernel|_rank_kernel", "topk"),
+    (r"mosaic|_kernel$|gemm|xmma|cutlass|nvjet|cublas", "gemm"),
+]
+# Flax module paths (and beam-search scopes) in the HLO's op_name metadata.
+_SCOPES = [
+    (r"_proj/|/router/.*dot_general|\.\.\.k,nk->|ragged_dot|td,ed->te", "gemm"),
+    (r"/(cross_attn|self_attn)/", "attention"),
+    (r"_norm/|/layer_\d+/add|head_\d+_norm", "norms_residual"),
+    (r"/mlp/(router|experts)|/mlp/add|/mlp/reshape", "routing_combine"),
+    (r"top_k|beam_select|log_softmax|sort", "topk"),
+    (r"past/|extend", "beam_past"),
+]
+
+
+def _hlo_scopes(hlo_text: str) -> dict[str, str]:
+  """Kernel name (HLO instruction name, '.' as '_') -> op_name metadata."""
+  out = {}
+  for name, op in re.findall(r"%([\w.\-]+) = [^\n]*?metadata=\{op_name=\"([^\"]+)\"",
+                             hlo_text):
+    out[name.replace(".", "_").replace("-", "_")] = op
+  return out
+
+
+def categorize(kernel: str, scopes: dict[str, str]) -> str:
+  """The category of one kernel launch, from its own name or its HLO op's scope."""
+  op = scopes.get(kernel.replace(".", "_").replace("-", "_"))
+  if op is not None:
+    for pattern, category in _SCOPES:
+      if re.search(pattern, op):
+        return category
+  for pattern, category in _KERNEL_NAMES:
+    if re.search(pattern, kernel):
+      return category
+  return "other"
+
+
+def _breakdown(compiled, args, wall_ms: float) -> dict:
+  """CUPTI: every kernel of one search, summed by category (ms), the top kernels, and idle
+  = wall - kernel time."""
+  from jax.experimental.mosaic.gpu import profiler
+  _, timings = profiler.measure(compiled, aggregate=False)(*args)
+  scopes = _hlo_scopes(compiled.as_text())
+  by_cat = collections.Counter()
+  by_kernel = collections.Counter()
+  launches = collections.Counter()
+  for name, ms in timings or []:
+    by_cat[categorize(name, scopes)] += ms
+    by_kernel[name] += ms
+    launches[categorize(name, scopes)] += 1
+  kernel_ms = sum(by_cat.values())
+  return {"ms": {c: by_cat[c] for c in CATEGORIES}, "launches": dict(launches),
+          "kernel_ms": kernel_ms, "idle_ms": max(wall_ms - kernel_ms, 0.0),
+          "kernels": len(timings or []),
+          "top_kernels": [{"name": n, "ms": t, "category": categorize(n, scopes)}
+                          for n, t in by_kernel.most_common(40)]}
+
+
+def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: int,
+             items: int, layers: int, breakdown: bool) -> dict:
+  """One rung in this process: compile, warm up, time, break down."""
+  mode, fp8, constrained, xla_flags = RUNGS[name]
+  os.environ["ONEREC_KERNELS"] = mode  # before anything is traced
+  if xla_flags:  # before jax initialises its backend
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+  import jax
+  import numpy as np
+  from onerec_jax import generate as gen
+  from onerec_jax import quant
+  from onerec_jax.config import Pathway, preset as get_preset
+  from onerec_jax.model import default_rules, init_params
+
+  cfg = get_preset(preset).replace(param_dtype="bfloat16")
+  if layers:
+    cfg = cfg.replace(n_layers=layers, moe_layers=tuple(i for i in cfg.moe_layers
+                                                         if i < layers))
+  if context and context != cfg.max_context_len:  # one pathway of the asked length
+    p = cfg.pathways[-1]
+    cfg = cfg.replace(pathways=(Pathway(p.name, p.width, context),))
+  t0 = time.perf_counter()
+  params = jax.block_until_ready(
+      jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
+  rules = default_rules(cfg) if fp8 else None
+  if rules:
+    params = jax.block_until_ready(
+        jax.jit(quant.quantize_params, static_argnums=1)(params, rules))
+  init_s = time.perf_counter() - t0
+  valid = None
+  if constrained:
+    valid = gen.build_item_table(*gen.random_items(cfg, items, seed=0), cfg.codebook_sizes)
+  f, m = jax.device_put(gen.pad_batch(cfg, gen.random_contexts(cfg, batch, seed=1), None,
+                                      0, batch, batch))
+  t0 = time.perf_counter()
+  lowered = gen.lower(params, f, m, valid, config=cfg, beam_width=beam, rules=rules)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  xla_s = time.perf_counter() - t0
+  args = (params, f, m, valid)
+  for _ in range(2):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(1e3 * (time.perf_counter() - t0))
+  med = statistics.median(times)
+  res = compiled(*args)
+  row = dict(rung=name, kernels=mode, fp8=fp8, constrained=constrained, xla_flags=xla_flags,
+             valid_items=items if constrained else None, preset=preset,
+             layers=cfg.n_layers, batch=batch, beam=beam, context=cfg.max_context_len,
+             init_s=init_s, trace_lower_s=lower_s, xla_compile_s=xla_s,
+             compile_s=lower_s + xla_s, latency_ms_median=med,
+             latency_ms_min=min(times), latency_ms_max=max(times), runs=runs,
+             requests_per_s=1e3 * batch / med,
+             scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
+             empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)))
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
+  row["peak_bytes_in_use"] = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  if breakdown and jax.default_backend() == "gpu":
+    row["breakdown"] = _breakdown(compiled, args, med)
+  return row
+
+
+def _child(rung: str, args, **overrides) -> dict:
+  """run_rung in a fresh process (its own kernel mode and jit cache)."""
+  spec = dict(preset=args.preset, batch=args.batch, beam=args.beam, context=0,
+              runs=args.runs, items=args.items, layers=args.layers,
+              breakdown=not args.no_breakdown)
+  spec.update(overrides)
+  with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", rung, "--child-out",
+           out.name, "--child-spec", json.dumps(spec)]
+    done = subprocess.run(cmd, text=True, capture_output=True)
+    if done.returncode:
+      return {"rung": rung, **spec, "error": done.stderr.strip().splitlines()[-1:]}
+    return json.load(open(out.name))
+
+
+def _figure(result: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [r for r in result["ladder"] if "breakdown" in r]
+  sweep = result.get("sweep") or []
+  fig, axes = plt.subplots(1, 1 + (1 if sweep else 0), figsize=(13 if sweep else 8, 4.5))
+  axes = list(axes) if sweep else [axes]
+  bottom = [0.0] * len(rows)
+  for cat in CATEGORIES + ("idle",):
+    vals = [r["breakdown"]["idle_ms"] if cat == "idle" else r["breakdown"]["ms"][cat]
+            for r in rows]
+    axes[0].bar([r["rung"] for r in rows], vals, bottom=bottom, label=cat)
+    bottom = [b + v for b, v in zip(bottom, vals)]
+  axes[0].set_ylabel("ms per batch")
+  axes[0].set_title("device time by category (CUPTI), idle = wall - kernels")
+  axes[0].legend(fontsize=7)
+  axes[0].tick_params(axis="x", rotation=20)
+  for axis, label in (("batch", "B"), ("beam", "W"), ("context", "N")):
+    pts = sorted((r[axis], r["latency_ms_median"]) for r in sweep
+                 if r.get("sweep_axis") == axis and "latency_ms_median" in r)
+    if pts:
+      axes[1].plot(*zip(*pts), "o-", label=f"vs {label}")
+  if sweep:
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("FP8 latency, ms")
+    axes[1].legend()
+    axes[1].set_title("best FP8 rung, one axis at a time")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default="bench/results/e2e.json")
+  ap.add_argument("--preset", default="moe-4b")
+  ap.add_argument("--layers", type=int, default=0, help="cut the preset to N layers")
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--beam", type=int, default=512)
+  ap.add_argument("--runs", type=int, default=10)
+  ap.add_argument("--items", type=int, default=10_000_000, help="for fp8_constrained")
+  ap.add_argument("--rungs", default=",".join(DEFAULT_RUNGS), help=f"of {list(RUNGS)}")
+  ap.add_argument("--sweep", action="store_true")
+  ap.add_argument("--no-breakdown", action="store_true")
+  ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
+  ap.add_argument("--child", help=argparse.SUPPRESS)
+  ap.add_argument("--child-out", help=argparse.SUPPRESS)
+  ap.add_argument("--child-spec", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.child:
+    row = run_rung(args.child, **json.loads(args.child_spec))
+    with open(args.child_out, "w") as f:
+      json.dump(row, f)
+    return
+  if args.smoke:
+    args.preset, args.batch, args.beam, args.runs, args.items = "tiny", 2, 8, 2, 200
+  ladder = []
+  for rung in filter(None, args.rungs.split(",")):
+    if rung not in RUNGS:
+      raise SystemExit(f"--rungs: unknown rung {rung!r}; known: {list(RUNGS)}")
+    ladder.append(_child(rung, args))
+    print(json.dumps({k: v for k, v in ladder[-1].items() if k != "breakdown"}), flush=True)
+  sweep = []
+  if args.sweep:
+    points = ([("batch", b) for b in (1, 8, 64)] + [("beam", w) for w in (64, 1024)]
+              + [("context", n) for n in (128, 3000)])
+    for axis, value in points:
+      row = _child("fp8", args, breakdown=False, runs=max(3, args.runs // 2), **{axis: value})
+      sweep.append({"sweep_axis": axis, **row})
+      print(json.dumps(sweep[-1]), flush=True)
+  by = {r["rung"]: r for r in ladder if "latency_ms_median" in r}
+  ms = lambda name: by[name]["latency_ms_median"] if name in by else None
+  summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
+             "beam": args.beam, "xla_bf16_ms": ms("xla_bf16"), "bf16_ms": ms("kernels_bf16"),
+             "fp8_ms": ms("fp8")}
+  if ms("fp8") and ms("kernels_bf16"):
+    summary["fp8_vs_bf16"] = ms("kernels_bf16") / ms("fp8")
+  if ms("fp8") and ms("xla_bf16"):
+    summary["fp8_vs_xla_bf16"] = ms("xla_bf16") / ms("fp8")
+  if ms("fp8") and ms("fp8_constrained"):
+    summary["constrained_over_unconstrained"] = ms("fp8_constrained") / ms("fp8")
+  if "fp8" in by and "breakdown" in by["fp8"]:
+    b = by["fp8"]["breakdown"]
+    summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]
+    summary["fp8_idle_fraction"] = b["idle_ms"] / ms("fp8")
+  result = {**header("wall clock around block_until_ready, after 2 warm-ups; breakdown "
+                     "by CUPTI over one search"), "summary": summary, "ladder": ladder,
+            "sweep": sweep}
+  import jax
+  result["summary"]["device"] = result["device"] = jax.devices()[0].device_kind
+  result["summary"]["commit"] = result["git_commit"]
+  write_json(args.out, result)
+  if any("breakdown" in r for r in ladder) or sweep:
+    _figure(result, os.path.splitext(args.out)[0] + ".png")
+  print(f"\n{'rung':20} {'compile s':>9} {'median ms':>9} {'min':>7} {'max':>7} "
+        f"{'req/s':>7} {'kernel':>7} {'idle':>6} {'gemm':>6} {'quant':>6} {'attn':>6}")
+  for r in ladder:
+    if "error" in r:
+      print(f"{r['rung']:20} error: {r['error']}")
+      continue
+    b = r.get("breakdown", {"ms": collections.defaultdict(float), "kernel_ms": 0,
+                            "idle_ms": 0})
+    print(f"{r['rung']:20} {r['compile_s']:9.1f} {r['latency_ms_median']:9.2f} "
+          f"{r['latency_ms_min']:7.2f} {r['latency_ms_max']:7.2f} {r['requests_per_s']:7.0f} "
+          f"{b['kernel_ms']:7.2f} {b['idle_ms']:6.2f} {b['ms']['gemm']:6.2f} "
+          f"{b['ms']['quantize']:6.2f} {b['ms']['attention']:6.2f}")
+  print("summary:", json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,149 @@
+"""The attention op: the reference against a float64 loop written from the definition,
+and the Triton kernel against the reference in Triton's CPU interpreter at awkward shapes
+(one query row, rows and keys off the blocks, GQA, padded and all-masked contexts); on
+the GPU (marked) at the beam search's shapes through JAX."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import onerec_kernels.attention as attention_op
+from onerec_kernels import backend
+from onerec_kernels.attention import attention_reference
+
+rng = np.random.default_rng(0)
+FLOAT32_MIN = -3.4028234663852886e38  # the masked score: the most negative finite FP32
+
+
+def _inputs(b, q, g, r, n, d, dtype=np.float32, padded=True):
+  qs = rng.standard_normal((b, q, g, r, d)).astype(dtype)
+  ks = rng.standard_normal((b, n, g, d)).astype(dtype)
+  vs = rng.standard_normal((b, n, g, d)).astype(dtype)
+  mask = rng.random((b, n)) > (0.3 if padded else -1)
+  mask[:, 0] = True
+  return qs, ks, vs, mask
+
+
+def _attention_np(q, k, v, key_mask):
+  """The definition, one (request, K/V head, query head, row) at a time in float64."""
+  b, nq, g, r, d = q.shape
+  out = np.zeros(q.shape, np.float64)
+  for bi in range(b):
+    for gi in range(g):
+      keys, values = k[bi, :, gi].astype(np.float64), v[bi, :, gi].astype(np.float64)
+      for ri in range(r):
+        s = q[bi, :, gi, ri].astype(np.float64) @ keys.T / np.sqrt(d)  # [Q, N]
+        s = np.where(key_mask[bi][None, :], s, FLOAT32_MIN)
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        out[bi, :, gi, ri] = (p / p.sum(axis=1, keepdims=True)) @ values
+  return out
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 2, 3, 7, 16), (1, 1, 1, 1, 1, 8),
+                                   (3, 4, 2, 2, 33, 32)])
+def test_reference_against_float64(shape):
+  q, k, v, mask = _inputs(*shape)
+  got = attention_reference(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                            jnp.asarray(mask)[:, None, None, None, :])
+  chex.assert_shape(got, q.shape)
+  np.testing.assert_allclose(np.asarray(got, np.float64), _attention_np(q, k, v, mask),
+                             rtol=2e-5, atol=2e-6)
+
+
+def test_reference_all_masked_request_averages_every_key():
+  q, k, v, mask = _inputs(2, 3, 1, 1, 6, 8)
+  mask[1] = False
+  got = attention_reference(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                            jnp.asarray(mask)[:, None, None, None, :])
+  chex.assert_tree_all_finite(got)
+  np.testing.assert_allclose(np.asarray(got)[1], np.broadcast_to(
+      v[1].mean(axis=0)[None, :, None], (3, 1, 1, 8)), rtol=1e-5, atol=1e-6)
+
+
+def _run_kernel(q, k, v, mask):
+  """The Triton kernel in the interpreter on torch CPU tensors, with the launch plan the
+  JAX wrapper uses."""
+  import torch
+  from onerec_kernels.attention import triton_gpu
+  b, nq, g, r, d = q.shape
+  grid, _, _, meta = triton_gpu.attention_plan(b, nq, g, r, k.shape[1], d, q.dtype)
+  out = torch.full(q.shape, float("nan"), dtype=torch.from_numpy(q).dtype)  # poisoned
+  m = torch.zeros(1, dtype=torch.int8) if mask is None else torch.from_numpy(
+      mask.astype(np.int8))
+  triton_gpu._attention_kernel[grid](torch.from_numpy(q), torch.from_numpy(k),
+                                     torch.from_numpy(v), m, out,
+                                     HAS_MASK=mask is not None, **meta)
+  return out.float().numpy()
+
+
+@pytest.mark.parametrize("shape", [
+    (2, 1, 3, 1, 20, 16),  # step 1: one query row a request
+    (2, 37, 2, 2, 70, 32),  # GQA; rows and keys off the blocks
+    (1, 130, 1, 1, 64, 40),  # two row blocks, a head width off the power of two
+])
+@pytest.mark.parametrize("padded", [True, False])
+def test_triton_kernel_matches_reference_interpret(shape, padded):
+  q, k, v, mask = _inputs(*shape, padded=padded)
+  got = _run_kernel(q, k, v, mask if padded else None)
+  want = _attention_np(q, k, v, mask)
+  assert np.all(np.isfinite(got)), "an output element was left unwritten"
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_triton_kernel_all_masked_and_half_precision_interpret():
+  q, k, v, mask = _inputs(3, 9, 1, 2, 50, 16)
+  mask[2] = False  # a request whose context is all padding: the reference's average
+  np.testing.assert_allclose(_run_kernel(q, k, v, mask), _attention_np(q, k, v, mask),
+                             rtol=2e-5, atol=2e-5)
+  h = [a.astype(np.float16) for a in (q, k, v)]
+  got = _run_kernel(*h, mask)
+  # fp16 operands (exact in FP32 products) and probabilities rounded to fp16 for the
+  # second product: relative error of order 2^-11 per term, summed over the keys.
+  np.testing.assert_allclose(got, _attention_np(*h, mask), rtol=5e-3, atol=5e-3)
+
+
+def test_entry_point_takes_the_reference_off_the_gpu():
+  q, k, v, mask = _inputs(2, 4, 2, 1, 24, 16)
+  args = [jnp.asarray(a) for a in (q, k, v)]
+  m = jnp.asarray(mask)[:, None, None, None, :]
+  chex.assert_trees_all_equal(attention_op.attention(*args, m),
+                              attention_reference(*args, m))
+  if not backend.on_hopper():
+    with pytest.raises(backend.Unsupported, match="runs on Hopper"):
+      attention_op.attention(*args, m, impl="triton")
+  with pytest.raises(ValueError, match=r"q \[B, Q, G, R, dh\]"):
+    attention_op.attention(args[0][:, :, :1], args[1], args[2], m)
+
+
+def test_key_mask_of():
+  m = jnp.ones((2, 1, 1, 1, 9), bool)
+  assert attention_op.key_mask_of(m, 2, 9).shape == (2, 9)
+  assert attention_op.key_mask_of(jnp.ones((1, 1, 1, 1, 9), bool), 3, 9).shape == (3, 9)
+  assert attention_op.key_mask_of(jnp.ones((1, 1, 1, 3, 9), bool), 2, 9) is None  # causal
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,q,g,r,n,d,dtype", [
+    (32, 512, 11, 1, 512, 128, jnp.bfloat16),  # moe-4b wide steps
+    (32, 1, 11, 1, 512, 128, jnp.bfloat16),  # moe-4b step 1
+    (4, 300, 2, 2, 3000, 64, jnp.bfloat16),  # long online context, GQA
+    (3, 16, 2, 2, 100, 32, jnp.float32),  # the demo's shapes, IEEE FP32
+])
+def test_triton_kernel_matches_reference_gpu(b, q, g, r, n, d, dtype):
+  from onerec_kernels.gemm_mgpu import testing
+  ks = jax.random.split(jax.random.key(n), 4)
+  qs = jax.random.normal(ks[0], (b, q, g, r, d), dtype)
+  k = jax.random.normal(ks[1], (b, n, g, d), dtype)
+  v = jax.random.normal(ks[2], (b, n, g, d), dtype)
+  mask = (jax.random.uniform(ks[3], (b, n)) > 0.3).at[:, 0].set(True).at[-1].set(False)
+  m = mask[:, None, None, None, :]
+  got = testing.poisoned_call(lambda: jax.jit(
+      lambda *a: attention_op.attention(*a, impl="triton"))(qs, k, v, m), qs.shape, dtype)
+  ref = attention_reference(qs.astype(jnp.float32), k.astype(jnp.float32),
+                            v.astype(jnp.float32), m)
+  chex.assert_tree_all_finite(got)
+  err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - ref)))
+  # bf16 output (2^-9 relative) and probabilities rounded to bf16 for the second product.
+  assert err <= (2e-5 if dtype == jnp.float32 else 2e-2), err

@@ -1,0 +1,67 @@
+"""Start-up: jax's persistent compilation cache through the command (a second process
+with the same model, bucket and rules loads the executable instead of compiling), and the
+start-up and end-to-end benchmark scripts at a smoke size."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _generate(cache, out):
+  """The command in a fresh process; cache None: --no-compile-cache."""
+  where = ["--no-compile-cache"] if cache is None else ["--compile-cache", str(cache)]
+  cmd = [sys.executable, "-m", "onerec_jax", "generate", "--preset", "tiny", "--random", "3",
+         "--beam-width", "6", "--fp8", "--output", str(out), *where]
+  done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(out.read_text())["timing"], done.stderr
+
+
+def test_second_process_hits_the_persistent_cache(tmp_path):
+  cold, err_cold = _generate(tmp_path / "cache", tmp_path / "a.json")
+  warm, err_warm = _generate(tmp_path / "cache", tmp_path / "b.json")
+  assert not cold["compile_cache_hit"] and "persistent" not in err_cold
+  assert warm["compile_cache_hit"] and "from the persistent compilation cache" in err_warm
+  assert warm["compile_s"] < 0.5 * cold["compile_s"], (cold["compile_s"], warm["compile_s"])
+  assert any((tmp_path / "cache").iterdir())
+  off, _ = _generate(None, tmp_path / "c.json")
+  assert not off["compile_cache_hit"]
+
+
+@pytest.mark.parametrize("script,args", [
+    ("bench_e2e.py", ["--rungs", "xla_bf16,fp8"]),
+    ("bench_compile.py", ["--precisions", "fp8"]),
+])
+def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
+  out = tmp_path / "r.json"
+  done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--smoke", "--out",
+                         str(out), *args], capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert {"device", "jax_version", "git_commit", "summary"} <= set(result)
+  assert "summary:" in done.stdout.splitlines()[-1]
+  if script == "bench_e2e.py":
+    assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
+  else:
+    assert result["summary"]["warm_cache_hit"] is True
+
+
+def test_breakdown_categories():
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench_e2e
+  hlo = ('%loop_add_fusion.3 = bf16[4]{0} fusion(), kind=kLoop, metadata={op_name="jit(_search)'
+         '/OneRecV2.decode/layer_2/add"}\n%fusion.7 = f32[2]{0} fusion(), metadata={op_name='
+         '"jit(_search)/OneRecV2.decode/layer_0/self_attn/mul"}\n')
+  scopes = bench_e2e._hlo_scopes(hlo)
+  assert bench_e2e.categorize("loop_add_fusion_3", scopes) == "norms_residual"
+  assert bench_e2e.categorize("fusion_7", scopes) == "attention"
+  assert bench_e2e.categorize("_quantize_kernel", scopes) == "quantize"
+  assert bench_e2e.categorize("_attention_kernel", scopes) == "attention"
+  assert bench_e2e.categorize("_beam_filter_kernel", scopes) == "topk"
+  assert bench_e2e.categorize("sm90_xmma_gemm_bf16bf16_bf16f32", scopes) == "gemm"
+  assert bench_e2e.categorize("some_copy", scopes) == "other"
