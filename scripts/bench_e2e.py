@@ -54,7 +54,8 @@ CATEGORIES = ("gemm", "quantize", "attention", "norms_residual", "routing_combin
 _KERNEL_NAMES = [
     (r"_quantize_kernel", "quantize"), (r"_attention_kernel", "attention"),
     (r"_router_kernel", "routing_combine"),
-    (r"_beam_|_filter_kernel|_kth_kernel|_chunk_max|_counts_kernel|_rank_kernel", "topk"),
+    (r"_beam_|_filter_kernel|_kth_kernel|_chunk_max|_counts_kernel|_rank_kernel|radix_sort|"
+     r"topk|top_k", "topk"),
     (r"mosaic|_kernel$|gemm|xmma|cutlass|nvjet|cublas", "gemm"),
 ]
 # Flax module paths (and beam-search scopes) in the HLO's op_name metadata.
