@@ -26,6 +26,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
   cold, err_cold = _generate(tmp_path / "cache", tmp_path / "a.json")
   warm, err_warm = _generate(tmp_path / "cache", tmp_path / "b.json")
   assert not cold["compile_cache_hit"] and "persistent" not in err_cold
+  assert cold["program"] == "traced" and warm["program"] == "exported"  # nothing traced
   assert warm["compile_cache_hit"] and "from the persistent compilation cache" in err_warm
   assert warm["compile_s"] < 0.5 * cold["compile_s"], (cold["compile_s"], warm["compile_s"])
   assert any((tmp_path / "cache").iterdir())

@@ -177,10 +177,15 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr)
   before = gen.compile_cache.compile_events()
   print("compiling ...", end="", flush=True, file=sys.stderr)
-  compile_s = gen.warmup(params, config, **kw)[bucket]
+  programs = {}
+  compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
+                         **kw)[bucket]
   hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
+  how = {"exported": ", the stored program: nothing traced",
+         "traced": "", "process": ""}[programs[bucket]]
   print(f"\rcompiled in {compile_s:.2f} s"
-        f"{' (from the persistent compilation cache)' if hits else ''}", file=sys.stderr)
+        f"{' (from the persistent compilation cache' + how + ')' if hits else ''}",
+        file=sys.stderr)
 
   parts, latencies = [], []
   spans = gen.chunks(batch, (bucket,))
@@ -197,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
                      for i in range(3)))
   total = sum(latencies)
   timing = {"compile_s": compile_s, "compile_cache_hit": bool(hits),
+            "program": programs[bucket],
             "batches": len(latencies), "batch_size": bucket, "total_s": total,
             "throughput_rps": batch / total, "device": jax.devices()[0].device_kind}
   if len(latencies) > 1:

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 
 from onerec_jax.config import Config
-from onerec_jax.generate import beam
-from onerec_jax.generate.beam import Result, beam_search
+from onerec_jax.generate.beam import Result, compiled_search
 from onerec_jax.generate.items import GenerateInputError, ItemTable
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -122,8 +121,9 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
   outs = []
   for start, stop, bucket in chunks(batch, batch_buckets):  # dispatch all, then fetch
     f, m = pad_batch(config, features, mask, start, stop, bucket)
-    outs.append((stop - start, beam_search(params, f, m, valid_items, config=config,
-                                           beam_width=beam_width, rules=rules)))
+    run, _ = compiled_search(params, f, m, valid_items, config=config,
+                             beam_width=beam_width, rules=rules)
+    outs.append((stop - start, run(params, f, m, valid_items)))
   cat = lambda i: np.concatenate([np.asarray(o[i])[:rows] for rows, o in outs])
   return Result(cat(0), cat(1), None if valid_items is None else cat(2))
 
@@ -131,20 +131,21 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
 def warmup(params: Any, config: Config, *, beam_width: int,
            valid_items: ItemTable | None = None, rules=None,
            batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
-           progress: Callable[[int, float], None] | None = None) -> dict[int, float]:
+           progress: Callable[[int, float, str], None] | None = None) -> dict[int, float]:
   """Compiles the beam search for every bucket ahead of traffic and runs it once (the
-  first call also sets up jit's fast dispatch path); returns the compile seconds per
-  bucket, and calls progress(bucket, seconds) after each. Later generate calls in these
-  buckets do not compile."""
+  first call also sets up the fast dispatch path); returns the compile seconds per bucket,
+  and calls progress(bucket, seconds, how) after each (how: compile_cache.program's).
+  Later generate calls in these buckets do not compile; with the persistent compilation
+  cache on, a restarted process's warmup neither traces nor compiles them."""
   seconds = {}
   for bucket in batch_buckets:
     empty = {p.name: np.zeros((0, 1, p.width), np.float32) for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
-    kw = dict(config=config, beam_width=beam_width, rules=rules)
     t0 = time.perf_counter()
-    beam.lower(params, f, m, valid_items, **kw).compile()
+    run, how = compiled_search(params, f, m, valid_items, config=config,
+                               beam_width=beam_width, rules=rules)
     seconds[bucket] = time.perf_counter() - t0
-    jax.block_until_ready(beam_search(params, f, m, valid_items, **kw))
+    jax.block_until_ready(run(params, f, m, valid_items))
     if progress:
-      progress(bucket, seconds[bucket])
+      progress(bucket, seconds[bucket], how)
   return seconds

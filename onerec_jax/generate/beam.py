@@ -25,6 +25,7 @@ from onerec_kernels import backend
 
 from onerec_jax import quant
 from onerec_jax.config import Config
+from onerec_jax.generate import compile_cache
 from onerec_jax.generate.items import ItemTable
 from onerec_jax.model.onerec import OneRecV2, extend
 
@@ -137,6 +138,26 @@ def lower(params, features, mask, valid_items=None, *, config: Config, beam_widt
   in force."""
   return _search.lower(params, features, mask, valid_items, config=config,
                        beam_width=beam_width, rules=rules, kernels=backend.mode())
+
+
+def compiled_search(params, features, mask, valid_items=None, *, config: Config,
+                    beam_width: int, rules=None):
+  """(run, how): beam_search compiled for these arguments' shapes in the kernel mode in
+  force, once per process and, with the persistent compilation cache on, once per machine
+  (compile_cache.program: how says which); run(params, features, mask, valid_items) ->
+  Result. generate and warmup run the search through this."""
+  mode = backend.mode()
+
+  def search(p, f, m, v):
+    with backend.use(mode):
+      res = _beam_search(p, f, m, v, config, beam_width, rules)
+    return tuple(x for x in res if x is not None)
+
+  statics = {"program": "onerec_jax.generate.beam_search", "config": config.to_json(),
+             "beam_width": beam_width, "kernels": mode,
+             "rules": None if rules is None else rules.to_json()}
+  run, how = compile_cache.program(search, (params, features, mask, valid_items), statics)
+  return (lambda *args: Result(*run(*args), *((None,) if valid_items is None else ()))), how
 
 
 def _beam_search(params, features, mask, valid_items, config, beam_width, rules) -> Result:

@@ -1,6 +1,7 @@
-"""jax's persistent compilation cache for the beam search, and counters of jax's compile
-events (so a caller can tell a compile from a cache hit, and a soak test can check that
-nothing compiles after warm-up).
+"""Compiling the beam search once: jax's persistent compilation cache, the programs
+exported into it (so that a restarted process neither traces nor lowers the search),
+and counters of jax's compile events (so a caller can tell a compile from a cache hit,
+and a soak test can check that nothing compiles after warm-up).
 
 The cache folder: $ONEREC_JAX_COMPILE_CACHE if set ("off" disables it), else
 <user cache folder>/jax-compile (onerec_jax.cache). A second process with the same model,
@@ -10,9 +11,14 @@ bucket, rules and kernel mode then loads the executables instead of compiling th
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
+import json
 import os
 import pathlib
 import threading
+import warnings
+from typing import Any, Callable
 
 import jax
 
@@ -78,3 +84,97 @@ def compile_events() -> dict[str, float]:
     return {"hits": _counts[_HIT], "misses": _counts[_MISS],
             "compiles": _counts[_BACKEND_COMPILE],
             "compile_seconds": _counts["compile_seconds"]}
+
+
+# Compiled programs ----------------------------------------------------------------------
+EXPORT_FORMAT = 1  # bump when the key or the stored layout changes
+_programs: dict[tuple, Callable] = {}
+_programs_lock = threading.Lock()
+
+
+@functools.cache
+def source_fingerprint() -> str:
+  """sha256 of the product's Python sources (onerec_jax and onerec_kernels): a stored
+  program is reused only by the code that exported it."""
+  import onerec_kernels
+  digest = hashlib.sha256()
+  for root in (pathlib.Path(__file__).resolve().parents[1],  # onerec_jax
+               pathlib.Path(onerec_kernels.__file__).resolve().parent):
+    for path in sorted(root.rglob("*.py")):
+      digest.update(str(path.relative_to(root)).encode())
+      digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def _exported_dir() -> pathlib.Path | None:
+  folder = jax.config.jax_compilation_cache_dir
+  return None if not folder else pathlib.Path(folder) / "onerec-exported"
+
+
+def program(fn: Callable, args: Any, statics: dict[str, Any]) -> tuple[Callable, str]:
+  """fn(*args) compiled, for these arguments' shapes and the statics that name fn and
+  what it closes over (its config, rules, ...: anything that changes the program; two
+  fns with equal statics must compute the same), as (run, how): run takes
+  args as fn does; how is "process" (compiled earlier in this process), "exported" (read
+  from the persistent cache folder: neither traced nor lowered, and XLA's compile of it is
+  a persistent cache hit once filled) or "traced" (traced, lowered and compiled; with the
+  persistent cache on, exported there for the next process).
+
+  fn must be pure and return a tuple of arrays. Programs are stored only while the
+  persistent compilation cache is on (enable()), keyed on the statics, the argument
+  shapes and structure, the jax version, the device and the source fingerprint.
+  """
+  leaves, treedef = jax.tree.flatten(args)
+  avals = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+  statics_text = json.dumps(statics, sort_keys=True, default=str)
+  local = (statics_text, str(treedef), avals)
+  with _programs_lock:
+    if local in _programs:
+      return _programs[local], "process"
+  flat = lambda *xs: fn(*jax.tree.unflatten(treedef, xs))
+  folder = _exported_dir()
+  how = "traced"
+  if folder is None:
+    compiled = jax.jit(flat).lower(*leaves).compile()
+  else:
+    device = jax.devices()[0]
+    key = hashlib.sha256(json.dumps({
+        "format": EXPORT_FORMAT, "jax": jax.__version__, "device": device.device_kind,
+        "platform": device.platform, "source": source_fingerprint(), "statics": statics_text,
+        "tree": str(treedef), "avals": avals}).encode()).hexdigest()
+    path = folder / f"{key}.jaxexport"
+    if path.exists():
+      exported = jax.export.deserialize(bytearray(path.read_bytes()))
+      how = "exported"
+    else:
+      exported = _export(flat, leaves, path)
+    compiled = (jax.jit(flat) if exported is None else jax.jit(exported.call)).lower(
+        *leaves).compile()
+  run = lambda *a: compiled(*jax.tree.leaves(a))
+  with _programs_lock:
+    _programs.setdefault(local, run)
+    return _programs[local], how
+
+
+def _export(flat: Callable, leaves: list, path: pathlib.Path):
+  """flat exported for these leaves' shapes and stored at path (written whole or not at
+  all); None, with a warning, where jax cannot export it (the search then runs traced)."""
+  try:
+    exported = jax.export.export(jax.jit(flat), disabled_checks=[
+        jax.export.DisabledSafetyCheck.custom_call(name) for name in _UNLISTED_CALLS])(
+            *[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves])
+    data = exported.serialize()
+  except Exception as e:  # a lowering jax.export refuses; serving goes on without it
+    warnings.warn(f"the compiled search cannot be stored for the next process ({e}); "
+                  f"a restart will trace it again", stacklevel=3)
+    return None
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f".partial-{os.getpid()}")
+  tmp.write_bytes(data)
+  tmp.replace(path)
+  return exported
+
+
+# Custom calls jax.export does not list as stable but that carry their whole kernel in
+# the call (jax-triton embeds the compiled Triton kernel); Pallas Mosaic GPU's is listed.
+_UNLISTED_CALLS = ("triton_kernel_call",)
