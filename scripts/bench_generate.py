@@ -23,7 +23,7 @@ from bench_common import header, write_json
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
-from onerec_jax.model.onerec import init_params
+from onerec_jax.model import init_params
 
 
 def _timed(fn, runs: int) -> list[float]:

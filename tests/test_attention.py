@@ -26,19 +26,25 @@ def _inputs(b, q, g, r, n, d, dtype=np.float32, padded=True):
   return qs, ks, vs, mask
 
 
-def _attention_np(q, k, v, key_mask):
-  """The definition, one (request, K/V head, query head, row) at a time in float64."""
+def _attention_np(q, k, v, key_mask, causal=False, with_lse=False):
+  """The definition, one (request, K/V head, query head) at a time in float64: -> out
+  (and the log-sum-exp of every row's scores)."""
   b, nq, g, r, d = q.shape
+  n = k.shape[1]
   out = np.zeros(q.shape, np.float64)
+  lse = np.zeros(q.shape[:-1], np.float64)
+  sees = np.arange(n)[None, :] <= np.arange(nq)[:, None] + n - nq if causal else True
   for bi in range(b):
     for gi in range(g):
       keys, values = k[bi, :, gi].astype(np.float64), v[bi, :, gi].astype(np.float64)
       for ri in range(r):
         s = q[bi, :, gi, ri].astype(np.float64) @ keys.T / np.sqrt(d)  # [Q, N]
-        s = np.where(key_mask[bi][None, :], s, FLOAT32_MIN)
-        p = np.exp(s - s.max(axis=1, keepdims=True))
+        s = np.where(key_mask[bi][None, :] & sees, s, FLOAT32_MIN)
+        top = s.max(axis=1, keepdims=True)
+        p = np.exp(s - top)
         out[bi, :, gi, ri] = (p / p.sum(axis=1, keepdims=True)) @ values
-  return out
+        lse[bi, :, gi, ri] = top[:, 0] + np.log(p.sum(axis=1))
+  return (out, lse) if with_lse else out
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 2, 3, 7, 16), (1, 1, 1, 1, 1, 8),
@@ -62,20 +68,22 @@ def test_reference_all_masked_request_averages_every_key():
       v[1].mean(axis=0)[None, :, None], (3, 1, 1, 8)), rtol=1e-5, atol=1e-6)
 
 
-def _run_kernel(q, k, v, mask):
+def _run_kernel(q, k, v, mask, causal=False, with_lse=False):
   """The Triton kernel in the interpreter on torch CPU tensors, with the launch plan the
-  JAX wrapper uses."""
+  JAX wrapper uses; outputs poisoned with NaN first."""
   import torch
   from onerec_kernels.attention import triton_gpu
   b, nq, g, r, d = q.shape
   grid, _, _, meta = triton_gpu.attention_plan(b, nq, g, r, k.shape[1], d, q.dtype)
-  out = torch.full(q.shape, float("nan"), dtype=torch.from_numpy(q).dtype)  # poisoned
+  out = torch.full(q.shape, float("nan"), dtype=torch.from_numpy(q).dtype)
+  lse = torch.full(q.shape[:-1] if with_lse else (1,), float("nan"))
   m = torch.zeros(1, dtype=torch.int8) if mask is None else torch.from_numpy(
       mask.astype(np.int8))
   triton_gpu._attention_kernel[grid](torch.from_numpy(q), torch.from_numpy(k),
-                                     torch.from_numpy(v), m, out,
-                                     HAS_MASK=mask is not None, **meta)
-  return out.float().numpy()
+                                     torch.from_numpy(v), m, out, lse,
+                                     HAS_MASK=mask is not None, CAUSAL=causal,
+                                     WRITE_LSE=with_lse, **meta)
+  return (out.float().numpy(), lse.numpy()) if with_lse else out.float().numpy()
 
 
 @pytest.mark.parametrize("shape", [
@@ -104,6 +112,23 @@ def test_triton_kernel_all_masked_and_half_precision_interpret():
   np.testing.assert_allclose(got, _attention_np(*h, mask), rtol=5e-3, atol=5e-3)
 
 
+@pytest.mark.parametrize("shape", [(2, 33, 2, 2, 33, 16), (1, 70, 1, 1, 70, 32),
+                                   (2, 9, 2, 1, 40, 16)])
+def test_causal_and_lse_interpret(shape):
+  """Causal prefill (Q = N, rows and keys off the blocks, padded keys) and the queries
+  as the last Q of N positions, with each row's log-sum-exp."""
+  q, k, v, mask = _inputs(*shape)
+  got, got_lse = _run_kernel(q, k, v, mask, causal=True, with_lse=True)
+  want, want_lse = _attention_np(q, k, v, mask, causal=True, with_lse=True)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(got_lse, want_lse, rtol=1e-5, atol=1e-5)
+  ref, ref_lse = attention_reference(*[jnp.asarray(a) for a in (q, k, v)],
+                                     jnp.asarray(mask)[:, None, None, None, :], causal=True,
+                                     lse=True)
+  np.testing.assert_allclose(np.asarray(ref), want, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(ref_lse), want_lse, rtol=1e-5, atol=1e-5)
+
+
 def test_entry_point_takes_the_reference_off_the_gpu():
   q, k, v, mask = _inputs(2, 4, 2, 1, 24, 16)
   args = [jnp.asarray(a) for a in (q, k, v)]
@@ -122,6 +147,23 @@ def test_key_mask_of():
   assert attention_op.key_mask_of(m, 2, 9).shape == (2, 9)
   assert attention_op.key_mask_of(jnp.ones((1, 1, 1, 1, 9), bool), 3, 9).shape == (3, 9)
   assert attention_op.key_mask_of(jnp.ones((1, 1, 1, 3, 9), bool), 2, 9) is None  # causal
+
+
+@pytest.mark.gpu
+def test_causal_prefill_with_lse_gpu():
+  ks = jax.random.split(jax.random.key(7), 4)
+  b, p, g, r, d = 2, 1000, 8, 2, 128  # a Qwen3-1.7B prompt
+  q = jax.random.normal(ks[0], (b, p, g, r, d), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (b, p, g, d), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (b, p, g, d), jnp.bfloat16)
+  m = (jnp.arange(p)[None] < jnp.array([[p], [613]]))[:, None, None, None, :]
+  run = jax.jit(lambda *a: attention_op.attention(*a, m, causal=True, lse=True,
+                                                  impl="triton"))
+  got, got_lse = run(q, k, v)
+  ref, ref_lse = attention_reference(q.astype(jnp.float32), k.astype(jnp.float32),
+                                     v.astype(jnp.float32), m, causal=True, lse=True)
+  assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - ref))) <= 2e-2
+  assert float(jnp.max(jnp.abs(got_lse - ref_lse))) <= 2e-2
 
 
 @pytest.mark.gpu

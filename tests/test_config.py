@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from onerec_jax.config import (PAPER_SIZES, PRESETS, Config, ConfigError, Pathway, preset,
-                               size_class_matches)
+from onerec_jax.config import (PAPER_SIZES, PRESETS, Config, ConfigError, Pathway,
+                               Qwen3Config, config_from_json, preset, size_class_matches)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_json_round_trip(name):
   cfg = PRESETS[name]
-  again = Config.from_json(cfg.to_json())
+  again = config_from_json(cfg.to_json())
+  assert type(again) is type(cfg) and again.family == cfg.family
   assert again == cfg
   assert hash(again) == hash(cfg)
   assert json.loads(again.to_json()) == json.loads(cfg.to_json())
@@ -32,7 +33,7 @@ def test_preset_parameter_counts_match_paper_size_class(name):
 def test_param_count_matches_initialised_tree():
   import jax
   from onerec_jax.model import init_params
-  for name in ("tiny", "tiny-moe", "demo"):
+  for name in ("tiny", "tiny-moe", "demo", "qwen3-tiny", "qwen3-moe-tiny", "qwen3-1.7b"):
     cfg = PRESETS[name]
     tree = jax.eval_shape(lambda c=cfg: init_params(c, jax.random.key(0)))
     assert sum(x.size for x in jax.tree.leaves(tree)) == cfg.param_count()["total"]
@@ -78,3 +79,20 @@ def test_from_dict_rejects_unknown_and_missing_fields():
 def test_unknown_preset_lists_names():
   with pytest.raises(ConfigError, match=r"unknown preset 'huge'; known: \['0.1b'"):
     preset("huge")
+
+
+def test_qwen3_config_checks_and_hugging_face_round_trip():
+  cfg = preset("qwen3-moe-tiny")
+  hf, layout = cfg.to_hf()
+  assert Qwen3Config.from_hf({**hf, "dtype": "float32"}, layout) == cfg
+  assert preset("qwen3-1.7b").param_count()["total"] == 1_770_382_336  # ~1.7B + itemic rows
+  with pytest.raises(ConfigError, match="the levels' token ranges overlap"):
+    cfg.replace(sid_token_offsets=(40, 50, 72))
+  with pytest.raises(ConfigError, match="needs one offset per level"):
+    cfg.replace(sid_token_offsets=(40, 56))
+  with pytest.raises(ConfigError, match="exceeds max_position_embeddings"):
+    cfg.replace(max_prompt_len=40959)
+  with pytest.raises(ConfigError, match="rope_type 'yarn'"):
+    Qwen3Config.from_hf({**hf, "rope_parameters": {"rope_type": "yarn"}}, layout)
+  with pytest.raises(ConfigError, match="unknown family 'gpt'"):
+    config_from_json('{"family": "gpt"}')

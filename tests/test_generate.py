@@ -18,7 +18,7 @@ from onerec_jax import checkpoint
 from onerec_jax import generate as gen
 from onerec_jax.cli import generate as cli
 from onerec_jax.config import preset
-from onerec_jax.model.onerec import OneRecV2, init_params
+from onerec_jax.model import OneRecV2, init_params
 
 CODEBOOKS = (4, 5, 6)
 TRIPLES = np.array(list(itertools.product(*map(range, CODEBOOKS))), np.int32)  # [120, 3]

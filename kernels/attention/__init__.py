@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from onerec_kernels import backend
-from onerec_kernels.attention.reference import MASKED, attention_reference
+from onerec_kernels.attention.reference import MASKED, attention_reference, causal_mask
 
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_HEAD = 256  # the kernel's widest head (one register tile of the head axis)
@@ -20,7 +20,7 @@ def key_mask_of(mask: jax.Array, b: int, n: int) -> jax.Array | None:
   return None
 
 
-def _triton(q, k, v, mask):
+def _triton(q, k, v, mask, *, causal, lse):
   backend.require_triton_gpu("the Triton attention")
   b, n = k.shape[:2]
   key_mask = key_mask_of(mask, b, n)
@@ -31,19 +31,21 @@ def _triton(q, k, v, mask):
     raise backend.Unsupported(f"the Triton attention takes one float dtype and heads up "
                               f"to {MAX_HEAD}: q {q.dtype} {q.shape}, k {k.dtype}, v {v.dtype}")
   from onerec_kernels.attention import triton_gpu
-  return triton_gpu.attention(q, k, v, key_mask)
+  return triton_gpu.attention(q, k, v, key_mask, causal=causal, lse=lse)
 
 
 IMPLEMENTATIONS = backend.Implementations("attention", {
     "triton": _triton,
     "reference": attention_reference,
-}, prefer={"triton": lambda q, k, v, mask: k.shape[1] >= MIN_KEYS})
+}, prefer={"triton": lambda q, k, v, mask, **_: k.shape[1] >= MIN_KEYS})
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
-              impl: str | None = None) -> jax.Array:
+              causal: bool = False, lse: bool = False, impl: str | None = None):
   """Grouped-query attention (reference.py has the contract): q [B, Q, G, R, dh], k, v
-  [B, N, G, dh], mask broadcastable to [B, G, R, Q, N] or None -> [B, Q, G, R, dh].
+  [B, N, G, dh], mask broadcastable to [B, G, R, Q, N] or None, causal (query row i sees
+  keys up to i + N - Q) -> [B, Q, G, R, dh], and with lse also each row's log-sum-exp
+  [B, Q, G, R] f32.
 
   impl: None (the table's order: "triton", the fused kernel, for a per-key mask
   [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one of them.
@@ -52,9 +54,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
       k.shape[2:] != (q.shape[2], q.shape[4])):
     raise ValueError(f"attention: q [B, Q, G, R, dh], k and v [B, N, G, dh]; got q "
                      f"{q.shape}, k {k.shape}, v {v.shape}")
+  if causal and q.shape[1] > k.shape[1]:
+    raise ValueError(f"attention: causal with more queries ({q.shape[1]}) than keys "
+                     f"({k.shape[1]})")
   if mask is None:
     mask = jnp.ones((1, 1, 1, 1, k.shape[1]), bool)
-  return IMPLEMENTATIONS(impl, q, k, v, mask)
+  return IMPLEMENTATIONS(impl, q, k, v, mask, causal=causal, lse=lse)
 
 
-__all__ = ["IMPLEMENTATIONS", "MASKED", "attention", "attention_reference", "key_mask_of"]
+__all__ = ["IMPLEMENTATIONS", "MASKED", "attention", "attention_reference", "causal_mask",
+           "key_mask_of"]

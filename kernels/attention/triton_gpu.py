@@ -21,13 +21,15 @@ from onerec_kernels.attention.reference import MASKED
 
 
 @triton.jit
-def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, Q: tl.constexpr,
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, Q: tl.constexpr,
                       N: tl.constexpr, G: tl.constexpr, R: tl.constexpr, D: tl.constexpr,
                       SCALE: tl.constexpr, MASKED_SCORE: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      HAS_MASK: tl.constexpr, IEEE: tl.constexpr):
-  """q [B, Q, G, R, D], k, v [B, N, G, D], mask [B, N] int8 (1: attend) -> o like q.
-  Grid (row blocks of Q * R, B * G)."""
+                      HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
+                      IEEE: tl.constexpr):
+  """q [B, Q, G, R, D], k, v [B, N, G, D], mask [B, N] int8 (1: attend) -> o like q, and
+  with WRITE_LSE the rows' log-sum-exp [B, Q, G, R] f32. CAUSAL: query position i sees
+  keys up to i + N - Q. Grid (row blocks of Q * R, B * G)."""
   bg = tl.program_id(1)
   b, g = bg // G, bg % G
   rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] (query, head) rows
@@ -41,7 +43,13 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, Q: tl.constexpr,
   m_i = tl.full((BLOCK_M,), -float("inf"), tl.float32)
   l_i = tl.zeros((BLOCK_M,), tl.float32)
   acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-  for start in range(0, N, BLOCK_N):
+  last_key = rows // R + (N - Q)  # [BM] the last key each row sees when causal
+  if CAUSAL:  # key blocks past the block's last query are skipped
+    hi = tl.minimum(N, (tl.minimum(tl.program_id(0) * BLOCK_M + BLOCK_M, Q * R) - 1) // R
+                    + (N - Q) + 1)
+  else:
+    hi = N
+  for start in range(0, hi, BLOCK_N):
     n = start + tl.arange(0, BLOCK_N)  # [BN]
     n_ok = n < N
     kv_row = ((b * N + n) * G + g).to(tl.int64)
@@ -55,6 +63,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, Q: tl.constexpr,
     if HAS_MASK:
       keep = tl.load(mask_ptr + b * N + n, mask=n_ok, other=0) != 0
       s = tl.where(keep[None, :], s, MASKED_SCORE)
+    if CAUSAL:
+      s = tl.where(n[None, :] <= last_key[:, None], s, MASKED_SCORE)
     s = tl.where(n_ok[None, :], s, -float("inf"))  # past the keys: no weight at all
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp(m_i - m_new)
@@ -70,6 +80,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, Q: tl.constexpr,
   o = acc / l_i[:, None]
   tl.store(o_ptr + q_row[:, None] * D + d[None, :], o.to(o_ptr.dtype.element_ty),
            mask=q_mask)
+  if WRITE_LSE:
+    tl.store(lse_ptr + q_row, m_i + tl.log(l_i), mask=row_ok)
 
 
 def _pow2(n: int) -> int:
@@ -94,15 +106,20 @@ def attention_plan(b: int, q: int, g: int, r: int, n: int, d: int, dtype
   return (-(-rows // block_m), b * g), warps, 2, meta
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None
-              ) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *,
+              causal: bool = False, lse: bool = False):
   """q [B, Q, G, R, dh], k, v [B, N, G, dh] (one dtype), key_mask [B, N] bool or None ->
-  [B, Q, G, R, dh] in q's dtype; as attention_reference with that key mask."""
+  [B, Q, G, R, dh] in q's dtype (and the log-sum-exp [B, Q, G, R] f32 with lse); as
+  attention_reference with that key mask."""
   b, nq, g, r, d = q.shape
   n = k.shape[1]
   grid, warps, stages, meta = attention_plan(b, nq, g, r, n, d, q.dtype)
   mask = (jnp.zeros((1,), jnp.int8) if key_mask is None
           else key_mask.astype(jnp.int8))
-  return triton_launch.triton_call(
-      _attention_kernel, q, k, v, mask, out=triton_launch.shape(q.shape, q.dtype),
-      grid=grid, num_warps=warps, num_stages=stages, HAS_MASK=key_mask is not None, **meta)
+  out = (triton_launch.shape(q.shape, q.dtype),
+         triton_launch.shape((b, nq, g, r) if lse else (1,), jnp.float32))
+  o, row_lse = triton_launch.triton_call(
+      _attention_kernel, q, k, v, mask, out=out, grid=grid, num_warps=warps,
+      num_stages=stages, HAS_MASK=key_mask is not None, CAUSAL=causal, WRITE_LSE=lse,
+      **meta)
+  return (o, row_lse) if lse else o

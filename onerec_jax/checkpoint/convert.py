@@ -5,6 +5,7 @@ Everything is checked before anything is written: missing, unexpected and wrongl
 tensors are reported together, by name; a NaN or Inf weight fails naming the tensor.
 """
 
+import json
 import os
 import pathlib
 from typing import Any
@@ -19,7 +20,8 @@ from onerec_jax.checkpoint import mapping, store
 from onerec_jax.model import default_rules
 from onerec_jax.checkpoint.source import (CheckpointError, Source, config_path_for,
                                           open_source)
-from onerec_jax.config import Config, ConfigError
+from onerec_jax.config import ConfigError, Qwen3Config, config_from_dict
+from onerec_jax.config import ModelConfig as Config
 
 # What a source tensor may hold: every value converts exactly to the parameter dtype or
 # rounds as a 16-bit float would (never an integer truncated silently).
@@ -42,12 +44,19 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
-def _part_shape(jax_shape: tuple[int, ...], entry: mapping.Entry) -> tuple[int, ...]:
-  """Shape each PyTorch part must have: stacked experts drop axis 0, concatenated parts
-  split the (remaining) axis 0 evenly."""
-  shape = jax_shape[1:] if entry.stacked else jax_shape
+def _part_rows(shape: tuple[int, ...], entry: mapping.Entry) -> tuple[int, ...]:
+  """Axis-0 size of each PyTorch part of one (expert's) concatenation."""
   parts = len(entry.sources[0])
-  return (shape[0] // parts,) + tuple(shape[1:]) if shape else shape
+  return entry.part_rows or (shape[0] // parts,) * parts
+
+
+def _part_shapes(jax_shape: tuple[int, ...], entry: mapping.Entry) -> list[tuple[int, ...]]:
+  """Shape each PyTorch part must have: stacked experts drop axis 0, concatenated parts
+  split the (remaining) axis 0 (evenly unless the entry says how)."""
+  shape = jax_shape[1:] if entry.stacked else jax_shape
+  if not shape:
+    return [shape]
+  return [(rows,) + tuple(shape[1:]) for rows in _part_rows(shape, entry)]
 
 
 def check_source(source: Source, config: Config) -> list[mapping.Entry]:
@@ -58,8 +67,9 @@ def check_source(source: Source, config: Config) -> list[mapping.Entry]:
   have = set(source.names())
   wanted: dict[str, tuple[int, ...]] = {}
   for e in entries:
-    for name in e.torch_names:
-      wanted[name] = _part_shape(expected[e.jax].shape, e)
+    shapes = _part_shapes(expected[e.jax].shape, e)
+    for group in e.sources:
+      wanted.update(zip(group, shapes))
   missing = sorted(set(wanted) - have)
   unexpected = sorted(have - set(wanted))
   bad_shapes = sorted(f"{n}: {source.shape(n)} (expected {s})"
@@ -116,23 +126,36 @@ def jax_to_torch(params: Any, config: Config) -> dict[str, np.ndarray]:
     value = flat[e.jax]
     groups = list(value) if e.stacked else [value]
     for group, names in zip(groups, e.sources):
-      for name, part in zip(names, np.split(group, len(names), axis=0)):
+      cuts = np.cumsum(_part_rows(group.shape, e))[:-1]
+      for name, part in zip(names, np.split(group, cuts, axis=0)):
         out[name] = np.ascontiguousarray(part)
   return out
 
 
+SID_LAYOUT_NAME = "sid_tokens.json"  # a Qwen3 source's semantic-ID token layout
+
+
 def export(params: Any, config: Config, path: str | os.PathLike) -> pathlib.Path:
-  """Writes params as a PyTorch-format safetensors file plus config.json in folder `path`."""
+  """Writes params as a PyTorch-format safetensors file plus the config in folder `path`:
+  the Config's JSON as config.json (OneRec-V2), or Hugging Face's config.json and the
+  semantic-ID layout (Qwen3), what convert reads back."""
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   safetensors.numpy.save_file(jax_to_torch(params, config), str(path / "model.safetensors"))
-  (path / "config.json").write_text(config.to_json())
+  if config.family == "qwen3":
+    hf, layout = config.to_hf()
+    (path / "config.json").write_text(json.dumps(hf, indent=2))
+    (path / SID_LAYOUT_NAME).write_text(json.dumps(layout, indent=2))
+  else:
+    (path / "config.json").write_text(config.to_json())
   return path
 
 
-def read_config(source_path: str | os.PathLike) -> Config:
-  """The config.json that sits beside (or inside) a checkpoint: a PyTorch-format source
-  or a converted checkpoint."""
+def read_config(source_path: str | os.PathLike,
+                sid_layout: str | os.PathLike | None = None) -> Config:
+  """The config.json that sits beside (or inside) a checkpoint: a converted checkpoint,
+  a OneRec-V2 source, or a Hugging Face Qwen3 source, whose semantic-ID token layout is
+  read from sid_layout or from sid_tokens.json beside its config.json (docs/qwen3.md)."""
   if not pathlib.Path(source_path).exists():
     raise CheckpointError(f"checkpoint not found: {source_path}")
   path = config_path_for(source_path)
@@ -140,9 +163,20 @@ def read_config(source_path: str | os.PathLike) -> Config:
     raise CheckpointError(f"no config.json beside {source_path} (looked at {path}); "
                           f"docs/bring_your_model.md lists its fields")
   try:
-    return Config.from_json(path.read_text())
-  except (ConfigError, OSError) as e:
+    d = json.loads(path.read_text())
+    if not (isinstance(d, dict) and "model_type" in d):
+      return config_from_dict(d)
+  except (ConfigError, OSError, ValueError) as e:
     raise CheckpointError(f"{path}: {e}") from None
+  layout = pathlib.Path(sid_layout) if sid_layout else path.parent / SID_LAYOUT_NAME
+  if not layout.exists():
+    raise CheckpointError(f"{path} is a Hugging Face {d['model_type']!r} config; its "
+                          f"semantic-ID token layout is needed too: {layout} not found "
+                          f"(docs/qwen3.md)")
+  try:
+    return Qwen3Config.from_hf(d, json.loads(layout.read_text()))
+  except (ConfigError, OSError, ValueError) as e:
+    raise CheckpointError(f"{path} with {layout}: {e}") from None
 
 
 def convert(source_path: str | os.PathLike, dest: str | os.PathLike, *,

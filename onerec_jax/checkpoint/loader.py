@@ -17,7 +17,7 @@ from onerec_jax.cache import cache_dir
 from onerec_jax.checkpoint import store
 from onerec_jax.checkpoint.convert import convert, read_config, torch_to_jax
 from onerec_jax.checkpoint.source import CheckpointError, open_source
-from onerec_jax.config import Config
+from onerec_jax.config import ModelConfig as Config
 
 DEMO_SOURCE = onerec_checkpoints.DEMO  # the shipped PyTorch-format FP16 demo
 

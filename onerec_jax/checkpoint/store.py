@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from onerec_jax import quant
 from onerec_jax.checkpoint.source import CheckpointError
-from onerec_jax.config import Config, ConfigError
+from onerec_jax.config import ConfigError, ModelConfig, config_from_json
 from onerec_jax.model import init_params
 
 FORMAT = "onerec-jax/1"
@@ -28,7 +28,7 @@ METADATA_NAME = "onerec_checkpoint.json"
 PRECISIONS = ("fp16", "fp8")
 
 
-def abstract_params(config: Config, rules: "quant.Rules | None" = None):
+def abstract_params(config: ModelConfig, rules: "quant.Rules | None" = None):
   """Shapes and dtypes of the parameter tree, FP8-quantized by `rules` when given."""
   tree = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   if rules is not None:
@@ -76,7 +76,7 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> None:
     raise CheckpointError(f"{path}: cannot create it ({parent} is not a writable folder)")
 
 
-def save(path: str | os.PathLike, config: Config, params: Any, *,
+def save(path: str | os.PathLike, config: ModelConfig, params: Any, *,
          rules: "quant.Rules | None" = None, source: str = "",
          overwrite: bool = False) -> pathlib.Path:
   """Writes a complete checkpoint at `path`, atomically: all files go to a sibling
@@ -143,14 +143,14 @@ def load_rules(path: str | os.PathLike) -> "quant.Rules | None":
     raise CheckpointError(f"{pathlib.Path(path) / METADATA_NAME}: {e}") from None
 
 
-def restore(path: str | os.PathLike) -> tuple[Config, Any]:
+def restore(path: str | os.PathLike) -> tuple[ModelConfig, Any]:
   """Returns (config, params) of a converted checkpoint, restored with the dtypes it was
   written with (FP8 values and FP32 scales for a quantized one). Damaged files raise
   CheckpointError naming the checkpoint; nothing is returned half-restored."""
   path = pathlib.Path(path).absolute()
   rules = load_rules(path)
   try:
-    config = Config.from_json((path / "config.json").read_text())
+    config = config_from_json((path / "config.json").read_text())
   except (OSError, ConfigError) as e:
     raise CheckpointError(f"{path / 'config.json'}: {e}") from None
   target = abstract_params(config, rules)

@@ -56,7 +56,19 @@ def check_inputs(config: Config, features: Mapping[str, Any],
   batches = set()
   for p in config.pathways:
     shape = tuple(np.shape(features[p.name]))
-    if len(shape) != 3 or shape[2] != p.width:
+    if p.width == 0:  # token ids
+      ids = np.asarray(features[p.name])
+      if len(shape) != 2 or not np.issubdtype(ids.dtype, np.integer):
+        fail(f"features[{p.name!r}] has shape {shape} and dtype {ids.dtype}, expected "
+             f"[B, n] integer token ids")
+      bad = (ids < 0) | (ids >= config.vocab_size)
+      if p.name in mask and tuple(np.shape(mask[p.name])) == shape:
+        bad &= np.asarray(mask[p.name], bool)  # padding ids are never read
+      if bad.any():
+        row, col = np.argwhere(bad)[0]
+        fail(f"features[{p.name!r}][{row}, {col}] = {ids[row, col]}: token ids must lie "
+             f"in [0, {config.vocab_size})")
+    elif len(shape) != 3 or shape[2] != p.width:
       fail(f"features[{p.name!r}] has shape {shape}, expected [B, n, {p.width}]")
     if shape[1] > p.max_len:
       fail(f"features[{p.name!r}] has {shape[1]} tokens, more than the pathway's max_len "
@@ -92,14 +104,16 @@ def chunks(batch: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
 def pad_batch(config: Config, features: Mapping[str, Any], mask: Mapping[str, Any] | None,
               start: int, stop: int, bucket: int):
   """Rows [start, stop) padded to `bucket` rows and every pathway to max_len tokens:
-  float32 features and bool masks (False on padding) as host arrays."""
+  float32 features (int32 token ids where the width is 0) and bool masks (False on
+  padding) as host arrays."""
   feats, masks = {}, {}
   for p in config.pathways:
     x = np.asarray(features[p.name])[start:stop]  # host first: no device slicing ops
     m = (np.ones(x.shape[:2], bool) if mask is None or p.name not in mask
          else np.asarray(mask[p.name])[start:stop])
     rows, n = x.shape[:2]
-    feats[p.name] = np.zeros((bucket, p.max_len, p.width), np.float32)
+    feats[p.name] = (np.zeros((bucket, p.max_len), np.int32) if p.width == 0 else
+                     np.zeros((bucket, p.max_len, p.width), np.float32))
     feats[p.name][:rows, :n] = x
     masks[p.name] = np.zeros((bucket, p.max_len), bool)
     masks[p.name][:rows, :n] = m
@@ -112,7 +126,8 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
              rules=None, batch_buckets: Sequence[int] = DEFAULT_BUCKETS) -> Result:
   """Top beam_width semantic-ID tuples per request by beam search.
 
-  features: pathway name -> [B, n, width] (n <= the pathway's max_len); mask: optional
+  features: pathway name -> [B, n, width] (n <= the pathway's max_len), or token ids
+  [B, n] for a pathway of width 0 (a Qwen3 prompt, real tokens first); mask: optional
   pathway name -> [B, n] bool (True = real token). valid_items: an ItemTable to decode
   only real items (and return their ids). rules: FP8 quantization rules (onerec_jax.quant)
   or None. Raises GenerateInputError on bad input before any device work.
@@ -139,7 +154,8 @@ def warmup(params: Any, config: Config, *, beam_width: int,
   cache on, a restarted process's warmup neither traces nor compiles them."""
   seconds = {}
   for bucket in batch_buckets:
-    empty = {p.name: np.zeros((0, 1, p.width), np.float32) for p in config.pathways}
+    empty = {p.name: np.zeros((0, 1) if p.width == 0 else (0, 1, p.width), np.float32)
+             for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
     t0 = time.perf_counter()
     run, how = compiled_search(params, f, m, valid_items, config=config,

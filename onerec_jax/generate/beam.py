@@ -27,7 +27,7 @@ from onerec_jax import quant
 from onerec_jax.config import Config
 from onerec_jax.generate import compile_cache
 from onerec_jax.generate.items import ItemTable
-from onerec_jax.model.onerec import OneRecV2, extend
+from onerec_jax.model import extend, model_for
 
 EMPTY = -1  # semantic and item id of an empty slot
 
@@ -161,7 +161,7 @@ def compiled_search(params, features, mask, valid_items=None, *, config: Config,
 
 
 def _beam_search(params, features, mask, valid_items, config, beam_width, rules) -> Result:
-  model = OneRecV2(config)
+  model = model_for(config)
   apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
   with _fp8_scope(rules):
     context = apply("encode", features, mask)  # K/V [B, N, G, dh], shared by the beams

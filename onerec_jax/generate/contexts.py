@@ -1,7 +1,8 @@
 """Request-context files and synthetic contexts.
 
-File format (.npz, written by save_contexts): one float array per pathway, named after
-it, [B, n, width] with n <= the pathway's max_len; optionally `<pathway>_mask` [B, n]
+File format (.npz, written by save_contexts): one array per pathway, named after it,
+float [B, n, width] with n <= the pathway's max_len (int token ids [B, n] for a pathway of
+width 0, a Qwen3 prompt); optionally `<pathway>_mask` [B, n]
 bool (True = real token; absent = all real) and `request_ids` [B] int (default 0..B-1).
 """
 
@@ -74,9 +75,12 @@ def save_contexts(path: str | os.PathLike, features: dict[str, Any],
 
 
 def random_contexts(config: Config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Full-length standard-normal features for every pathway: [batch, max_len, width]."""
+  """Full-length random inputs for every pathway: standard-normal features
+  [batch, max_len, width], or token ids [batch, max_len] uniform over the vocabulary where
+  the width is 0."""
   rng = np.random.default_rng(seed)
-  return {p.name: rng.standard_normal((batch, p.max_len, p.width), np.float32)
+  return {p.name: rng.integers(0, config.vocab_size, (batch, p.max_len), dtype=np.int32)
+          if p.width == 0 else rng.standard_normal((batch, p.max_len, p.width), np.float32)
           for p in config.pathways}
 
 

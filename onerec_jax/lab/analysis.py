@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from onerec_jax import quant
 from onerec_jax.config import Config
-from onerec_jax.model import OneRecV2, default_rules
+from onerec_jax.model import default_rules, model_for
 
 STATS = ("variance", "absmax", "absp99")
 Batch = tuple[dict[str, jax.Array], jax.Array]
@@ -45,10 +45,13 @@ def cosine(a: Any, b: Any) -> float:
 
 
 def sample_batch(config: Config, batch: int, seed: int) -> Batch:
-  """Random contexts: standard-normal features filling every pathway, random item codes."""
+  """Random contexts filling every pathway (standard-normal features; token ids uniform
+  over the vocabulary where the width is 0), random item codes."""
   rng = np.random.default_rng(seed)
-  features = {p.name: jnp.asarray(rng.standard_normal((batch, p.max_len, p.width)),
-                                  config.compute_dtype) for p in config.pathways}
+  features = {p.name: jnp.asarray(rng.integers(0, config.vocab_size, (batch, p.max_len)),
+                                  jnp.int32) if p.width == 0 else
+              jnp.asarray(rng.standard_normal((batch, p.max_len, p.width)),
+                          config.compute_dtype) for p in config.pathways}
   ids = jnp.asarray(rng.integers(0, min(config.codebook_sizes), (batch, config.levels)),
                     jnp.int32)
   return features, ids
@@ -57,7 +60,7 @@ def sample_batch(config: Config, batch: int, seed: int) -> Batch:
 def fp8_run(config: Config, params: Any, rules: quant.Rules, batch: Batch):
   """One jitted pass: (unquantized logits, FP8 logits, {module path: Captured call of the
   unquantized run}, {module path: the FP8 op's output on that call's input})."""
-  model = OneRecV2(config)
+  model = model_for(config)
 
   @jax.jit
   def run(params, features, ids):

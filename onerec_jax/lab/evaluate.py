@@ -29,7 +29,7 @@ from onerec_jax import quant
 from onerec_jax.config import Config
 from onerec_jax.lab import analysis
 from onerec_jax.lab.data import Dataset, popularity_ranking
-from onerec_jax.model import OneRecV2, default_rules
+from onerec_jax.model import default_rules, model_for
 
 RECALL_AT = (1, 10, 50)
 NDCG_AT = 10
@@ -157,7 +157,7 @@ def rank(variant: Variant, config: Config, features: dict[str, np.ndarray],
 def teacher_forced_logits(variant: Variant, config: Config, features, ids,
                           batch_size: int) -> list[np.ndarray]:
   """Per-level logits [n, C_j] of the true targets' prefixes."""
-  model = OneRecV2(config)
+  model = model_for(config)
 
   @jax.jit
   def run(params, f, i):

@@ -33,16 +33,20 @@ def matmul_precision(dtype: Dtype):
 
 
 class Linear(nn.Module):
-  """y = x @ weight.T, bias-free; weight [features, K]."""
+  """y = x @ weight.T, bias-free; weight [features, K]. rows=(lo, hi) computes only those
+  output features (a Qwen3 head over one level's token range)."""
 
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, producer=None) -> jax.Array:  # [..., K] -> [..., N]
+  def __call__(self, x: jax.Array, producer=None, rows: tuple[int, int] | None = None
+               ) -> jax.Array:  # [..., K] -> [..., N]
     del producer  # x is what it computed
     w = self.param("weight", _kernel_init, (self.features, x.shape[-1]), self.param_dtype)
+    if rows is not None:
+      w = w[rows[0]:rows[1]]
     y = jnp.einsum("...k,nk->...n", x.astype(self.dtype), w.astype(self.dtype),
                    preferred_element_type=jnp.float32,
                    precision=matmul_precision(self.dtype))
@@ -84,6 +88,34 @@ class RMSNorm(nn.Module):
   def producer(self, x: jax.Array) -> RMSNormOf:
     """This norm of x as a producer for the matmuls it feeds (call the norm first)."""
     return RMSNormOf(x, self.get_variable("params", "weight"), self.eps)
+
+
+def attend_decoded(q: jax.Array, keys: list[jax.Array], values: list[jax.Array],
+                   prefix: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """One query position's attention over a few keys given one by one, merged with its
+  attention to other keys when prefix = (out, log-sum-exp) of that attention.
+
+  q [B, W, G, R, dh]; keys, values: lists of [B, W, G, dh]; prefix: ([B, W, G, R, dh],
+  [B, W, G, R]) -> [B, W, G, R, dh] in q's dtype. Scores in FP32 as products summed over
+  dh (elementwise ops that XLA fuses with the gathers producing the keys), weights
+  normalised in FP32 and cast to the values' dtype, the weighted sum accumulated in FP32.
+  """
+  f32 = lambda a: a.astype(jnp.float32)
+  qs = f32(q) * q.shape[-1] ** -0.5
+  s = jnp.stack([jnp.sum(qs * f32(k)[:, :, :, None], axis=-1) for k in keys], -1)  # [.., n]
+  top = jnp.max(s, axis=-1)  # [B, W, G, R]
+  if prefix is not None:
+    top = jnp.maximum(top, prefix[1])
+  w = jnp.exp(s - top[..., None])
+  total = jnp.sum(w, axis=-1)
+  if prefix is not None:
+    w_prefix = jnp.exp(prefix[1] - top)
+    total = total + w_prefix
+  weights = f32((w / total[..., None]).astype(values[0].dtype))
+  o = sum(weights[..., j, None] * f32(v)[:, :, :, None] for j, v in enumerate(values))
+  if prefix is not None:
+    o = o + (w_prefix / total)[..., None] * f32(prefix[0])
+  return o.astype(q.dtype)
 
 
 def swiglu(gate_up: jax.Array) -> jax.Array:

@@ -18,8 +18,8 @@ import onerec_kernels.grouped_gemm as grouped_gemm_op
 import onerec_kernels.topk as topk_op
 
 from onerec_jax.config import Config
-from onerec_jax.model.layers import (GroupedLinear, Linear, RMSNorm, SwiGLU, matmul_precision,
-                                     swiglu)
+from onerec_jax.model.layers import (GroupedLinear, Linear, RMSNorm, SwiGLU, attend_decoded,
+                                     matmul_precision, swiglu)
 from onerec_kernels.quantize import RMSNormOf, RowsOf, SwiGLUOf
 
 # Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "mask": [B, N] bool}.
@@ -119,9 +119,8 @@ class SelfAttention(nn.Module):
   """Causal self-attention over the decoder positions: the positions of this call, after
   the earlier ones of `past` (read through the rows each current row descends from).
 
-  At most `levels` positions exist, so scores are products summed over the head width
-  (elementwise ops XLA fuses with the gathers), softmax in FP32, probabilities cast to
-  the compute dtype for the weighted sum, accumulated in FP32.
+  At most `levels` positions exist: layers.attend_decoded, elementwise ops that XLA fuses
+  with the gathers.
   """
 
   config: Config
@@ -137,16 +136,11 @@ class SelfAttention(nn.Module):
     ancestor = lambda a, p: jnp.take_along_axis(a, rows[:, :, p, None, None], axis=1)
     keys = [ancestor(pk, p) for p, (pk, _) in enumerate(past)] + [k[:, :, i] for i in range(t)]
     values = [ancestor(pv, p) for p, (_, pv) in enumerate(past)] + [v[:, :, i] for i in range(t)]
-    f32 = lambda a: a.astype(jnp.float32)
-    out = []
-    for i in range(t):  # query position len(past) + i sees keys 0 .. len(past) + i
-      n = len(past) + i + 1
-      qi = f32(q[:, :, i]) * cfg.d_head ** -0.5  # [B, W, H, dh]
-      s = jnp.stack([jnp.sum(qi * f32(key), axis=-1) for key in keys[:n]], -1)  # [B, W, H, n]
-      p = f32(jax.nn.softmax(s, axis=-1).astype(v.dtype))
-      o = sum(p[..., j, None] * f32(values[j]) for j in range(n))  # [B, W, H, dh]
-      out.append(o.astype(q.dtype))
-    o = jnp.stack(out, axis=2).reshape(b, w, t, hd)
+    # Query position len(past) + i sees keys 0 .. len(past) + i; every head its own
+    # group (G = H, R = 1).
+    n = len(past)
+    o = jnp.stack([attend_decoded(q[:, :, i, :, None], keys[:n + i + 1], values[:n + i + 1])
+                   for i in range(t)], axis=2).reshape(b, w, t, hd)
     return Linear(cfg.d_model, name="o_proj", **_kw(cfg))(o), (k, v)
 
 
@@ -167,12 +161,14 @@ class Router(nn.Module):
     cfg = self.config
     e = cfg.n_routed_experts
     w = self.param("weight", nn.initializers.normal(0.02), (e, x.shape[-1]), cfg.params_dtype)
-    bias = self.param("score_bias", nn.initializers.zeros, (e,), cfg.params_dtype)
+    bias = (self.param("score_bias", nn.initializers.zeros, (e,), cfg.params_dtype)
+            if cfg.router_bias else None)
     dtype = cfg.compute_dtype
     logits = jnp.einsum("td,ed->te", x.astype(dtype), w.astype(dtype),
                         preferred_element_type=jnp.float32,
                         precision=matmul_precision(dtype))
-    ids, gates = topk_op.router_topk(logits, bias.astype(jnp.float32), cfg.top_k,
+    ids, gates = topk_op.router_topk(logits, None if bias is None else bias.astype(jnp.float32),
+                                     cfg.top_k,
                                      cfg.router_score, cfg.norm_topk_prob,
                                      cfg.routed_scaling_factor)
     self.sow("intermediates", "expert_ids", ids)  # for tests and routing statistics
@@ -322,11 +318,3 @@ class OneRecV2(nn.Module):
     inputs = jnp.concatenate([jnp.zeros((b, 1), ids.dtype), ids[:, :-1]], axis=1)
     h, _ = self.decode(context, inputs[:, None, :])  # [B, 1, levels, D]
     return tuple(self.head(h[:, 0, j], j) for j in range(self.config.levels))
-
-
-def init_params(config: Config, rng: jax.Array, batch: int = 1) -> dict[str, Any]:
-  """Random parameters (fan-in scaled) in config.param_dtype."""
-  features = {p.name: jnp.zeros((batch, 1, p.width), config.compute_dtype)
-              for p in config.pathways}
-  ids = jnp.zeros((batch, config.levels), jnp.int32)
-  return OneRecV2(config).init(rng, features, ids)["params"]

@@ -65,6 +65,9 @@ def _fp8_call(module: nn.Module, path: str, scheme: Scheme, args: tuple,
                     f"(per_channel) and GroupedLinear (block) modules")
   x, *rest = args
   dtype = getattr(module, "dtype", x.dtype)
+  rows = kwargs.pop("rows", None)
+  if rows is not None:  # Linear's output features lo:hi: the rows of value and scale
+    w = QArray(w.value[rows[0]:rows[1]], w.scale[rows[0]:rows[1]])
   return quantized_matmul(scheme.name, x, w, *rest, out_dtype=dtype, **kwargs)
 
 
