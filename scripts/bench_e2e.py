@@ -10,11 +10,15 @@ latency median/min/max over --runs runs with inputs on the device, requests/s, p
 memory, and a device-time breakdown from CUPTI (every kernel of one search, by category:
 gemm, quantize, attention, norms/residual, routing/combine, top-k, beam/past, other; idle
 = wall minus kernel time). --sweep adds the best FP8 rung at other batch sizes, beam
-widths and context lengths. Random bf16 weights made on the device, random contexts.
-Writes JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a
-table last. --smoke runs a tiny preset on any backend (the CPU tests use it).
+widths and context lengths. --qwen3-table runs the Qwen3 family instead: the published
+serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
+bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
+bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts. Writes
+JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a table last.
+--smoke runs a tiny preset on any backend (the CPU tests use it).
 
   python scripts/bench_e2e.py --out bench/results/e2e_h200.json
+  python scripts/bench_e2e.py --qwen3-table --preset qwen3-1.7b --out bench/results/qwen3_h200.json
 """
 
 from __future__ import annotations
@@ -112,8 +116,31 @@ def _breakdown(compiled, args, wall_ms: float) -> dict:
                           for n, t in by_kernel.most_common(40)]}
 
 
+def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
+  """Median time of the model's encode alone (the prompt's prefill, or OneRec-V2's
+  context processor) under the same rules."""
+  import contextlib
+  import jax
+  from onerec_jax import quant
+  from onerec_jax.model import model_for
+  model = model_for(cfg)
+
+  def encode(p, f, m):
+    with quant.fp8(rules) if rules else contextlib.nullcontext():
+      return model.apply({"params": p}, f, m, method="encode")
+
+  run = jax.jit(encode).lower(params, features, mask).compile()
+  jax.block_until_ready(run(params, features, mask))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(params, features, mask))
+    times.append(1e3 * (time.perf_counter() - t0))
+  return statistics.median(times)
+
+
 def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: int,
-             items: int, layers: int, breakdown: bool) -> dict:
+             items: int, layers: int, breakdown: bool, prefill: bool = False) -> dict:
   """One rung in this process: compile, warm up, time, break down."""
   mode, fp8, constrained, xla_flags = RUNGS[name]
   os.environ["ONEREC_KERNELS"] = mode  # before anything is traced
@@ -127,12 +154,17 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
   from onerec_jax.model import default_rules, init_params
 
   cfg = get_preset(preset).replace(param_dtype="bfloat16")
+  if cfg.family == "qwen3":
+    cfg = cfg.replace(dtype="bfloat16")
   if layers:
     cfg = cfg.replace(n_layers=layers, moe_layers=tuple(i for i in cfg.moe_layers
                                                          if i < layers))
-  if context and context != cfg.max_context_len:  # one pathway of the asked length
-    p = cfg.pathways[-1]
-    cfg = cfg.replace(pathways=(Pathway(p.name, p.width, context),))
+  if context and context != cfg.max_context_len:
+    if cfg.family == "qwen3":  # the prompt bucket
+      cfg = cfg.replace(max_prompt_len=context)
+    else:  # one pathway of the asked length
+      p = cfg.pathways[-1]
+      cfg = cfg.replace(pathways=(Pathway(p.name, p.width, context),))
   t0 = time.perf_counter()
   params = jax.block_until_ready(
       jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
@@ -171,6 +203,9 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
              requests_per_s=1e3 * batch / med,
              scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
              empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)))
+  if prefill:
+    row["prefill_ms"] = _prefill_ms(cfg, params, rules, f, m, runs)
+    row["decode_ms"] = med - row["prefill_ms"]
   mem = compiled.memory_analysis()
   if mem is not None:
     row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
@@ -228,6 +263,52 @@ def _figure(result: dict, path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
+# NVIDIA recsys-examples' SID-GR inference README (H100 80GB, Qwen3-1.7B, beam 256, 3
+# output tokens, no prefix reuse): (ctx, batch) -> (SID-GR ms, SGLang ms).
+ANCHOR_H100 = {(1000, 1): (17.6, 33.5), (1000, 2): (27.8, None), (1000, 4): (47.7, None),
+               (1000, 8): (93.2, 199.3), (5000, 1): (42.3, 94.6), (5000, 2): (80.9, None),
+               (5000, 4): (154.2, None), (5000, 8): (307.9, 685.4)}
+
+
+def qwen3_table(args) -> None:
+  """Every (prompt length, batch) of the grid in bf16 and FP8, each in its own process."""
+  if args.beam == 512:  # the table's beam unless given
+    args.beam = 256
+  rows = []
+  for ctx in map(int, args.contexts.split(",")):
+    for batch in map(int, args.batches.split(",")):
+      cells = {rung: _child(rung, args, context=ctx, batch=batch, breakdown=False,
+                            prefill=True) for rung in ("kernels_bf16", "fp8")}
+      bf16, fp8 = cells["kernels_bf16"], cells["fp8"]
+      row = {"ctx": ctx, "batch": batch, "bf16_ms": bf16.get("latency_ms_median"),
+             "fp8_ms": fp8.get("latency_ms_median"),
+             "bf16_prefill_ms": bf16.get("prefill_ms"), "fp8_prefill_ms": fp8.get("prefill_ms"),
+             "fp8_compile_s": fp8.get("compile_s"),
+             "errors": [c["error"] for c in cells.values() if "error" in c] or None}
+      anchor = ANCHOR_H100.get((ctx, batch))
+      if anchor and row["fp8_ms"]:
+        row.update(sid_gr_h100_ms=anchor[0], fp8_speedup_vs_sid_gr=anchor[0] / row["fp8_ms"],
+                   bf16_speedup_vs_sid_gr=anchor[0] / row["bf16_ms"])
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  import jax
+  result = {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
+                     "model's encode alone"), "preset": args.preset, "beam": args.beam,
+            "anchor": "SID-GR on an H100 (NVIDIA recsys-examples); this device differs: "
+                      "an H200 has the H100's compute and 1.4x its memory bandwidth",
+            "summary": rows}
+  result["device"] = jax.devices()[0].device_kind
+  write_json(args.out, result)
+  print(f"\n{'ctx':>5} {'batch':>5} {'bf16 ms':>8} {'fp8 ms':>8} {'fp8 prefill':>11} "
+        f"{'SID-GR H100':>11} {'x SID-GR':>8}")
+  for r in rows:
+    print(f"{r['ctx']:5} {r['batch']:5} {r['bf16_ms'] or float('nan'):8.2f} "
+          f"{r['fp8_ms'] or float('nan'):8.2f} {r['fp8_prefill_ms'] or float('nan'):11.2f} "
+          f"{r.get('sid_gr_h100_ms', float('nan')):11.1f} "
+          f"{r.get('fp8_speedup_vs_sid_gr', float('nan')):8.2f}")
+  print("summary:", json.dumps(rows[:2]), "...")
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default="bench/results/e2e.json")
@@ -240,6 +321,10 @@ def main() -> None:
   ap.add_argument("--rungs", default=",".join(DEFAULT_RUNGS), help=f"of {list(RUNGS)}")
   ap.add_argument("--sweep", action="store_true")
   ap.add_argument("--no-breakdown", action="store_true")
+  ap.add_argument("--qwen3-table", action="store_true",
+                  help="the Qwen3 serving table (prompt lengths x batches, bf16 and FP8)")
+  ap.add_argument("--contexts", default="1000,5000", help="prompt lengths of the table")
+  ap.add_argument("--batches", default="1,2,4,8", help="batch sizes of the table")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
   ap.add_argument("--child", help=argparse.SUPPRESS)
   ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -252,12 +337,16 @@ def main() -> None:
     return
   if args.smoke:
     args.preset, args.batch, args.beam, args.runs, args.items = "tiny", 2, 8, 2, 200
+    if args.qwen3_table:
+      args.preset, args.contexts, args.batches, args.beam = "qwen3-tiny", "16,24", "1,2", 8
   ladder = []
   for rung in filter(None, args.rungs.split(",")):
     if rung not in RUNGS:
       raise SystemExit(f"--rungs: unknown rung {rung!r}; known: {list(RUNGS)}")
     ladder.append(_child(rung, args))
     print(json.dumps({k: v for k, v in ladder[-1].items() if k != "breakdown"}), flush=True)
+  if args.qwen3_table:
+    return qwen3_table(args)
   sweep = []
   if args.sweep:
     points = ([("batch", b) for b in (1, 8, 64)] + [("beam", w) for w in (64, 1024)]

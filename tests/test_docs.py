@@ -7,7 +7,7 @@ import re
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-RUNNABLE = ("quickstart.md", "generate.md", "fp8.md")
+RUNNABLE = ("quickstart.md", "generate.md", "fp8.md", "qwen3.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

@@ -36,6 +36,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
 
 @pytest.mark.parametrize("script,args", [
     ("bench_e2e.py", ["--rungs", "xla_bf16,fp8"]),
+    ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2"]),
     ("bench_compile.py", ["--precisions", "fp8"]),
 ])
 def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
@@ -46,7 +47,10 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   result = json.loads(out.read_text())
   assert {"device", "jax_version", "git_commit", "summary"} <= set(result)
   assert "summary:" in done.stdout.splitlines()[-1]
-  if script == "bench_e2e.py":
+  if "--qwen3-table" in args:
+    (row,) = result["summary"]
+    assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]
+  elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:
     assert result["summary"]["warm_cache_hit"] is True
