@@ -339,14 +339,14 @@ def main() -> None:
     args.preset, args.batch, args.beam, args.runs, args.items = "tiny", 2, 8, 2, 200
     if args.qwen3_table:
       args.preset, args.contexts, args.batches, args.beam = "qwen3-tiny", "16,24", "1,2", 8
+  if args.qwen3_table:
+    return qwen3_table(args)
   ladder = []
   for rung in filter(None, args.rungs.split(",")):
     if rung not in RUNGS:
       raise SystemExit(f"--rungs: unknown rung {rung!r}; known: {list(RUNGS)}")
     ladder.append(_child(rung, args))
     print(json.dumps({k: v for k, v in ladder[-1].items() if k != "breakdown"}), flush=True)
-  if args.qwen3_table:
-    return qwen3_table(args)
   sweep = []
   if args.sweep:
     points = ([("batch", b) for b in (1, 8, 64)] + [("beam", w) for w in (64, 1024)]

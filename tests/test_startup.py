@@ -50,6 +50,7 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   if "--qwen3-table" in args:
     (row,) = result["summary"]
     assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]
+    assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:
