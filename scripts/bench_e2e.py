@@ -323,8 +323,8 @@ def main() -> None:
   ap.add_argument("--no-breakdown", action="store_true")
   ap.add_argument("--qwen3-table", action="store_true",
                   help="the Qwen3 serving table (prompt lengths x batches, bf16 and FP8)")
-  ap.add_argument("--contexts", default="1000,5000", help="prompt lengths of the table")
-  ap.add_argument("--batches", default="1,2,4,8", help="batch sizes of the table")
+  ap.add_argument("--contexts", help="prompt lengths of the table (default 1000,5000)")
+  ap.add_argument("--batches", help="batch sizes of the table (default 1,2,4,8)")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
   ap.add_argument("--child", help=argparse.SUPPRESS)
   ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -338,7 +338,10 @@ def main() -> None:
   if args.smoke:
     args.preset, args.batch, args.beam, args.runs, args.items = "tiny", 2, 8, 2, 200
     if args.qwen3_table:
-      args.preset, args.contexts, args.batches, args.beam = "qwen3-tiny", "16,24", "1,2", 8
+      args.preset = "qwen3-tiny"
+  if args.qwen3_table:  # the published grid, or a tiny one at the smoke size
+    args.contexts = args.contexts or ("16,24" if args.smoke else "1000,5000")
+    args.batches = args.batches or ("1,2" if args.smoke else "1,2,4,8")
   if args.qwen3_table:
     return qwen3_table(args)
   ladder = []
