@@ -42,8 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   search = parser.add_argument_group("search")
   search.add_argument("--beam-width", type=int, default=64, help="items per request")
   search.add_argument("--batch-size", type=int, default=32,
-                      help="most requests per compiled batch (padded to a multiple of "
-                           "the devices)")
+                      help="most requests per compiled batch")
   items = search.add_mutually_exclusive_group()
   items.add_argument("--valid-items", metavar="NPZ",
                      help="decode only these items: item_ids [N], semantic_ids [N, levels]")
@@ -57,11 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="compile without the persistent cache")
   devices = parser.add_argument_group("devices (docs/scaling.md)")
   devices.add_argument("--devices", type=int, metavar="N",
-                       help="split the requests over the first N devices (default: all "
-                            "of them; every process's with --coordinator)")
+                       help="split the requests over the first N devices, each batch "
+                            "padded to a multiple of N (default: all of them; every "
+                            "process's with --coordinator)")
   devices.add_argument("--expert-parallel", type=int, default=1, metavar="M",
                        help="groups of M devices share each MoE layer's routed experts "
-                            "(must divide --devices; default 1: experts replicated)")
+                            "(must divide --devices; 1: experts replicated)")
   devices.add_argument("--coordinator", metavar="HOST:PORT",
                        help="join a run of several processes (hosts) through "
                             "jax.distributed; process 0 listens there")
