@@ -125,3 +125,21 @@ def test_two_processes_over_localhost(tmp_path):
     assert [i["semantic_ids"] for i in a["items"]] == [i["semantic_ids"] for i in b["items"]]
     np.testing.assert_allclose([i["log_prob"] for i in a["items"]],
                                [i["log_prob"] for i in b["items"]], atol=1e-5)
+
+
+def test_scale_out_benchmark_at_smoke_size(tmp_path):
+  """bench_e2e.py --devices on the CPU's forced host devices: one GPU's rung and the
+  expert-parallel one, each in its own process, and the summary over them."""
+  out = tmp_path / "multi_gpu.json"
+  done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--smoke",
+                         "--devices", "2", "--rungs", "fp8,fp8_dp_ep", "--out", str(out)],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  summary = result["summary"]
+  assert summary["smoke"] is True and summary["gpus"] == 2
+  assert summary["ep_speedup"] > 0 and summary["dp_speedup"] is None
+  one, ep = result["ladder"]
+  assert (one["devices"], ep["devices"], ep["expert_parallel"]) == (1, 2, 2)
+  assert ep["batch"] == 2 * one["batch"] and ep["scores_descending"]
+  assert one["moe_layer_ms"] > 0 and ep["moe_layer_ms"] > 0

@@ -159,23 +159,30 @@ def place_params(params: Any, mesh: Mesh) -> Any:
   return place(params, layout([params], [False], mesh)[0])
 
 
-def shard(fn: Callable, mesh: Mesh, args: Sequence[Any], batched: Sequence[bool]):
+def place_requests(tree: Any, mesh: Mesh) -> Any:
+  """Request arrays ([B, ...] each, B a multiple of the mesh's devices) split over it."""
+  return place(tree, layout([tree], [True], mesh)[0])
+
+
+def shard(fn: Callable, mesh: Mesh, args: Sequence[Any], batched: Sequence[bool], *,
+          gather: bool = True):
   """fn(*args) -> a tuple of [B, ...] arrays, as one program over the mesh:
   (sharded_fn, target, out_sharding). target is layout(args, ...) (place the arguments
   there); sharded_fn runs fn per device on its requests (under expert parallelism, with
-  the MoE layers' experts sharded over EXPERT) and returns the results replicated, in
-  request order, with out_sharding."""
+  the MoE layers' experts sharded over EXPERT) and returns the results in request order,
+  replicated (gather; small results that every process reads) or left split over the
+  devices, with out_sharding."""
   target = layout(args, batched, mesh)
   specs = jax.tree.map(lambda t: t.sharding.spec, target)
   shards = expert_shards(mesh)
+  split = P(mesh.axis_names)
 
   def body(*local):
     with experts_sharded_over(EXPERT if shards > 1 else None):
       return fn(*local)
 
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs),
-                          out_specs=P(mesh.axis_names))
-  return sharded, target, NamedSharding(mesh, P())
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=split)
+  return sharded, target, NamedSharding(mesh, P() if gather else split)
 
 
 def initialize_hosts(coordinator: str, num_processes: int, process_id: int) -> None:
