@@ -93,7 +93,7 @@ def refusals(n, cfg, params):
   _refused("expert_parallel_without_moe", lambda: gen.generate(
       params, tiny, gen.random_contexts(tiny, 2), beam_width=BEAM,
       mesh=sharding.make_mesh(n, expert_parallel=2)))
-  few_experts = cfg.replace(n_routed_experts=n - 1)
+  few_experts = cfg.replace(n_routed_experts=n - 1, top_k=1)
   _refused("more_shards_than_experts", lambda: gen.generate(
       params, few_experts, gen.random_contexts(few_experts, 2), beam_width=BEAM,
       mesh=sharding.make_mesh(n, expert_parallel=n)))

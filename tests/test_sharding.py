@@ -29,19 +29,17 @@ GENERATE = ["generate", "--preset", "tiny-moe", "--random", "5", "--beam-width",
 
 
 def _forced_devices(n: int) -> dict[str, str]:
-  """The environment of a process whose jax sees n CPU devices."""
+  """The environment of a process whose jax sees n CPU devices (the CPU even where a GPU
+  is)."""
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
-  return dict(os.environ, XLA_FLAGS=flags.strip())
+  return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
 
 
-@pytest.mark.parametrize("devices,cases", [
-    (4, ()),  # every case of sharded_check.py
-    (8, ("data_parallel", "expert_parallel")),
-])
-def test_sharded_search_equals_single_device(devices, cases):
+def _check_sharded(devices: int, cases: tuple[str, ...], env: dict[str, str]) -> None:
+  """Runs sharded_check.py (every case when none named) and checks every row."""
   done = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_check.py"),
-                         str(devices), *cases], env=_forced_devices(devices),
-                        capture_output=True, text=True, cwd=ROOT)
+                         str(devices), *cases], env=env, capture_output=True, text=True,
+                        cwd=ROOT)
   assert done.returncode == 0, done.stderr[-3000:]
   rows = {r["case"]: r for r in map(json.loads, done.stdout.splitlines())}
   compared = {"data_parallel_uneven", "default_mesh", "data_and_expert",
@@ -62,6 +60,22 @@ def test_sharded_search_equals_single_device(devices, cases):
   if not cases:
     padded = rows["expert_parallel_padded_fp8_constrained"]
     assert (padded["placed_experts"], padded["local_experts"]) == (2 * devices, 2)
+
+
+@pytest.mark.parametrize("devices,cases", [
+    (4, ()),  # every case of sharded_check.py
+    (8, ("data_parallel", "expert_parallel")),
+])
+def test_sharded_search_equals_single_device(devices, cases):
+  _check_sharded(devices, cases, _forced_devices(devices))
+
+
+@pytest.mark.gpu
+def test_two_gpus_equal_one_gpu():
+  """The same cases on two GPUs, with the GPU kernels."""
+  if len(jax.devices()) < 2:
+    pytest.skip("needs two GPUs")
+  _check_sharded(2, (), dict(os.environ))
 
 
 def test_mesh_of_one_device_equals_no_mesh():
@@ -133,7 +147,8 @@ def test_scale_out_benchmark_at_smoke_size(tmp_path):
   out = tmp_path / "multi_gpu.json"
   done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--smoke",
                          "--devices", "2", "--rungs", "fp8,fp8_dp_ep", "--out", str(out)],
-                        capture_output=True, text=True, cwd=ROOT)
+                        capture_output=True, text=True, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(out.read_text())
   summary = result["summary"]

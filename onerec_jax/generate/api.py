@@ -3,7 +3,8 @@
 Every input error is raised on the host before anything runs on the device. Shapes are
 static: each pathway is padded to its max_len (masked out) and the batch to the smallest
 bucket that holds it (larger batches run as chunks of the largest bucket), so a warmed-up
-bucket never recompiles; padding rows are dropped from the results.
+bucket never recompiles; padding rows are dropped from the results. Over a device mesh
+(sharding) the buckets are multiples of its devices and the requests are split over them.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ gets every result.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -119,14 +120,22 @@ def layout(args: Sequence[Any], batched: Sequence[bool], mesh: Mesh) -> tuple[An
   """Per argument, a tree of jax.ShapeDtypeStruct with shardings: batched arguments split
   over every mesh axis along their first (request) axis; the others replicated, except
   routed-expert weights under expert parallelism, split along their first (expert) axis,
-  padded to a multiple of the EXPERT axis' size."""
+  padded to a multiple of the EXPERT axis' size. Cached per shapes: generate asks on
+  every call."""
+  leaves, treedef = jax.tree.flatten(tuple(args))
+  avals = tuple((tuple(np.shape(x)), np.dtype(x.dtype)) for x in leaves)
+  return _layout(mesh, tuple(batched), treedef, avals)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(mesh: Mesh, batched: tuple[bool, ...], treedef, avals) -> tuple[Any, ...]:
   shards = expert_shards(mesh)
   batch = NamedSharding(mesh, P(mesh.axis_names))
   replicated = NamedSharding(mesh, P())
   experts = NamedSharding(mesh, P(EXPERT))
 
-  def leaf(path, x, is_batch):
-    shape = tuple(np.shape(x))
+  def leaf(path, x):
+    shape, is_batch = x.shape, batched[path[0].idx]
     if is_batch:
       return jax.ShapeDtypeStruct(shape, x.dtype, sharding=batch)
     if shards > 1 and _is_routed_expert(path):
@@ -134,8 +143,8 @@ def layout(args: Sequence[Any], batched: Sequence[bool], mesh: Mesh) -> tuple[An
       return jax.ShapeDtypeStruct(shape, x.dtype, sharding=experts)
     return jax.ShapeDtypeStruct(shape, x.dtype, sharding=replicated)
 
-  return tuple(jax.tree_util.tree_map_with_path(lambda p, x, b=b: leaf(p, x, b), a)
-               for a, b in zip(args, batched))
+  abstract = treedef.unflatten([jax.ShapeDtypeStruct(*a) for a in avals])
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def place(tree: Any, target: Any) -> Any:
