@@ -100,8 +100,20 @@ def refusals(n, cfg, params):
   _refused("expert_parallel_not_dividing", lambda: sharding.make_mesh(n, expert_parallel=3))
 
 
+def stored_program(n, cfg, params):
+  """The sharded program through the persistent cache ($ONEREC_JAX_COMPILE_CACHE): how
+  warmup got it (traced and exported, or read back by a later process)."""
+  gen.compile_cache.enable()
+  hows = []
+  gen.warmup(params, cfg, beam_width=BEAM, batch_buckets=(n,),
+             mesh=sharding.make_mesh(n, expert_parallel=n),
+             progress=lambda bucket, seconds, how: hows.append(how))
+  print(json.dumps({"case": "stored_program", "how": hows}), flush=True)
+
+
 CASES = {f.__name__: f for f in (data_parallel, expert_parallel, padded_fp8_constrained,
                                  refusals)}
+OTHER_CASES = {"stored_program": stored_program}  # run only when named
 
 
 def main(n: int, cases: list[str]) -> None:
@@ -109,7 +121,7 @@ def main(n: int, cases: list[str]) -> None:
   cfg = preset("tiny-moe")  # 8 routed experts, top-2, FP32 compute
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   for name in cases or CASES:
-    CASES[name](n, cfg, params)
+    {**CASES, **OTHER_CASES}[name](n, cfg, params)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,19 @@ def test_sharded_search_equals_single_device(devices, cases):
   _check_sharded(devices, cases, _forced_devices(devices))
 
 
+def test_sharded_program_is_stored_for_the_next_process(tmp_path):
+  env = dict(_forced_devices(2), ONEREC_JAX_COMPILE_CACHE=str(tmp_path))
+  hows = []
+  for _ in range(2):
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_check.py"), "2",
+                           "stored_program"], env=env, capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cannot be stored" not in done.stderr, done.stderr[-3000:]
+    hows += json.loads(done.stdout.splitlines()[-1])["how"]
+  assert hows == ["traced", "exported"]  # the second process traced nothing
+
+
 @pytest.mark.gpu
 def test_two_gpus_equal_one_gpu():
   """The same cases on two GPUs, with the GPU kernels."""
