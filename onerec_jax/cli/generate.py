@@ -193,12 +193,12 @@ def run(args: argparse.Namespace) -> int:
   output = writable_file(args.output)
   config = _config(args)
   _hosts(args)
+  mesh = _mesh(args, config)
   features, mask, request_ids, valid_items = _requests(args, config)
   from onerec_jax import generate as gen
   from onerec_jax import quant
   from onerec_jax.model import default_rules
   batch = gen.check_inputs(config, features, mask, args.beam_width, valid_items)
-  mesh = _mesh(args, config)
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
   import jax
