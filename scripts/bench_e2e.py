@@ -13,11 +13,20 @@ gemm, quantize, attention, norms/residual, routing/combine, top-k, beam/past, ot
 widths and context lengths. --qwen3-table runs the Qwen3 family instead: the published
 serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
 bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
-bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts. Writes
-JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a table last.
---smoke runs a tiny preset on any backend (the CPU tests use it).
+bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts.
+Writes JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a
+table last. --smoke runs a tiny preset on any backend (the CPU tests use it).
+
+--devices N (N >= 2) measures the scale-out instead (docs/scaling.md): the FP8 search
+with --batch requests per GPU on one GPU (fp8), over N GPUs (fp8_dp: N x --batch
+requests, experts replicated) and with the experts split over the N GPUs as well
+(fp8_dp_ep), plus the time of one MoE layer (the model's first) on the wide steps'
+--batch x --beam rows per GPU in each; the summary has gpus, dp_speedup and ep_speedup
+(throughput over one GPU's) and ep_over_dp. With --smoke it runs on the CPU's forced
+host devices (a smoke run, not a measurement: do not commit it).
 
   python scripts/bench_e2e.py --out bench/results/e2e_h200.json
+  python scripts/bench_e2e.py --devices 2 --batch 64 --out bench/results/multi_gpu_h200x2.json
   python scripts/bench_e2e.py --qwen3-table --preset qwen3-1.7b --out bench/results/qwen3_h200.json
 """
 
@@ -49,8 +58,14 @@ RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     "fp8_command_buffers_all": ("auto", True, False,
                                 "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,"
                                 "CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"),
+    # Over --devices GPUs (the default with --devices): requests split over them, the
+    # experts replicated or split as well.
+    "fp8_dp": ("auto", True, False, ""),
+    "fp8_dp_ep": ("auto", True, False, ""),
 }
 DEFAULT_RUNGS = ("xla_bf16", "kernels_bf16", "fp8", "fp8_attention_xla", "fp8_constrained")
+MESH_RUNGS = {"fp8_dp": False, "fp8_dp_ep": True}  # name -> experts split over the GPUs
+SCALING_RUNGS = ("fp8", *MESH_RUNGS)
 CATEGORIES = ("gemm", "quantize", "attention", "norms_residual", "routing_combine", "topk",
               "beam_past", "other")
 # Kernel names of our own kernels (CUPTI names the Triton and Mosaic kernels after their
@@ -116,9 +131,62 @@ def _breakdown(compiled, args, wall_ms: float) -> dict:
                           for n, t in by_kernel.most_common(40)]}
 
 
+def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
+  """Median ms of the model's first MoE layer (router, routed and shared experts) on
+  `tokens` rows per device: on one device (mesh None) or over the mesh, its experts
+  split as the mesh says. The layer is the model's MoE module under its own module
+  path, so the FP8 rules apply as in the search."""
+  import contextlib
+
+  import flax.linen as nn
+  import jax
+  from onerec_jax import quant
+  from onerec_jax.generate import sharding
+  from onerec_jax.model.onerec import MoE
+  layer = f"layer_{cfg.moe_layers[0]}"
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return MoE(cfg, name="mlp")(x)
+
+  class Layer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return Block(name=layer)(x)
+
+  def apply(p, x):
+    with contextlib.nullcontext() if rules is None else quant.fp8(rules):
+      return (Layer().apply({"params": p}, x),)
+
+  devices = 1 if mesh is None else mesh.size
+  args = ({layer: {"mlp": params[layer]["mlp"]}},
+          jax.random.normal(jax.random.key(2), (devices * tokens, cfg.d_model),
+                            cfg.compute_dtype))  # [T, D]
+  fn = jax.jit(apply)
+  if mesh is not None:
+    sharded, target, out = sharding.shard(apply, mesh, args, (False, True), gather=False)
+    args = jax.block_until_ready(sharding.place(args, target))
+    fn = jax.jit(sharded, out_shardings=out)
+  return statistics.median(_times(lambda: fn(*args), runs))
+
+
+def _times(call, runs: int) -> list[float]:
+  """ms of `runs` calls, each waited for, after 2 warm-ups."""
+  import jax
+  for _ in range(2):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(1e3 * (time.perf_counter() - t0))
+  return times
+
+
 def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
-  """Median time of the model's encode alone (the prompt's prefill, or OneRec-V2's
-  context processor) under the same rules."""
+  """Median ms of the model's encode alone (the prompt's prefill, or OneRec-V2's context
+  processor) under the same rules, on one device."""
   import contextlib
   import jax
   from onerec_jax import quant
@@ -130,18 +198,15 @@ def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
       return model.apply({"params": p}, f, m, method="encode")
 
   run = jax.jit(encode).lower(params, features, mask).compile()
-  jax.block_until_ready(run(params, features, mask))
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(params, features, mask))
-    times.append(1e3 * (time.perf_counter() - t0))
-  return statistics.median(times)
+  return statistics.median(_times(lambda: run(params, features, mask), runs))
 
 
 def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: int,
-             items: int, layers: int, breakdown: bool, prefill: bool = False) -> dict:
-  """One rung in this process: compile, warm up, time, break down."""
+             items: int, layers: int, breakdown: bool, devices: int = 1,
+             moe_layer: bool = False, prefill: bool = False) -> dict:
+  """One rung in this process: compile, warm up, time, break down. A mesh rung runs
+  devices x batch requests over `devices` devices; moe_layer adds the MoE layer's time,
+  prefill the model's encode alone."""
   mode, fp8, constrained, xla_flags = RUNGS[name]
   os.environ["ONEREC_KERNELS"] = mode  # before anything is traced
   if xla_flags:  # before jax initialises its backend
@@ -165,6 +230,12 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
     else:  # one pathway of the asked length
       p = cfg.pathways[-1]
       cfg = cfg.replace(pathways=(Pathway(p.name, p.width, context),))
+  mesh = None
+  if name in MESH_RUNGS:
+    mesh = gen.sharding.make_mesh(devices,
+                                  expert_parallel=devices if MESH_RUNGS[name] else 1)
+    gen.sharding.check_mesh(mesh, cfg)
+  requests = batch * (1 if mesh is None else mesh.size)
   t0 = time.perf_counter()
   params = jax.block_until_ready(
       jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
@@ -172,46 +243,59 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
   if rules:
     params = jax.block_until_ready(
         jax.jit(quant.quantize_params, static_argnums=1)(params, rules))
+  if mesh is not None:
+    params = jax.block_until_ready(gen.sharding.place_params(params, mesh))
   init_s = time.perf_counter() - t0
   valid = None
   if constrained:
     valid = gen.build_item_table(*gen.random_items(cfg, items, seed=0), cfg.codebook_sizes)
-  f, m = jax.device_put(gen.pad_batch(cfg, gen.random_contexts(cfg, batch, seed=1), None,
-                                      0, batch, batch))
-  t0 = time.perf_counter()
-  lowered = gen.lower(params, f, m, valid, config=cfg, beam_width=beam, rules=rules)
-  lower_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  xla_s = time.perf_counter() - t0
-  args = (params, f, m, valid)
-  for _ in range(2):
-    jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(runs):
+  f, m = gen.pad_batch(cfg, gen.random_contexts(cfg, requests, seed=1), None, 0, requests,
+                       requests)
+  compiled = None
+  if mesh is None:
+    f, m = jax.device_put((f, m))
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(1e3 * (time.perf_counter() - t0))
+    lowered = gen.lower(params, f, m, valid, config=cfg, beam_width=beam, rules=rules)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    xla_s = time.perf_counter() - t0
+    call = lambda: compiled(params, f, m, valid)
+    compile_times = dict(trace_lower_s=lower_s, xla_compile_s=xla_s,
+                         compile_s=lower_s + xla_s)
+  else:
+    f, m = jax.block_until_ready(gen.sharding.place_requests((f, m), mesh))
+    t0 = time.perf_counter()
+    run, _ = gen.compiled_search(params, f, m, valid, config=cfg, beam_width=beam,
+                                 rules=rules, mesh=mesh)
+    compile_times = dict(compile_s=time.perf_counter() - t0)  # trace, lower and XLA
+    call = lambda: run(params, f, m, valid)
+  times = _times(call, runs)
   med = statistics.median(times)
-  res = compiled(*args)
+  res = call()
+  used = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
   row = dict(rung=name, kernels=mode, fp8=fp8, constrained=constrained, xla_flags=xla_flags,
              valid_items=items if constrained else None, preset=preset,
-             layers=cfg.n_layers, batch=batch, beam=beam, context=cfg.max_context_len,
-             init_s=init_s, trace_lower_s=lower_s, xla_compile_s=xla_s,
-             compile_s=lower_s + xla_s, latency_ms_median=med,
-             latency_ms_min=min(times), latency_ms_max=max(times), runs=runs,
-             requests_per_s=1e3 * batch / med,
+             layers=cfg.n_layers, batch=requests, batch_per_device=batch, beam=beam,
+             devices=len(used),
+             expert_parallel=1 if mesh is None else gen.sharding.expert_shards(mesh),
+             context=cfg.max_context_len, init_s=init_s, **compile_times,
+             latency_ms_median=med, latency_ms_min=min(times), latency_ms_max=max(times),
+             runs=runs, requests_per_s=1e3 * requests / med,
              scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
              empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)))
-  if prefill:
+  if prefill and mesh is None:
     row["prefill_ms"] = _prefill_ms(cfg, params, rules, f, m, runs)
     row["decode_ms"] = med - row["prefill_ms"]
-  mem = compiled.memory_analysis()
+  mem = None if compiled is None else compiled.memory_analysis()
   if mem is not None:
     row["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
-  row["peak_bytes_in_use"] = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-  if breakdown and jax.default_backend() == "gpu":
-    row["breakdown"] = _breakdown(compiled, args, med)
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in used]
+  row["peak_bytes_in_use"] = None if None in peaks else max(peaks)
+  if moe_layer and cfg.moe_layers:
+    row["moe_layer_ms"] = _moe_layer_ms(cfg, params, rules, mesh, batch * beam, runs)
+  if breakdown and compiled is not None and jax.default_backend() == "gpu":
+    row["breakdown"] = _breakdown(compiled, (params, f, m, valid), med)
   return row
 
 
@@ -219,12 +303,17 @@ def _child(rung: str, args, **overrides) -> dict:
   """run_rung in a fresh process (its own kernel mode and jit cache)."""
   spec = dict(preset=args.preset, batch=args.batch, beam=args.beam, context=0,
               runs=args.runs, items=args.items, layers=args.layers,
-              breakdown=not args.no_breakdown)
+              breakdown=not args.no_breakdown, devices=args.devices,
+              moe_layer=args.devices > 1)
   spec.update(overrides)
+  env = dict(os.environ)
+  if args.smoke and args.devices > 1:  # the CPU's host devices, before jax starts
+    env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={args.devices}").strip()
   with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", rung, "--child-out",
            out.name, "--child-spec", json.dumps(spec)]
-    done = subprocess.run(cmd, text=True, capture_output=True)
+    done = subprocess.run(cmd, text=True, capture_output=True, env=env)
     if done.returncode:
       return {"rung": rung, **spec, "error": done.stderr.strip().splitlines()[-1:]}
     return json.load(open(out.name))
@@ -311,14 +400,18 @@ def qwen3_table(args) -> None:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--out", default="bench/results/e2e.json")
+  ap.add_argument("--out", help="JSON result (default: bench/results/e2e.json, with "
+                               "--devices bench/results/multi_gpu.json)")
+  ap.add_argument("--devices", type=int, default=1,
+                  help="N >= 2: the scale-out rungs over N GPUs (--batch per GPU)")
   ap.add_argument("--preset", default="moe-4b")
   ap.add_argument("--layers", type=int, default=0, help="cut the preset to N layers")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--beam", type=int, default=512)
   ap.add_argument("--runs", type=int, default=10)
   ap.add_argument("--items", type=int, default=10_000_000, help="for fp8_constrained")
-  ap.add_argument("--rungs", default=",".join(DEFAULT_RUNGS), help=f"of {list(RUNGS)}")
+  ap.add_argument("--rungs", help=f"of {list(RUNGS)} (default: {','.join(DEFAULT_RUNGS)}; "
+                                 f"with --devices {','.join(SCALING_RUNGS)})")
   ap.add_argument("--sweep", action="store_true")
   ap.add_argument("--no-breakdown", action="store_true")
   ap.add_argument("--qwen3-table", action="store_true",
@@ -335,19 +428,23 @@ def main() -> None:
     with open(args.child_out, "w") as f:
       json.dump(row, f)
     return
-  if args.smoke:
-    args.preset, args.batch, args.beam, args.runs, args.items = "tiny", 2, 8, 2, 200
-    if args.qwen3_table:
-      args.preset = "qwen3-tiny"
+  scaling = args.devices > 1
+  if args.smoke:  # with --devices, a preset with MoE layers to split
+    args.preset = "tiny-moe" if scaling else "tiny"
+    args.batch, args.beam, args.runs, args.items = 2, 8, 2, 200
+  args.out = args.out or f"bench/results/{'multi_gpu' if scaling else 'e2e'}.json"
   if args.qwen3_table:  # the published grid, or a tiny one at the smoke size
+    args.preset = "qwen3-tiny" if args.smoke else args.preset
     args.contexts = args.contexts or ("16,24" if args.smoke else "1000,5000")
     args.batches = args.batches or ("1,2" if args.smoke else "1,2,4,8")
-  if args.qwen3_table:
     return qwen3_table(args)
+  rungs = args.rungs or ",".join(SCALING_RUNGS if scaling else DEFAULT_RUNGS)
   ladder = []
-  for rung in filter(None, args.rungs.split(",")):
+  for rung in filter(None, rungs.split(",")):
     if rung not in RUNGS:
       raise SystemExit(f"--rungs: unknown rung {rung!r}; known: {list(RUNGS)}")
+    if rung in MESH_RUNGS and not scaling:
+      raise SystemExit(f"--rungs: {rung} runs over --devices N >= 2 GPUs")
     ladder.append(_child(rung, args))
     print(json.dumps({k: v for k, v in ladder[-1].items() if k != "breakdown"}), flush=True)
   sweep = []
@@ -360,7 +457,8 @@ def main() -> None:
       print(json.dumps(sweep[-1]), flush=True)
   by = {r["rung"]: r for r in ladder if "latency_ms_median" in r}
   ms = lambda name: by[name]["latency_ms_median"] if name in by else None
-  summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
+  summary = {"smoke": args.smoke, "preset": args.preset, "layers": args.layers or None,
+             "batch": args.batch,
              "beam": args.beam, "xla_bf16_ms": ms("xla_bf16"), "bf16_ms": ms("kernels_bf16"),
              "fp8_ms": ms("fp8")}
   if ms("fp8") and ms("kernels_bf16"):
@@ -369,6 +467,16 @@ def main() -> None:
     summary["fp8_vs_xla_bf16"] = ms("xla_bf16") / ms("fp8")
   if ms("fp8") and ms("fp8_constrained"):
     summary["constrained_over_unconstrained"] = ms("fp8_constrained") / ms("fp8")
+  if scaling:
+    rps = lambda name: by[name]["requests_per_s"] if name in by else None
+    summary.update(gpus=args.devices, batch_per_gpu=args.batch,
+                   one_gpu_rps=rps("fp8"), dp_rps=rps("fp8_dp"), dp_ep_rps=rps("fp8_dp_ep"),
+                   moe_layer_ms={name: by[name].get("moe_layer_ms") for name in by})
+    if rps("fp8"):
+      summary.update(dp_speedup=rps("fp8_dp") and rps("fp8_dp") / rps("fp8"),
+                     ep_speedup=rps("fp8_dp_ep") and rps("fp8_dp_ep") / rps("fp8"))
+    if rps("fp8_dp") and rps("fp8_dp_ep"):
+      summary["ep_over_dp"] = rps("fp8_dp_ep") / rps("fp8_dp")
   if "fp8" in by and "breakdown" in by["fp8"]:
     b = by["fp8"]["breakdown"]
     summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]

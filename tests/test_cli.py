@@ -107,6 +107,19 @@ def test_generate_bad_inputs(tmp_path, source, capsys):
   _fails(capsys, ["generate", "--preset", "nope"], "unknown preset 'nope'")
 
 
+def test_generate_bad_device_options(capsys):
+  tiny = ["generate", "--preset", "tiny", "--random", "2", "--beam-width", "4"]
+  _fails(capsys, [*tiny, "--devices", "2"], "devices=2: this run has 1")
+  _fails(capsys, [*tiny, "--devices", "0"], "--devices must be a positive integer")
+  _fails(capsys, [*tiny, "--expert-parallel", "2"], "expert_parallel=2 must be")
+  _fails(capsys, [*tiny, "--devices", "1", "--expert-parallel", "2"],
+         "expert_parallel=2 must be")
+  _fails(capsys, [*tiny, "--coordinator", "localhost:1"],
+         "--coordinator, --num-processes and --process-id go together")
+  _fails(capsys, [*tiny, "--coordinator", "localhost:1", "--num-processes", "2",
+                  "--process-id", "2"], "process id 2 outside [0, 2)")
+
+
 def test_stats_and_eval_bad_inputs(tmp_path, source, capsys):
   corrupt = _copy(source, tmp_path / "corrupt", lambda b: b[:100])
   _fails(capsys, ["stats", str(corrupt), "--out", str(tmp_path / "s")],

@@ -5,9 +5,10 @@ table) or random weights of a preset, takes contexts from an .npz file (docs/gen
 or makes random ones, and runs them in batches of --batch-size requests (one compiled
 bucket; fewer requests make a smaller batch). With --valid-items or --random-items only
 real items are decoded. A pre-quantized FP8 checkpoint runs with the FP8 rules it was
-saved with. Every input is checked before the model loads; compiled executables are kept
-in jax's persistent compilation cache, so a second run with the same model, batch and
-beam width compiles nothing.
+saved with. The requests are split over every device (--devices, --expert-parallel,
+and several hosts with --coordinator: docs/scaling.md). Every input is checked before the
+model loads; compiled executables are kept in jax's persistent compilation cache, so a
+second run with the same model, batch and beam width compiles nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "$ONEREC_JAX_COMPILE_CACHE, else <user cache>/jax-compile)")
   cache.add_argument("--no-compile-cache", action="store_true",
                      help="compile without the persistent cache")
+  devices = parser.add_argument_group("devices (docs/scaling.md)")
+  devices.add_argument("--devices", type=int, metavar="N",
+                       help="split the requests over the first N devices, each batch "
+                            "padded to a multiple of N (default: all of them; every "
+                            "process's with --coordinator)")
+  devices.add_argument("--expert-parallel", type=int, default=1, metavar="M",
+                       help="groups of M devices share each MoE layer's routed experts "
+                            "(must divide --devices; 1: experts replicated)")
+  devices.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="join a run of several processes (hosts) through "
+                            "jax.distributed; process 0 listens there")
+  devices.add_argument("--num-processes", type=int, metavar="N",
+                       help="processes in the run (with --coordinator)")
+  devices.add_argument("--process-id", type=int, metavar="I",
+                       help="this process's index in [0, N) (with --coordinator); "
+                            "process 0 prints and writes --output")
   out = parser.add_argument_group("output")
   out.add_argument("--top", type=int, default=5, help="items printed per request")
   out.add_argument("--print-requests", type=int, default=16,
@@ -149,12 +166,34 @@ def _table(results: list[dict], top: int, requests: int) -> str:
   return "\n".join(lines)
 
 
+def _hosts(args) -> None:
+  """Joins the run of several processes that --coordinator names (before any jax call)."""
+  given = [args.coordinator, args.num_processes, args.process_id]
+  if any(v is not None for v in given) and any(v is None for v in given):
+    raise InputError("--coordinator, --num-processes and --process-id go together")
+  if args.coordinator is not None:
+    from onerec_jax.generate import sharding
+    sharding.initialize_hosts(args.coordinator, args.num_processes, args.process_id)
+
+
+def _mesh(args, config):
+  """The mesh --devices and --expert-parallel ask for (None: generate's default, every
+  device), resolved as generate resolves it."""
+  from onerec_jax.generate import sharding
+  asked = args.devices is not None or args.expert_parallel > 1
+  mesh = sharding.make_mesh(args.devices, expert_parallel=args.expert_parallel) if asked \
+      else None
+  return sharding.resolve(mesh, config)
+
+
 def run(args: argparse.Namespace) -> int:
   # Everything the user typed is checked before the weights load or the device works.
   _positive(args, "beam_width", "batch_size", "top", "print_requests", "random",
-            "random_items")
+            "random_items", "devices", "expert_parallel", "num_processes")
   output = writable_file(args.output)
   config = _config(args)
+  _hosts(args)
+  mesh = _mesh(args, config)
   features, mask, request_ids, valid_items = _requests(args, config)
   from onerec_jax import generate as gen
   from onerec_jax import quant
@@ -168,46 +207,60 @@ def run(args: argparse.Namespace) -> int:
   if args.fp8 and rules is None:
     rules = default_rules(config)
     params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  bucket = min(args.batch_size, batch)
+  if mesh is not None:
+    params = gen.sharding.place_params(params, mesh)
+  per_batch = min(args.batch_size, batch)
+  (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
   kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
-            batch_buckets=(bucket,))
-  print(f"{source}: {jax.devices()[0].device_kind}, {batch} requests, beam width "
-        f"{args.beam_width}, batch {bucket}, dtype {config.dtype}{', FP8' if rules else ''}"
-        f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}",
-        file=sys.stderr)
+            batch_buckets=(bucket,), mesh=mesh)
+  lead = jax.process_index() == 0  # prints and writes; the others compute
+
+  def log(*parts, **kw):
+    if lead:
+      print(*parts, **kw, file=sys.stderr)
+
+  devices = ("1 x " if mesh is None else f"{mesh.size} x ") + jax.devices()[0].device_kind
+  if mesh is not None and gen.sharding.expert_shards(mesh) > 1:
+    devices += f" (experts split over {gen.sharding.expert_shards(mesh)})"
+  log(f"{source}: {devices}, {batch} requests, beam width {args.beam_width}, batch "
+      f"{per_batch}, dtype {config.dtype}{', FP8' if rules else ''}"
+      f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}")
   before = gen.compile_cache.compile_events()
-  print("compiling ...", end="", flush=True, file=sys.stderr)
+  log("compiling ...", end="", flush=True)
   programs = {}
   compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
                          **kw)[bucket]
   hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
   how = {"exported": ", the stored program: nothing traced",
          "traced": "", "process": ""}[programs[bucket]]
-  print(f"\rcompiled in {compile_s:.2f} s"
-        f"{' (from the persistent compilation cache' + how + ')' if hits else ''}",
-        file=sys.stderr)
+  log(f"\rcompiled in {compile_s:.2f} s"
+      f"{' (from the persistent compilation cache' + how + ')' if hits else ''}")
 
   parts, latencies = [], []
-  spans = gen.chunks(batch, (bucket,))
+  spans = gen.chunks(batch, (per_batch,))
   for i, (start, stop, _) in enumerate(spans):
     take = lambda d: None if d is None else {k: v[start:stop] for k, v in d.items()}
     t0 = time.perf_counter()
     parts.append(gen.generate(params, config, take(features), mask=take(mask), **kw))
     latencies.append(time.perf_counter() - t0)
     if len(spans) > 3:
-      print(f"\rbatch {i + 1}/{len(spans)}", end="", flush=True, file=sys.stderr)
+      log(f"\rbatch {i + 1}/{len(spans)}", end="", flush=True)
   if len(spans) > 3:
-    print(file=sys.stderr)
+    log()
   res = gen.Result(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
                      for i in range(3)))
   total = sum(latencies)
   timing = {"compile_s": compile_s, "compile_cache_hit": bool(hits),
             "program": programs[bucket],
-            "batches": len(latencies), "batch_size": bucket, "total_s": total,
-            "throughput_rps": batch / total, "device": jax.devices()[0].device_kind}
+            "batches": len(latencies), "batch_size": per_batch, "total_s": total,
+            "throughput_rps": batch / total, "device": jax.devices()[0].device_kind,
+            "devices": 1 if mesh is None else mesh.size,
+            "expert_parallel": 1 if mesh is None else gen.sharding.expert_shards(mesh)}
   if len(latencies) > 1:
     timing.update(latency_ms_median=1e3 * float(np.median(latencies)),
                   latency_ms_max=1e3 * max(latencies))
+  if not lead:
+    return 0
   results = _results(res, request_ids)
   print(_table(results, args.top, args.print_requests))
   if len(latencies) > 1:

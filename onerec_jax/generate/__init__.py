@@ -1,7 +1,8 @@
 """Semantic-ID beam search (the jit-compiled inference path): generate, warm-up,
-the valid-item table for constrained decoding, and request-context files."""
+the valid-item table for constrained decoding, request-context files, and scaling out
+over a device mesh (sharding)."""
 
-from onerec_jax.generate import compile_cache
+from onerec_jax.generate import compile_cache, sharding
 from onerec_jax.generate.api import (DEFAULT_BUCKETS, check_inputs, chunks, generate,
                                      pad_batch, warmup)
 from onerec_jax.generate.beam import EMPTY, Result, beam_search, compiled_search, lower
@@ -13,4 +14,4 @@ __all__ = ["DEFAULT_BUCKETS", "EMPTY", "GenerateInputError", "ItemTable", "Resul
            "beam_search", "build_item_table", "check_inputs", "chunks", "compile_cache",
            "compiled_search",
            "generate", "load_contexts", "load_valid_items", "lower", "pad_batch",
-           "random_contexts", "random_items", "save_contexts", "warmup"]
+           "random_contexts", "random_items", "save_contexts", "sharding", "warmup"]

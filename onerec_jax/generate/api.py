@@ -3,7 +3,8 @@
 Every input error is raised on the host before anything runs on the device. Shapes are
 static: each pathway is padded to its max_len (masked out) and the batch to the smallest
 bucket that holds it (larger batches run as chunks of the largest bucket), so a warmed-up
-bucket never recompiles; padding rows are dropped from the results.
+bucket never recompiles; padding rows are dropped from the results. Over a device mesh
+(sharding) the buckets are multiples of its devices and the requests are split over them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from onerec_jax.config import Config
+from onerec_jax.generate import sharding
 from onerec_jax.generate.beam import Result, compiled_search
 from onerec_jax.generate.items import GenerateInputError, ItemTable
 
@@ -123,21 +126,30 @@ def pad_batch(config: Config, features: Mapping[str, Any], mask: Mapping[str, An
 
 def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_width: int,
              mask: Mapping[str, Any] | None = None, valid_items: ItemTable | None = None,
-             rules=None, batch_buckets: Sequence[int] = DEFAULT_BUCKETS) -> Result:
+             rules=None, batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
+             mesh: Mesh | None = None) -> Result:
   """Top beam_width semantic-ID tuples per request by beam search.
 
   features: pathway name -> [B, n, width] (n <= the pathway's max_len), or token ids
   [B, n] for a pathway of width 0 (a Qwen3 prompt, real tokens first); mask: optional
   pathway name -> [B, n] bool (True = real token). valid_items: an ItemTable to decode
   only real items (and return their ids). rules: FP8 quantization rules (onerec_jax.quant)
-  or None. Raises GenerateInputError on bad input before any device work.
+  or None. mesh: the devices the requests are split over (sharding.make_mesh; an EXPERT
+  axis longer than 1 also splits the MoE layers' experts); None: every device when there
+  are several (sharding.default_mesh), else one. Over a mesh, buckets are rounded up to
+  multiples of its devices; pass params placed there (sharding.place_params) to save
+  their transfer on every call. Raises GenerateInputError on bad input before any device
+  work.
   """
   batch = check_inputs(config, features, mask, beam_width, valid_items)
+  mesh = sharding.resolve(mesh, config)
+  if mesh is not None:
+    params = sharding.place_params(params, mesh)
   outs = []
-  for start, stop, bucket in chunks(batch, batch_buckets):  # dispatch all, then fetch
-    f, m = pad_batch(config, features, mask, start, stop, bucket)
+  for start, stop, bucket in chunks(batch, sharding.round_buckets(batch_buckets, mesh)):
+    f, m = pad_batch(config, features, mask, start, stop, bucket)  # dispatch all, then fetch
     run, _ = compiled_search(params, f, m, valid_items, config=config,
-                             beam_width=beam_width, rules=rules)
+                             beam_width=beam_width, rules=rules, mesh=mesh)
     outs.append((stop - start, run(params, f, m, valid_items)))
   cat = lambda i: np.concatenate([np.asarray(o[i])[:rows] for rows, o in outs])
   return Result(cat(0), cat(1), None if valid_items is None else cat(2))
@@ -145,21 +157,25 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
 
 def warmup(params: Any, config: Config, *, beam_width: int,
            valid_items: ItemTable | None = None, rules=None,
-           batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
+           batch_buckets: Sequence[int] = DEFAULT_BUCKETS, mesh: Mesh | None = None,
            progress: Callable[[int, float, str], None] | None = None) -> dict[int, float]:
   """Compiles the beam search for every bucket ahead of traffic and runs it once (the
-  first call also sets up the fast dispatch path); returns the compile seconds per bucket,
-  and calls progress(bucket, seconds, how) after each (how: compile_cache.program's).
+  first call also sets up the fast dispatch path); returns the compile seconds per bucket
+  (rounded as generate rounds them for the mesh, which is generate's), and calls
+  progress(bucket, seconds, how) after each (how: compile_cache.program's).
   Later generate calls in these buckets do not compile; with the persistent compilation
   cache on, a restarted process's warmup neither traces nor compiles them."""
+  mesh = sharding.resolve(mesh, config)
+  if mesh is not None:
+    params = sharding.place_params(params, mesh)
   seconds = {}
-  for bucket in batch_buckets:
+  for bucket in sharding.round_buckets(batch_buckets, mesh):
     empty = {p.name: np.zeros((0, 1) if p.width == 0 else (0, 1, p.width), np.float32)
              for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
     t0 = time.perf_counter()
     run, how = compiled_search(params, f, m, valid_items, config=config,
-                               beam_width=beam_width, rules=rules)
+                               beam_width=beam_width, rules=rules, mesh=mesh)
     seconds[bucket] = time.perf_counter() - t0
     jax.block_until_ready(run(params, f, m, valid_items))
     if progress:

@@ -21,11 +21,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import onerec_kernels.topk as topk_op
+from jax.sharding import Mesh
 from onerec_kernels import backend
 
 from onerec_jax import quant
 from onerec_jax.config import Config
-from onerec_jax.generate import compile_cache
+from onerec_jax.generate import compile_cache, sharding
 from onerec_jax.generate.items import ItemTable
 from onerec_jax.model import extend, model_for
 
@@ -141,11 +142,14 @@ def lower(params, features, mask, valid_items=None, *, config: Config, beam_widt
 
 
 def compiled_search(params, features, mask, valid_items=None, *, config: Config,
-                    beam_width: int, rules=None):
+                    beam_width: int, rules=None, mesh: Mesh | None = None):
   """(run, how): beam_search compiled for these arguments' shapes in the kernel mode in
   force, once per process and, with the persistent compilation cache on, once per machine
   (compile_cache.program: how says which); run(params, features, mask, valid_items) ->
-  Result. generate and warmup run the search through this."""
+  Result. With a mesh (sharding.check_mesh'ed; the batch a multiple of its devices) the
+  program runs over it (sharding.shard) and run first places its arguments there (a
+  no-op for arguments placed already); without one, on one device. generate and warmup
+  run the search through this."""
   mode = backend.mode()
 
   def search(p, f, m, v):
@@ -156,8 +160,17 @@ def compiled_search(params, features, mask, valid_items=None, *, config: Config,
   statics = {"program": "onerec_jax.generate.beam_search", "config": config.to_json(),
              "beam_width": beam_width, "kernels": mode,
              "rules": None if rules is None else rules.to_json()}
-  run, how = compile_cache.program(search, (params, features, mask, valid_items), statics)
-  return (lambda *args: Result(*run(*args), *((None,) if valid_items is None else ()))), how
+  args = (params, features, mask, valid_items)
+  place = lambda a: a
+  out_sharding = None
+  if mesh is not None:
+    statics["mesh"] = sharding.describe(mesh)
+    search, args, out_sharding = sharding.shard(search, mesh, args,
+                                                batched=(False, True, True, False))
+    place = functools.partial(sharding.place, target=args)
+  run, how = compile_cache.program(search, args, statics, out_sharding)
+  tail = (None,) if valid_items is None else ()
+  return (lambda *a: Result(*run(*place(a)), *tail)), how
 
 
 def _beam_search(params, features, mask, valid_items, config, beam_width, rules) -> Result:

@@ -87,7 +87,7 @@ def compile_events() -> dict[str, float]:
 
 
 # Compiled programs ----------------------------------------------------------------------
-EXPORT_FORMAT = 1  # bump when the key or the stored layout changes
+EXPORT_FORMAT = 2  # bump when the key or the stored layout changes
 _programs: dict[tuple, Callable] = {}
 _programs_lock = threading.Lock()
 
@@ -111,44 +111,58 @@ def _exported_dir() -> pathlib.Path | None:
   return None if not folder else pathlib.Path(folder) / "onerec-exported"
 
 
-def program(fn: Callable, args: Any, statics: dict[str, Any]) -> tuple[Callable, str]:
+def program(fn: Callable, args: Any, statics: dict[str, Any],
+            out_sharding: Any = None) -> tuple[Callable, str]:
   """fn(*args) compiled, for these arguments' shapes and the statics that name fn and
-  what it closes over (its config, rules, ...: anything that changes the program; two
-  fns with equal statics must compute the same), as (run, how): run takes
+  what it closes over (its config, rules, mesh, ...: anything that changes the program;
+  two fns with equal statics must compute the same), as (run, how): run takes
   args as fn does; how is "process" (compiled earlier in this process), "exported" (read
   from the persistent cache folder: neither traced nor lowered, and XLA's compile of it is
   a persistent cache hit once filled) or "traced" (traced, lowered and compiled; with the
   persistent cache on, exported there for the next process).
 
-  fn must be pure and return a tuple of arrays. Programs are stored only while the
-  persistent compilation cache is on (enable()), keyed on the statics, the argument
-  shapes and structure, the jax version, the device and the source fingerprint.
+  fn must be pure and return a tuple of arrays. args: arrays, or jax.ShapeDtypeStructs
+  of them. out_sharding: None for a program on one device, else the outputs' sharding of
+  a program over a mesh, whose every argument leaf then carries its sharding (the
+  program's input shardings; sharding.layout makes them) and run takes arguments placed
+  there. Programs are stored only while the persistent compilation cache is on
+  (enable()), keyed on the statics, the argument shapes, structure and shardings, the
+  jax version, the device kind and count and the source fingerprint.
   """
   leaves, treedef = jax.tree.flatten(args)
   avals = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+  shardings = (None if out_sharding is None
+               else (tuple(x.sharding for x in leaves), out_sharding))
   statics_text = json.dumps(statics, sort_keys=True, default=str)
-  local = (statics_text, str(treedef), avals)
+  local = (statics_text, str(treedef), avals, shardings)  # shardings: these devices
   with _programs_lock:
     if local in _programs:
       return _programs[local], "process"
   flat = lambda *xs: fn(*jax.tree.unflatten(treedef, xs))
+  jit = (jax.jit if shardings is None else functools.partial(
+      jax.jit, in_shardings=shardings[0], out_shardings=shardings[1]))
   folder = _exported_dir()
   how = "traced"
   if folder is None:
-    compiled = jax.jit(flat).lower(*leaves).compile()
+    compiled = jit(flat).lower(*leaves).compile()
   else:
     device = jax.devices()[0]
     key = hashlib.sha256(json.dumps({
         "format": EXPORT_FORMAT, "jax": jax.__version__, "device": device.device_kind,
         "platform": device.platform, "source": source_fingerprint(), "statics": statics_text,
-        "tree": str(treedef), "avals": avals}).encode()).hexdigest()
+        "tree": str(treedef), "avals": avals,
+        "devices": 1 if shardings is None else len(shardings[1].device_set),
+        "shardings": None if shardings is None else [str(s.spec) for s in shardings[0]],
+    }).encode()).hexdigest()
     path = folder / f"{key}.jaxexport"
     if path.exists():
       exported = jax.export.deserialize(bytearray(path.read_bytes()))
       how = "exported"
     else:
-      exported = _export(flat, leaves, path)
-    compiled = (jax.jit(flat) if exported is None else jax.jit(exported.call)).lower(
+      in_shardings = (None,) * len(leaves) if shardings is None else shardings[0]
+      exported = _export(jit(flat), [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                                     for x, s in zip(leaves, in_shardings)], path)
+    compiled = (jit(flat) if exported is None else jit(exported.call)).lower(
         *leaves).compile()
   run = lambda *a: compiled(*jax.tree.leaves(a))
   with _programs_lock:
@@ -156,13 +170,14 @@ def program(fn: Callable, args: Any, statics: dict[str, Any]) -> tuple[Callable,
     return _programs[local], how
 
 
-def _export(flat: Callable, leaves: list, path: pathlib.Path):
-  """flat exported for these leaves' shapes and stored at path (written whole or not at
+def _export(jitted: Callable, structs: list, path: pathlib.Path):
+  """The jitted program exported for these argument shapes (jax.ShapeDtypeStructs, with
+  the shardings of a program over a mesh) and stored at path (written whole or not at
   all); None, with a warning, where jax cannot export it (the search then runs traced)."""
   try:
-    exported = jax.export.export(jax.jit(flat), disabled_checks=[
+    exported = jax.export.export(jitted, disabled_checks=[
         jax.export.DisabledSafetyCheck.custom_call(name) for name in _UNLISTED_CALLS])(
-            *[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves])
+            *structs)
     data = exported.serialize()
   except Exception as e:  # a lowering jax.export refuses; serving goes on without it
     warnings.warn(f"the compiled search cannot be stored for the next process ({e}); "

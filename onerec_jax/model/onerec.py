@@ -18,6 +18,7 @@ import onerec_kernels.grouped_gemm as grouped_gemm_op
 import onerec_kernels.topk as topk_op
 
 from onerec_jax.config import Config
+from onerec_jax.model.expert_parallel import ROUTED_EXPERTS, expert_axis, experts_per_shard
 from onerec_jax.model.layers import (GroupedLinear, Linear, RMSNorm, SwiGLU, attend_decoded,
                                      matmul_precision, swiglu)
 from onerec_kernels.quantize import RMSNormOf, RowsOf, SwiGLUOf
@@ -177,7 +178,13 @@ class Router(nn.Module):
 
 class RoutedExperts(nn.Module):
   """SwiGLU experts over tokens sorted by expert: one grouped GEMM for gate/up, one for
-  down, then the gate-weighted combine."""
+  down, then the gate-weighted combine.
+
+  With the experts sharded over a mesh axis (expert_parallel.experts_sharded_over), this
+  device's weights are its own ceil(E / n) experts: it gathers the axis' tokens, runs
+  their rows routed to its experts (the others sort past every group and come out zero)
+  and reduce-scatters the FP32 partial sums, so each device gets its own tokens' output.
+  """
 
   config: Config
 
@@ -185,13 +192,23 @@ class RoutedExperts(nn.Module):
   def __call__(self, x: jax.Array, ids: jax.Array, gates: jax.Array) -> jax.Array:
     cfg = self.config
     e = cfg.n_routed_experts
+    axis = expert_axis()
+    if axis is not None:
+      e = experts_per_shard(e, jax.lax.axis_size(axis))
+      # [n*T, D], [n*T, k]: every token of the axis; ids relative to this device's first
+      # expert, so other devices' experts fall outside [0, e).
+      x, ids, gates = (jax.lax.all_gather(a, axis, tiled=True) for a in (x, ids, gates))
+      ids = ids - jax.lax.axis_index(axis) * e
     order, group_sizes = grouped_gemm_op.sort_by_expert(ids, e)
     gather = RowsOf(x, order // cfg.top_k)  # [T*k, D], sorted by expert
     h = GroupedLinear(e, 2 * cfg.expert_d_ff, name="gate_up_proj", **_kw(cfg))(
         x[gather.rows], group_sizes, producer=gather)
     y = GroupedLinear(e, cfg.d_model, name="down_proj", **_kw(cfg))(
         swiglu(h), group_sizes, producer=SwiGLUOf(h))
-    return grouped_gemm_op.combine(y, order, gates).astype(cfg.compute_dtype)
+    y = grouped_gemm_op.combine(y, order, gates)  # [T, D] f32
+    if axis is not None:  # sum over the devices' experts; each keeps its own tokens' rows
+      y = jax.lax.psum_scatter(y, axis, scatter_dimension=0, tiled=True)
+    return y.astype(cfg.compute_dtype)
 
 
 class MoE(nn.Module):
@@ -205,7 +222,7 @@ class MoE(nn.Module):
     flat = lambda a: a.reshape(-1, a.shape[-1])
     xt = flat(x)  # [T, D]
     ids, gates = Router(cfg, name="router")(xt)
-    y = RoutedExperts(cfg, name="experts")(xt, ids, gates)
+    y = RoutedExperts(cfg, name=ROUTED_EXPERTS)(xt, ids, gates)
     if cfg.n_shared_experts:
       y = y + SwiGLU(cfg.d_model, cfg.n_shared_experts * cfg.expert_d_ff,
                      name="shared_experts", **_kw(cfg))(
