@@ -1,6 +1,7 @@
 """Evaluation: metrics against hand-computed cases, the per-tensor scheme, and one small
-end-to-end run of the FP16 vs FP8 report."""
+end-to-end run of the FP16 vs FP8 report through `onerec-jax eval`."""
 
+import json
 import math
 
 import jax
@@ -9,7 +10,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onerec_jax import quant
+from onerec_jax import checkpoint, quant
+from onerec_jax.cli import eval as cli_eval
+from onerec_jax.cli import main
 from onerec_jax.lab import data, evaluate
 from onerec_jax.config import preset
 from onerec_jax.model import default_rules, init_params
@@ -76,14 +79,19 @@ def _rows_beyond_e4m3_range(params, cfg):
   return out
 
 
-def test_end_to_end_report():
+def test_end_to_end_report(tmp_path, capsys):
+  """`onerec-jax eval` on a PyTorch-format source with its data.json: the JSON report and
+  the markdown tables."""
   cfg = preset("tiny")  # dense: the smallest model to compile (MoE is covered above)
-  dataset = data.make_dataset(data.DataConfig(n_items=256, n_users=300, n_topics=4,
-                                          subtopics_per_topic=4), cfg)
+  options = data.DataConfig(n_items=256, n_users=300, n_topics=4, subtopics_per_topic=4)
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
-  report = evaluate.evaluate(_rows_beyond_e4m3_range(params, cfg), cfg, dataset,
-                             beam_width=50, batch_size=16, max_requests=16, analysis_batch=4,
-                             ablation_requests=8, progress=lambda _: None)
+  src = checkpoint.export(_rows_beyond_e4m3_range(params, cfg), cfg, tmp_path / "src")
+  (src / cli_eval.DATA_NAME).write_text(json.dumps(options.to_dict()))
+  out, md = tmp_path / "report.json", tmp_path / "report.md"
+  assert main(["eval", str(src), "--beam-width", "50", "--batch-size", "16",
+               "--max-requests", "16", "--output", str(out), "--markdown", str(md)]) == 0
+  report = json.loads(out.read_text())
+  assert report["checkpoint"] == str(src) and report["data"] == options.to_dict()
   # Every cut point of each test user is a request: 16 requests from 4 users.
   assert report["test_requests"] == 16 and report["test_users"] == 4
   assert report["valid_items"] == 256
@@ -103,7 +111,9 @@ def test_end_to_end_report():
   assert [r["rule"] for r in report["rule_ablation"]] == [
       p for p, _ in default_rules(cfg).rules]
   assert all(x > 10 for r in report["rule_ablation"] for x in r["logits_sqnr_db"])
-  text = evaluate.markdown(report)
+  text = md.read_text()
+  assert text.strip() == evaluate.markdown(report)
+  assert capsys.readouterr().out.strip().endswith(text.strip())  # after the progress lines
   assert "| recall@10 |" in text and "FP8 (per_tensor)" in text and "SQNR" in text
   assert "modules in FP8 at a time" in text
 
