@@ -8,12 +8,15 @@ decoding over N random valid items. --kernels reference pins every kernel entry 
 reference (ONEREC_KERNELS=reference): the baseline later work must beat.
 
   python scripts/bench_generate.py --preset moe-4b --batch 32 --beam 512 --out r.json
+
+--smoke runs a tiny size anywhere (a CPU check of the script, not a measurement).
 """
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -24,6 +27,10 @@ from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
 from onerec_jax.model.onerec import init_params
+
+
+SMOKE = ("--preset", "tiny", "--param-dtype", "float16", "--batch", "2", "--beam", "4",
+         "--runs", "1", "--items", "0", "50")
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -83,7 +90,11 @@ def main() -> None:
   p.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
+  p.add_argument("--smoke", action="store_true",
+                 help=f"tiny size: {' '.join(SMOKE)} (overrides those options)")
   args = p.parse_args()
+  if args.smoke:
+    args = p.parse_args([*sys.argv[1:], *SMOKE])
   if args.kernels == "reference":
     os.environ[backend.ENV] = "reference"  # before anything is traced
   cfg = preset(args.preset).replace(param_dtype=args.param_dtype)
