@@ -12,6 +12,7 @@ import pytest
 
 import fp8_spec
 from onerec_kernels.quantize import (RMSNormOf, RowsOf, SwiGLUOf, activation_shape,
+                                     dequantize_blocks, dequantize_rows,
                                      quantize_activations, quantize_activations_reference,
                                      quantize_blocks, quantize_rows)
 from triton_interpret import interpreted
@@ -236,6 +237,23 @@ def test_reference_is_bit_exact_at_rounding_ties(block, jit):
   np.testing.assert_array_equal(fp8_spec.fp8_bytes(np.asarray(q)), q_ref)
 
 
+@pytest.mark.parametrize("block_rows,block_cols", [(1, None), (1, 128), (128, 128), (8, 32)])
+def test_dequantize_is_value_times_scale(block_rows, block_cols):
+  """dequantize_rows / dequantize_blocks: each element's FP8 value times its own group's
+  scale (exact in float32), NaN groups NaN; a partial edge block keeps its own scale."""
+  x = _specials("plain")[:, :290]
+  if block_cols is None:
+    q, s = quantize_rows(jnp.asarray(x))
+    got = dequantize_rows(q, s)
+  else:
+    q, s = quantize_blocks(jnp.asarray(x), block_rows, block_cols)
+    got = dequantize_blocks(q, s, block_rows, block_cols)
+  values, scales = fp8_spec.quantize(x, block_rows, block_cols, flush=XLA_FLUSHES)
+  per_element = (scales[:, None] if block_cols is None else
+                 fp8_spec.expand(scales, *x.shape, block_rows, block_cols))
+  np.testing.assert_array_equal(np.asarray(got), (values * per_element).astype(np.float32))
+
+
 @pytest.mark.parametrize("block", [None, 128])
 def test_triton_kernel_division_is_exact_interpret(block):
   """Bit for bit, signed zeros included, against the specification's float32 division at
@@ -308,6 +326,19 @@ def test_reference_nan_and_inf_groups(block):
     w_q, w_s = quantize_rows(jnp.asarray(rng.standard_normal((8, 300)), jnp.float32))
     y = np.asarray(fp8_linear_reference(q, s, w_q, w_s, out_dtype=jnp.float32))
     assert np.all(np.isnan(y[groups])) and np.all(np.isfinite(y[~groups]))
+
+
+@pytest.mark.parametrize("block_rows,block_cols", [(1, None), (1, 128), (128, 128)])
+def test_reference_finds_every_nan_group(block_rows, block_cols):
+  """Scattered NaNs in a weight-sized tensor: each group holding one gets scale NaN, no
+  other does (XLA's CPU reduce-max drops NaNs at this shape, rows and blocks alike)."""
+  x = rng.standard_normal((345, 1325)).astype(np.float32)
+  x.reshape(-1)[rng.choice(x.size, 40, replace=False)] = np.nan
+  _, s = (quantize_rows(jnp.asarray(x)) if block_cols is None
+          else quantize_blocks(jnp.asarray(x), block_rows, block_cols))
+  want = np.isnan(fp8_spec.group_amax(x, block_rows, block_cols or x.shape[1]))
+  np.testing.assert_array_equal(np.isnan(np.asarray(s)), want.reshape(np.shape(s)))
+  assert want.any() and not want.all()
 
 
 @pytest.mark.parametrize("kind", ["plain", "rmsnorm", "swiglu"])

@@ -32,6 +32,14 @@ def scale_from_amax(amax: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(amax), scale, jnp.float32(jnp.nan))
 
 
+def group_amax(magnitudes: jax.Array, axis) -> jax.Array:
+  """Largest of magnitudes (|x|) over axis, NaN where any of them is NaN: XLA's CPU
+  reduce-max drops NaNs for many shapes (a [345, 1325] row max, any two-axis block max),
+  so the NaN is found by a reduction that cannot lose it."""
+  return jnp.where(jnp.any(jnp.isnan(magnitudes), axis=axis), jnp.float32(jnp.nan),
+                   jnp.max(magnitudes, axis=axis))
+
+
 def cast_to_fp8(x: jax.Array, scale: jax.Array) -> jax.Array:
   """x / scale, clipped to +-448 and rounded to nearest even, as float8_e4m3fn.
 
@@ -52,8 +60,7 @@ def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   x: [..., M, K] -> (value [..., M, K] fp8, scale [..., M] f32). Per-token activations and
   per-output-channel weights ([N, K], K-major) are both this.
   """
-  amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1)
-  scale = scale_from_amax(amax)
+  scale = scale_from_amax(group_amax(jnp.abs(x.astype(jnp.float32)), axis=-1))
   return cast_to_fp8(x, scale[..., None]), scale
 
 
@@ -68,7 +75,7 @@ def quantize_blocks(x: jax.Array, block_rows: int, block_cols: int = BLOCK
   mb, kb = -(-m // block_rows), -(-k // block_cols)
   pad = [(0, 0)] * len(lead) + [(0, mb * block_rows - m), (0, kb * block_cols - k)]
   xp = jnp.pad(jnp.abs(x.astype(jnp.float32)), pad)
-  amax = jnp.max(xp.reshape(*lead, mb, block_rows, kb, block_cols), axis=(-3, -1))
+  amax = group_amax(xp.reshape(*lead, mb, block_rows, kb, block_cols), axis=(-3, -1))
   scale = scale_from_amax(amax)
   return cast_to_fp8(x, expand_block_scale(scale, m, k, block_rows, block_cols)), scale
 
