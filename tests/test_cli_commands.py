@@ -6,26 +6,13 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
-from helpers import state_dict_numpy, torch_model
 from onerec_jax import checkpoint
 from onerec_jax import generate as gen
 from onerec_jax.cli import main
-from onerec_jax.config import preset
 from onerec_jax.lab import analysis
 from onerec_jax.model import init_params
-from safetensors.numpy import save_file
-
-CFG = preset("tiny")
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  src = tmp_path_factory.mktemp("src")
-  save_file(state_dict_numpy(torch_model(CFG, seed=23)), str(src / "model.safetensors"))
-  (src / "config.json").write_text(CFG.to_json())
-  return src
+from test_cli import CFG, source  # noqa: F401  (source: the tiny preset's PyTorch-format source)
 
 
 def _generate(tmp_path, *argv) -> dict:

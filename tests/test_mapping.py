@@ -6,6 +6,7 @@ through the one table cannot see a swap)."""
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from helpers import state_dict_numpy, torch_model
 from onerec_jax.checkpoint import jax_to_torch, torch_to_jax
@@ -58,30 +59,13 @@ def _expected_tree(model, cfg) -> dict[str, np.ndarray]:
   return out
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v})
-  return out
-
-
-def _unflat(flat):
-  tree = {}
-  for path, v in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
-
-
 @pytest.mark.parametrize("name", ["tiny-moe", "tiny"])  # MoE with shared experts, kv_split 2; dense
 def test_conversion_puts_each_reference_tensor_in_its_role(name):
   cfg = preset(name)
   model = torch_model(cfg, seed=17)
   want = _expected_tree(model, cfg)
-  got = _flat(torch_to_jax(StateDictSource(state_dict_numpy(model)), cfg))
+  got = traverse_util.flatten_dict(
+      torch_to_jax(StateDictSource(state_dict_numpy(model)), cfg), sep="/")
   assert set(got) == set(want)
   for path, value in want.items():
     np.testing.assert_array_equal(got[path], value, err_msg=path)
@@ -91,7 +75,8 @@ def test_export_writes_each_role_under_the_reference_name():
   cfg = preset("tiny-moe")
   model = torch_model(cfg, seed=18)
   state = state_dict_numpy(model)
-  exported = jax_to_torch(_unflat(_expected_tree(model, cfg)), cfg)
+  exported = jax_to_torch(traverse_util.unflatten_dict(_expected_tree(model, cfg), sep="/"),
+                          cfg)
   assert set(exported) == set(state)
   for name, value in state.items():
     np.testing.assert_array_equal(exported[name], value, err_msg=name)
