@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 
-from bench_common import header, write_json
+from bench_common import header, parse_args, write_json
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
@@ -90,11 +89,7 @@ def main() -> None:
   p.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
-  p.add_argument("--smoke", action="store_true",
-                 help=f"tiny size: {' '.join(SMOKE)} (overrides those options)")
-  args = p.parse_args()
-  if args.smoke:
-    args = p.parse_args([*sys.argv[1:], *SMOKE])
+  args = parse_args(p, SMOKE)
   if args.kernels == "reference":
     os.environ[backend.ENV] = "reference"  # before anything is traced
   cfg = preset(args.preset).replace(param_dtype=args.param_dtype)

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from bench_common import header, write_json
+from bench_common import header, parse_args, write_json
 from onerec_jax import generate as gen
 from onerec_jax import quant
 from onerec_jax.config import preset
@@ -111,11 +111,7 @@ def main() -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
   p.add_argument("--out", default=None, help="JSON file to write")
-  p.add_argument("--smoke", action="store_true",
-                 help=f"short run: {' '.join(SMOKE)} (overrides those options)")
-  args = p.parse_args()
-  if args.smoke:
-    args = p.parse_args([*sys.argv[1:], *SMOKE])
+  args = parse_args(p, SMOKE)
   config = preset(args.preset)
   params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
   result = soak(config, params, calls=args.calls, buckets=tuple(args.buckets),

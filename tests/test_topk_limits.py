@@ -80,7 +80,8 @@ WIDE_CODEBOOKS = (2, 64, 72)
 def _check_wide_generate(widths, codebooks=WIDE_CODEBOOKS):
   """generate at each width (> 8192) is the top of the exhaustive ranking (the full
   width's result), distinct triples with descending scores that teacher-forced forwards
-  confirm."""
+  confirm. To rounding: another batch of beams may round the decoder's last bits otherwise
+  (GPU matmul tilings), which can reorder candidates whose scores tie to within it."""
   cfg = preset("tiny").replace(codebook_sizes=codebooks, param_dtype="float32")
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(3))
   features = gen.random_contexts(cfg, 1, seed=5)
@@ -95,10 +96,13 @@ def _check_wide_generate(widths, codebooks=WIDE_CODEBOOKS):
   logp = sum(np.take_along_axis(np.asarray(jax.nn.log_softmax(l, -1)), ids[sample, j:j + 1],
                                 1)[:, 0] for j, l in enumerate(logits))
   np.testing.assert_allclose(scores[sample], logp, rtol=1e-5, atol=1e-4)
+  score_of = {tuple(t): s for t, s in zip(ids.tolist(), scores)}
   for width in widths:
     res = gen.generate(params, cfg, features, beam_width=width)
-    np.testing.assert_array_equal(res.semantic_ids[0], ids[:width])
-    np.testing.assert_allclose(res.scores[0], scores[:width], rtol=1e-6)
+    got = [tuple(t) for t in res.semantic_ids[0].tolist()]
+    assert len(set(got)) == width
+    np.testing.assert_allclose(res.scores[0], scores[:width], rtol=1e-6, atol=1e-5)
+    assert min(score_of[t] for t in got) >= scores[width - 1] - 1e-5  # all from the top
 
 
 def test_generate_beyond_8192():
@@ -115,10 +119,12 @@ def test_generate_beyond_8192_gpu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("w", [topk.TRITON_MAX_K + 1, 16384])
 def test_beam_topk_beyond_8192_gpu(w):
+  """The default order at k > 8192 runs the reference: equal to it jitted alike."""
   logits = jax.random.normal(jax.random.key(6), (4, 64, 512)) * 3
   beam = jax.random.normal(jax.random.key(7), (4, 64))
   got = jax.jit(topk.beam_topk, static_argnames=("k",))(logits, beam, k=w)
-  for g, r in zip(got, topk.beam_topk_reference(logits, beam, w)):
+  ref = jax.jit(topk.beam_topk_reference, static_argnames=("k",))(logits, beam, k=w)
+  for g, r in zip(got, ref):
     np.testing.assert_array_equal(g, r)
   x = logits.reshape(4, -1)
   for g, r in zip(topk.top_k(x, w), jax.lax.top_k(x, w)):

@@ -34,8 +34,8 @@ def scale_from_amax(amax: jax.Array) -> jax.Array:
 
 def group_amax(magnitudes: jax.Array, axis) -> jax.Array:
   """Largest of magnitudes (|x|) over axis, NaN where any of them is NaN: XLA's CPU
-  reduce-max drops NaNs for many shapes (a [345, 1325] row max, any two-axis block max),
-  so the NaN is found by a reduction that cannot lose it."""
+  reduce-max drops NaNs for many shapes (a [345, 1325] row max, most two-axis block maxes
+  measured), so the NaN is found by a reduction that cannot lose it."""
   return jnp.where(jnp.any(jnp.isnan(magnitudes), axis=axis), jnp.float32(jnp.nan),
                    jnp.max(magnitudes, axis=axis))
 
