@@ -15,7 +15,6 @@ import torch
 from safetensors.numpy import save_file
 
 from helpers import state_dict_numpy, torch_model
-from onerec_jax import checkpoint
 from onerec_jax.checkpoint import CheckpointError, convert, load
 from onerec_jax.config import preset
 

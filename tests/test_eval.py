@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onerec_jax import checkpoint, quant
+from onerec_jax import checkpoint
 from onerec_jax.cli import eval as cli_eval
 from onerec_jax.cli import main
 from onerec_jax.lab import data, evaluate

@@ -6,7 +6,6 @@ an element a kernel leaves unwritten fails the comparison. Random shapes, empty 
 groups, k = n, all-masked rows, NaN and Inf inputs. Shapes are tiny and examples few:
 interpret mode is slow."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

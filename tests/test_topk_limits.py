@@ -12,7 +12,6 @@ from onerec_jax import generate as gen
 from onerec_jax.config import preset
 from onerec_jax.model.onerec import OneRecV2, init_params
 from onerec_kernels import topk
-from onerec_kernels.topk import radix
 from test_topk import _bits, _data
 
 N = 12

@@ -12,7 +12,7 @@ import pytest
 
 from onerec_kernels import backend, topk
 from onerec_kernels.topk import radix
-from test_topk import BOUND, FLOATS, LOOSE, TIGHT, WIDE, _bits, _data
+from test_topk import BOUND, LOOSE, TIGHT, WIDE, _bits, _data
 from triton_interpret import LAUNCHES, triton_kernels_on_cpu
 
 
