@@ -1,7 +1,8 @@
 """Beam widths and k at their limits: every implementation of every top-k entry point
 refuses k outside [1, n] with the same error; widths above the Triton kernels' 8192 run
 (the radix algorithm on the CPU, the reference fallback on the GPU) and generate serves
-them; radix.Config.default fits any k."""
+them; radix.Config.default fits any k; beam_search wider than its candidates fills the
+extra slots as empty."""
 
 import jax
 import jax.numpy as jnp
@@ -128,3 +129,26 @@ def test_beam_topk_beyond_8192_gpu(w):
   x = logits.reshape(4, -1)
   for g, r in zip(topk.top_k(x, w), jax.lax.top_k(x, w)):
     np.testing.assert_array_equal(g, r)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_beam_search_wider_than_the_candidates_has_empty_slots(constrained):
+  """beam_search (no input checks: generate refuses such a width) at a width above the
+  candidates, 8 tuples or 5 valid items: the extra slots are empty (score -inf, semantic
+  and item ids EMPTY), the others hold every candidate once, best first."""
+  cfg = preset("tiny").replace(codebook_sizes=(2, 2, 2), param_dtype="float32")
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(8))
+  ids, sem = gen.random_items(cfg, 5, seed=1)
+  table = gen.build_item_table(ids, sem, cfg.codebook_sizes) if constrained else None
+  f, m = gen.pad_batch(cfg, gen.random_contexts(cfg, 2, seed=1), None, 0, 2, 2)
+  res = gen.beam_search(params, f, m, table, config=cfg, beam_width=10)
+  n = 5 if constrained else 8
+  scores, codes = np.asarray(res.scores), np.asarray(res.semantic_ids)
+  assert np.all(np.isneginf(scores[:, n:])) and np.all(codes[:, n:] == gen.EMPTY)
+  assert np.all(np.isfinite(scores[:, :n])) and np.all(np.diff(scores[:, :n]) <= 0)
+  want = {tuple(t) for t in (sem.tolist() if constrained else np.ndindex(2, 2, 2))}
+  for row in codes[:, :n]:
+    assert {tuple(t) for t in row.tolist()} == want
+  if constrained:
+    assert np.all(np.asarray(res.item_ids)[:, n:] == gen.EMPTY)
+    assert set(np.asarray(res.item_ids)[0, :n].tolist()) == set(ids.tolist())
