@@ -1,11 +1,13 @@
 """What every benchmark script shares: the result header (device, jax version, commit,
 how it was timed), device timing by CUPTI, and the JSON writer."""
 
+import argparse
 import json
 import math
 import os
 import statistics
 import subprocess
+import sys
 
 L2_BYTES = 50 << 20  # H100 / H200 L2: timed inputs rotate through at least twice this
 
@@ -49,3 +51,12 @@ def write_json(path: str, result: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
+
+
+def parse_args(parser: argparse.ArgumentParser, smoke: tuple[str, ...]) -> argparse.Namespace:
+  """The parser's arguments, plus --smoke: a tiny size for a CPU check of the script, the
+  options in `smoke` appended to the command line (they override those given)."""
+  parser.add_argument("--smoke", action="store_true",
+                      help=f"tiny size: {' '.join(smoke)} (overrides those options)")
+  args = parser.parse_args()
+  return parser.parse_args([*sys.argv[1:], *smoke]) if args.smoke else args

@@ -8,6 +8,8 @@ decoding over N random valid items. --kernels reference pins every kernel entry 
 reference (ONEREC_KERNELS=reference): the baseline later work must beat.
 
   python scripts/bench_generate.py --preset moe-4b --batch 32 --beam 512 --out r.json
+
+--smoke runs a tiny size anywhere (a CPU check of the script, not a measurement).
 """
 
 import argparse
@@ -19,11 +21,15 @@ import time
 import jax
 import numpy as np
 
-from bench_common import header, write_json
+from bench_common import header, parse_args, write_json
 from onerec_kernels import backend
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
 from onerec_jax.model import init_params
+
+
+SMOKE = ("--preset", "tiny", "--param-dtype", "float16", "--batch", "2", "--beam", "4",
+         "--runs", "1", "--items", "0", "50")
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -83,7 +89,7 @@ def main() -> None:
   p.add_argument("--commit", default=None, help="git commit (default: git rev-parse)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
-  args = p.parse_args()
+  args = parse_args(p, SMOKE)
   if args.kernels == "reference":
     os.environ[backend.ENV] = "reference"  # before anything is traced
   cfg = preset(args.preset).replace(param_dtype=args.param_dtype)

@@ -85,6 +85,21 @@ def test_bf16_pallas_matches_reference_interpret(cfg):
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
 
 
+def test_fp8_nan_block_reaches_only_its_row_interpret():
+  """A NaN or Inf in a 1 x 128 activation block makes its scale NaN (the quantizer's rule)
+  and its output row NaN; the other rows of its expert and of the others stay finite."""
+  gs = jnp.array([40, 0, 30], jnp.int32)
+  x = jax.random.normal(jax.random.key(8), (80, 256)).at[5, 200].set(jnp.nan)
+  x = x.at[50, 3].set(-jnp.inf)
+  w = jax.random.normal(jax.random.key(9), (3, 64, 256)) * 0.05
+  ops = (*quantize_blocks(x, 1, 128), *quantize_blocks(w, 128, 128))
+  with plgpu.force_gpu_interpret_mode():
+    out = fp8_grouped_gemm_pallas(*ops, gs, out_dtype=jnp.float32, config=FP8_SMALL)
+  ref = fp8_grouped_gemm_reference(*ops, gs, out_dtype=jnp.float32)
+  for y in (np.asarray(out), np.asarray(ref)):
+    assert np.all(np.isnan(y[[5, 50]])) and np.all(np.isfinite(np.delete(y, [5, 50], 0)))
+
+
 @settings(max_examples=3, deadline=None)
 @given(st.lists(st.integers(0, 70), min_size=1, max_size=5),
        st.integers(0, 20), st.sampled_from([128, 256]))

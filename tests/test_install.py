@@ -23,8 +23,9 @@ def _run(cmd, **kw):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
   """A fresh venv holding only the built wheel; the dependencies come from this test's
-  environment through a path entry (its .pth files, the editable install's finder among
-  them, are not run)."""
+  environment through path entries: its site-packages folders on sys.path, those that its
+  .pth files add included (a venv layered on another's packages), while the .pth files
+  themselves, the editable install's finder among them, are not run."""
   tmp = tmp_path_factory.mktemp("install")
   _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"),
         str(ROOT)])
@@ -33,7 +34,8 @@ def installed(tmp_path_factory):
   _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
   purelib = pathlib.Path(sysconfig.get_path("purelib", vars={"base": str(venv),
                                                              "platbase": str(venv)}))
-  deps = [p for p in site.getsitepackages() if pathlib.Path(p).is_dir()]
+  deps = [p for p in dict.fromkeys(site.getsitepackages() + sys.path)
+          if pathlib.Path(p).is_dir() and pathlib.Path(p).name == "site-packages"]
   (purelib / "_test_dependencies.pth").write_text("\n".join(deps) + "\n")
   _run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
         "-q", "--no-deps", str(wheel)])

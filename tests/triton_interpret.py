@@ -74,3 +74,71 @@ def interpreted(module_name: str):
   _exact_fp8_casts()
   _exact_fma()
   return importlib.import_module(module_name)
+
+
+def _to_torch(a: np.ndarray):
+  """A torch CPU tensor of a's values: bfloat16 and float8 through their bits, bool as
+  bytes (what a kernel loads from a JAX bool array)."""
+  import torch
+  a = np.array(a)  # a writable copy
+  if a.dtype == ml_dtypes.bfloat16:
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+  if a.dtype == ml_dtypes.float8_e4m3fn:
+    return torch.from_numpy(a.view(np.uint8)).view(torch.float8_e4m3fn)
+  return torch.from_numpy(a.view(np.int8) if a.dtype == bool else a)
+
+
+def _from_torch(t, dtype) -> np.ndarray:
+  import torch
+  if t.dtype in (torch.bfloat16, torch.float8_e4m3fn):
+    return t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.uint8).numpy().view(dtype)
+  return t.numpy()
+
+
+def _poison(shape, dtype) -> np.ndarray:
+  """An output buffer that shows every element a kernel leaves unwritten: NaN for floats,
+  all bits set for integers."""
+  dtype = np.dtype(dtype)
+  if dtype.kind == "f" or dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn):
+    return np.full(shape, np.nan, np.float32).astype(dtype)
+  return np.full(shape, -1).astype(dtype)
+
+
+# (kernel name, constexprs) of every interpreted launch, in order: what ran, not what was
+# traced (lax.switch traces every branch and runs one).
+LAUNCHES: list[tuple[str, dict]] = []
+
+
+def _interpreted_call(kernel, *args, out, grid, num_warps: int = 4, zeroed=(), **meta):
+  """triton_launch.triton_call's contract, run in Triton's interpreter: a jax.pure_callback
+  (so it also runs under jit, lax.switch and while_loop) that launches kernel[grid] on
+  torch copies of the inputs and of the outputs, which start poisoned (_poison) unless
+  zeroed."""
+  import jax
+  outs = out if isinstance(out, tuple) else (out,)
+
+  def host(*arrays):
+    LAUNCHES.append((kernel.__name__, meta))
+    bufs = [np.zeros(o.shape, o.dtype) if i in zeroed else _poison(o.shape, o.dtype)
+            for i, o in enumerate(outs)]
+    tensors = [_to_torch(b) for b in bufs]
+    kernel[grid](*map(_to_torch, arrays), *tensors, **meta)
+    return tuple(_from_torch(t, o.dtype) for t, o in zip(tensors, outs))
+
+  del num_warps  # the interpreter runs one program at a time
+  result = jax.pure_callback(host, outs, *args)
+  return result if isinstance(out, tuple) else result[0]
+
+
+def triton_kernels_on_cpu(monkeypatch):
+  """Runs onerec_kernels' Triton backends on the CPU: every launch goes through Triton's
+  interpreter (_interpreted_call, poisoned outputs), and the implementations tables take
+  Triton as available, so that the entry points' "triton" implementations run as on a
+  Hopper GPU. Skips the test where interpreted() would."""
+  from onerec_kernels import backend, triton_launch
+  tg = interpreted("onerec_kernels.topk.triton_gpu")
+  interpreted("onerec_kernels.quantize.triton_gpu")
+  monkeypatch.setattr(triton_launch, "triton_call", _interpreted_call)
+  monkeypatch.setattr(tg, "triton_call", _interpreted_call)
+  monkeypatch.setattr(backend, "require_triton_gpu", lambda what: None)
+  LAUNCHES.clear()

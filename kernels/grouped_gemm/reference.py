@@ -2,7 +2,8 @@
 
 Rows of x are sorted by group: rows [offset_e, offset_e + group_sizes[e]) belong to
 expert e. Weights are K-major, [E, N, K] (the PyTorch Linear layout). Rows past
-sum(group_sizes) are padding and come out zero.
+sum(group_sizes) are padding and come out zero; in FP8, a padding row whose activation
+holds a NaN or Inf comes out NaN (its scale is NaN, docs/fp8.md), in the kernels alike.
 """
 
 import jax

@@ -19,9 +19,18 @@ from onerec_kernels.quantize.reference import BLOCK, FP8_DTYPE, FP8_MAX
 
 @triton.jit
 def _max_nan(a, b):
-  """max that keeps NaN (the GPU's fmax drops it): a group holding a NaN gets scale 1,
-  as in the reference, and its NaN reaches the output."""
+  """max that keeps NaN (the GPU's fmax drops it): a group holding a NaN has a NaN amax,
+  as in the reference."""
   return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _scale_from_amax(amax, QMAX: tl.constexpr):
+  """The reference's scale_from_amax: amax * fl32(1 / QMAX); 1 where that is zero; NaN
+  where amax is NaN or Inf (the whole group quantizes to NaN)."""
+  scale = amax * (1.0 / QMAX)
+  scale = tl.where(scale > 0, scale, 1.0)
+  return tl.where(amax < float("inf"), scale, float("nan"))
 
 
 @triton.jit
@@ -70,11 +79,13 @@ def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexp
   amax = tl.reduce(tl.abs(x), 1, _max_nan)  # [NB]
   if not PER_BLOCK:
     amax = tl.reduce(amax, 0, _max_nan)
-  scale = tl.where(amax > 0, amax * (1.0 / QMAX), 1.0)
+  scale = _scale_from_amax(amax, QMAX)
   if PER_BLOCK:
     kb = tl.arange(0, NB)
     tl.store(s_ptr + r * KB + kb, scale, mask=kb < KB)
-    y = _divide(x, scale[:, None], tl.min(scale, axis=0))
+    # The smallest finite scale picks the division (a NaN block divides to NaN either way).
+    smallest = tl.min(tl.where(scale == scale, scale, 1.0), axis=0)
+    y = _divide(x, scale[:, None], smallest)
   else:
     tl.store(s_ptr + r, scale)
     y = _divide(x, scale, scale)

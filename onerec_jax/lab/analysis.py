@@ -59,7 +59,8 @@ def sample_batch(config: Config, batch: int, seed: int) -> Batch:
 
 def fp8_run(config: Config, params: Any, rules: quant.Rules, batch: Batch):
   """One jitted pass: (unquantized logits, FP8 logits, {module path: Captured call of the
-  unquantized run}, {module path: the FP8 op's output on that call's input})."""
+  unquantized run}, {module path: the FP8 op's output on that call's arguments, its
+  producer included, as the FP8 model runs it})."""
   model = model_for(config)
 
   @jax.jit
@@ -75,7 +76,7 @@ def fp8_run(config: Config, params: Any, rules: quant.Rules, batch: Batch):
       x, *rest = call.args
       module_out[path] = quant.quantized_matmul(
           call.scheme, x, flat[(*path.split("/"), "weight")], *rest,
-          out_dtype=call.output.dtype)
+          out_dtype=call.output.dtype, **call.kwargs)
     return ref, out, calls, module_out
 
   return run(params, *batch)

@@ -21,10 +21,12 @@ from onerec_jax.quant.schemes import NONE, SCHEMES, QArray, Scheme, quantized_ma
 
 @flax.struct.dataclass
 class Captured:
-  """One call of a matched module: its positional arguments and its output."""
+  """One call of a matched module: its positional and keyword arguments (the `producer`
+  the FP8 op quantizes instead of x among them) and its output."""
 
   scheme: str = flax.struct.field(pytree_node=False)
   args: tuple[jax.Array, ...]
+  kwargs: dict[str, Any]
   output: jax.Array
 
 
@@ -92,7 +94,8 @@ def fp8(rules: Rules) -> Iterator[dict[str, str]]:
 
 @contextlib.contextmanager
 def capture(rules: Rules) -> Iterator[dict[str, list[Captured]]]:
-  """Records the arguments and output of every call of a module the rules quantize.
+  """Records the arguments (keyword arguments included) and output of every call of a
+  module the rules quantize.
 
   Yields path -> [Captured, one per call]; a pytree, so a jitted function can return it.
   """
@@ -101,7 +104,7 @@ def capture(rules: Rules) -> Iterator[dict[str, list[Captured]]]:
   def on_match(module, path, scheme, next_fun, args, kwargs):
     del module
     y = next_fun(*args, **kwargs)
-    calls.setdefault(path, []).append(Captured(scheme.name, tuple(args), y))
+    calls.setdefault(path, []).append(Captured(scheme.name, tuple(args), dict(kwargs), y))
     return y
 
   with _intercept(rules, on_match):

@@ -1,0 +1,65 @@
+"""Every script under scripts/ runs at least once: train_demo.py at a tiny size (its output
+is a source the commands read), bench_generate.py at its --smoke size on the CPU, and the
+GPU-only benchmarks (CUPTI timing, Triton kernels named) import and parse --help.
+convert_checkpoint.py and make_random_checkpoint.py run in test_checkpoint.py,
+soak_generate.py's soak in test_soak.py; test.sh is CI itself, demo.sh runs setup_env.sh
+and then `onerec-jax generate` (test_generate.py runs that command on the demo)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from onerec_jax import checkpoint
+from onerec_jax import generate as gen
+from onerec_jax.config import preset
+from onerec_jax.lab import data
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _run(name, *argv, cwd=None):
+  done = subprocess.run([sys.executable, str(SCRIPTS / name), *argv], capture_output=True,
+                        text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
+  assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-3000:])
+  return done
+
+
+def test_train_demo_tiny(tmp_path):
+  out = tmp_path / "demo"
+  done = _run("train_demo.py", "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+              "--out", str(out), "--workdir", str(tmp_path / "work"))
+  assert "trained 2 steps" in done.stdout
+  config = checkpoint.read_config(out)
+  assert config == preset("tiny")
+  options = data.DataConfig(**json.loads((out / "data.json").read_text()))
+  dataset = data.make_dataset(options, config)
+  ids, sem = gen.load_valid_items(out / "valid_items.npz")
+  np.testing.assert_array_equal(sem, dataset.semantic_ids)
+  features, _, request_ids = gen.load_contexts(out / "contexts.npz", config)
+  assert len(request_ids) == 16 and gen.check_inputs(config, features, None, 4, None) == 16
+  train_log = json.loads((out / "train.json").read_text())
+  assert train_log["train"]["steps"] == 2 and len(train_log["val_ce"]) == config.levels
+  assert checkpoint.load(out).params["head_0_proj"]["weight"].dtype == np.float16
+
+
+def test_bench_generate_smoke(tmp_path):
+  out = tmp_path / "generate.json"
+  _run("bench_generate.py", "--smoke", "--out", str(out))
+  report = json.loads(out.read_text())
+  assert report["preset"] == "tiny" and report["kernels"] == "reference"
+  assert [r["valid_items"] for r in report["results"]] == [None, 50]
+  for row in report["results"]:
+    assert row["batch"] == 2 and row["beam_width"] == 4 and row["runs"] == 1
+    assert row["scores_descending"] and row["empty_slots"] == 0 and row["compile_s"] > 0
+
+
+@pytest.mark.parametrize("name", ["bench_fp8_linear.py", "bench_grouped_gemm.py",
+                                  "bench_quantize.py", "bench_topk.py",
+                                  "soak_generate.py"])
+def test_script_parses_help(name):
+  assert _run(name, "--help").stdout.startswith("usage: ")
