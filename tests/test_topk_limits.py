@@ -11,7 +11,7 @@ import pytest
 
 from onerec_jax import generate as gen
 from onerec_jax.config import preset
-from onerec_jax.model.onerec import OneRecV2, init_params
+from onerec_jax.model import OneRecV2, init_params
 from onerec_kernels import topk
 from test_topk import _bits, _data
 
