@@ -60,3 +60,29 @@ def parse_args(parser: argparse.ArgumentParser, smoke: tuple[str, ...]) -> argpa
                       help=f"tiny size: {' '.join(smoke)} (overrides those options)")
   args = parser.parse_args()
   return parser.parse_args([*sys.argv[1:], *smoke]) if args.smoke else args
+
+
+def moe_block(config, layer: str, norm: bool):
+  """The model's MoE block (onerec_jax.model.onerec.MoE: router, routed and shared experts)
+  under its model path `layer`/mlp, so that the model's default FP8 rules match it; with
+  norm, its mlp_norm first (the RMSNorm fused into the FP8 quantization as in the model).
+  A Flax module: init and apply it on [T, D] rows."""
+  import flax.linen as nn
+  from onerec_jax.model import RMSNorm
+  from onerec_jax.model.onerec import MoE
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, h):  # [T, D]
+      if not norm:
+        return MoE(config, name="mlp")(h)
+      rms = RMSNorm(config.rms_eps, name="mlp_norm", dtype=config.compute_dtype,
+                    param_dtype=config.params_dtype)
+      return MoE(config, name="mlp")(rms(h), producer=rms.producer(h))
+
+  class Layer(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+      return Block(name=layer)(h)
+
+  return Layer()

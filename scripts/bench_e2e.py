@@ -44,7 +44,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, write_json  # noqa: E402
+from bench_common import header, moe_block, write_json  # noqa: E402
 
 RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     "xla_bf16": ("reference", False, False, ""),
@@ -138,26 +138,15 @@ def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
   path, so the FP8 rules apply as in the search."""
   import contextlib
 
-  import flax.linen as nn
   import jax
   from onerec_jax import quant
   from onerec_jax.generate import sharding
-  from onerec_jax.model.onerec import MoE
   layer = f"layer_{cfg.moe_layers[0]}"
-
-  class Block(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return MoE(cfg, name="mlp")(x)
-
-  class Layer(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return Block(name=layer)(x)
+  block = moe_block(cfg, layer, norm=False)
 
   def apply(p, x):
     with contextlib.nullcontext() if rules is None else quant.fp8(rules):
-      return (Layer().apply({"params": p}, x),)
+      return (block.apply({"params": p}, x),)
 
   devices = 1 if mesh is None else mesh.size
   args = ({layer: {"mlp": params[layer]["mlp"]}},

@@ -18,13 +18,12 @@ import json
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import device_ms, header, num_sets, write_json  # noqa: E402
+from bench_common import device_ms, header, moe_block, num_sets, write_json  # noqa: E402
 
 from onerec_kernels import backend  # noqa: E402
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
@@ -36,9 +35,8 @@ from onerec_kernels.grouped_gemm.pallas import (  # noqa: E402
 from onerec_kernels.grouped_gemm.reference import fp8_grouped_gemm_reference  # noqa: E402
 from onerec_kernels.quantize import quantize_blocks  # noqa: E402
 from onerec_jax import quant  # noqa: E402
-from onerec_jax.config import Config, preset  # noqa: E402
-from onerec_jax.model import RMSNorm, default_rules  # noqa: E402
-from onerec_jax.model.onerec import MoE  # noqa: E402
+from onerec_jax.config import preset  # noqa: E402
+from onerec_jax.model import default_rules  # noqa: E402
 
 # name -> (tokens, top_k, experts, K, N, routing)
 SHAPES = {
@@ -148,28 +146,6 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
   return t, ups
 
 
-class _MoELayer(nn.Module):
-  """The model's MoE block at its path in the model (layer_2: mlp_norm, then mlp), so the
-  model's own modules and default FP8 rules run, RMSNorm fused into the quantization."""
-
-  config: Config
-
-  @nn.compact
-  def __call__(self, h):  # [T, D]
-    cfg = self.config
-    norm = RMSNorm(cfg.rms_eps, name="mlp_norm", dtype=cfg.compute_dtype,
-                   param_dtype=cfg.params_dtype)
-    return MoE(cfg, name="mlp")(norm(h), producer=norm.producer(h))
-
-
-class _Model(nn.Module):
-  config: Config
-
-  @nn.compact
-  def __call__(self, h):
-    return _MoELayer(self.config, name="layer_2")(h)
-
-
 def bench_moe_layer(key, tokens=16384):
   """The model's moe-4b MoE block (mlp_norm, router, 53 routed SwiGLU experts top-3, the
   shared expert) at `tokens` tokens, through onerec_jax.model's modules: FP8 under the
@@ -179,7 +155,7 @@ def bench_moe_layer(key, tokens=16384):
     raise SystemExit("the FP8 layer needs jax_triton (the `triton` extra) for its fused "
                      "activation quantization: install it before timing the layer")
   cfg = preset("moe-4b").replace(param_dtype="bfloat16")
-  model = _Model(cfg)
+  model = moe_block(cfg, "layer_2", norm=True)
   kx, kp = jax.random.split(key)
   x = jax.random.normal(kx, (tokens, cfg.d_model), jnp.bfloat16)
   params = jax.jit(model.init)(kp, x)["params"]
