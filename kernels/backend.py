@@ -111,6 +111,16 @@ def require_hopper(what: str) -> None:
     raise Unsupported(_not_hopper(what))
 
 
+def hopper_kernel(what: str, fn: Callable) -> Callable:
+  """fn as an implementation for a table: it raises Unsupported unless require_hopper(what)
+  passes."""
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    require_hopper(what)
+    return fn(*args, **kwargs)
+  return run
+
+
 def require_triton_gpu(what: str) -> None:
   """Raises Unsupported unless a Hopper GPU and jax_triton are both there (Triton
   kernels have no interpret mode under JAX: CPU tests run them on torch tensors)."""

@@ -25,13 +25,8 @@ def main() -> None:
   options = data.DataConfig(seed=args.seed)
   t0 = time.perf_counter()
   dataset = data.make_dataset(options, preset(args.preset))
-  data_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  params, log = train.train(dataset, tc, workdir=args.workdir)
-  train_s = time.perf_counter() - t0
-  size = train.write_model_folder(args.out, params, dataset, options, tc, log,
-                                  {"data": data_s, "train": train_s})
-  print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
+  train.train_and_write(args.out, dataset, options, tc, args.workdir,
+                        time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

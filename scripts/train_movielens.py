@@ -33,12 +33,7 @@ def main() -> None:
   dataset = movielens.make_movielens(options, preset("movielens"), args.wheel)
   data_s = time.perf_counter() - t0
   print(f"MovieLens-100k: {movielens.describe(dataset)} ({data_s:.0f} s)")
-  t0 = time.perf_counter()
-  params, log = train.train(dataset, tc, workdir=args.workdir)
-  train_s = time.perf_counter() - t0
-  size = train.write_model_folder(args.out, params, dataset, options, tc, log,
-                                  {"data": data_s, "train": train_s})
-  print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
+  train.train_and_write(args.out, dataset, options, tc, args.workdir, data_s)
 
 
 if __name__ == "__main__":

@@ -68,13 +68,7 @@ def test_references_against_int64():
   assert np.all(y[33:] == 0)  # padding rows
 
 
-@pytest.mark.parametrize("m,n,k,cfg", [
-    (40, 72, 200, SMALL),  # nothing a multiple of the tile
-    (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
-    (24, 72, 384, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
-                              max_concurrent_steps=2, epi_tile_n=32,
-                              k_splits=3)),  # small M, K split in three
-])
+@pytest.mark.parametrize("m,n,k,cfg", testing.LINEAR_INTERPRET_CASES)
 def test_linear_kernel_matches_reference_interpret(m, n, k, cfg):
   ops = _operands(jax.random.key(m + n + k), m, n, k)
   with backend.interpret():

@@ -376,3 +376,18 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     args += [a_scale, b_scale]
   out = kernel(*args)
   return out if splits == 1 else out.reshape(splits, m, n).sum(0).astype(out_dtype)
+
+
+def rowcol_linear(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array, w_scale: jax.Array,
+                  *, out_dtype, cfg: Config) -> jax.Array:
+  """y = x_scale[m] * w_scale[n] * (x_q @ w_q.T): x_q [M, K], w_q [N, K] (FP8 or int8),
+  x_scale [M], w_scale [N] -> [M, N]; M, N, K zero-padded to the tiles (no copy at the
+  model's shapes, multiples of 128 in N and K) and the padding sliced off."""
+  m, k = x_q.shape
+  n = w_q.shape[0]
+  mp, np_, kp = round_up(m, cfg.cta_m), round_up(n, cfg.cta_n), round_up(k, cfg.tile_k)
+  y = gemm(pad_to(x_q, (mp, kp)), pad_to(w_q, (np_, kp))[None],
+           pad_to(x_scale.astype(jnp.float32), (mp,)),
+           pad_to(w_scale.astype(jnp.float32), (np_,))[None],
+           out_dtype=out_dtype, cfg=cfg, scaling="rowcol")
+  return y if (mp, np_) == (m, n) else y[:m, :n]

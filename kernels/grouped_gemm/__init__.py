@@ -22,11 +22,6 @@ def _mosaic_16bit(x, w, group_sizes, *, out_dtype):
   return grouped_gemm_pallas(x, w, group_sizes, out_dtype=out_dtype)
 
 
-def _mosaic_fp8(*args, **kwargs):
-  backend.require_hopper("the Mosaic GPU FP8 grouped GEMM")
-  return fp8_grouped_gemm_pallas(*args, **kwargs)
-
-
 IMPLEMENTATIONS = backend.Implementations("grouped_gemm", {
     "mosaic": _mosaic_16bit,
     "reference": grouped_gemm_reference,
@@ -34,7 +29,8 @@ IMPLEMENTATIONS = backend.Implementations("grouped_gemm", {
 # After the activation's quantization: x_q [M, K], x_scale [M, Kb], w_q [E, N, K],
 # w_scale [E, Nb, Kb], group_sizes [E] -> [M, N].
 FP8_IMPLEMENTATIONS = backend.Implementations("fp8_grouped_gemm", {
-    "mosaic": _mosaic_fp8,
+    "mosaic": backend.hopper_kernel("the Mosaic GPU FP8 grouped GEMM",
+                                    fp8_grouped_gemm_pallas),
     "reference": fp8_grouped_gemm_reference,
 })
 

@@ -9,31 +9,22 @@ from onerec_kernels.int8_gemm.pallas import (default_grouped_config, default_lin
                                              int8_grouped_gemm_pallas, int8_linear_pallas)
 from onerec_kernels.int8_gemm.reference import (int8_grouped_gemm_reference,
                                                 int8_linear_reference)
-from onerec_kernels.quantize import Activation, activation_dtype, activation_shape
-from onerec_kernels.quantize.activations import evaluate_fp32
+from onerec_kernels.quantize import Activation, activation_dtype
+from onerec_kernels.quantize.activations import evaluate_fp32, per_token_linear
 from onerec_kernels.quantize.formats import INT8, Quantizer
 
 PER_TOKEN = PER_CHANNEL = Quantizer(INT8)  # scale = amax * fl32(1/127) per row
 
 
-def _mosaic_linear(*args, **kwargs):
-  backend.require_hopper("the Mosaic GPU INT8 linear")
-  return int8_linear_pallas(*args, **kwargs)
-
-
-def _mosaic_grouped(*args, **kwargs):
-  backend.require_hopper("the Mosaic GPU INT8 grouped GEMM")
-  return int8_grouped_gemm_pallas(*args, **kwargs)
-
-
 # After the activation's quantization: x_q [M, K], x_scale [M], w_q [N, K], w_scale [N].
 IMPLEMENTATIONS = backend.Implementations("int8_linear", {
-    "mosaic": _mosaic_linear,
+    "mosaic": backend.hopper_kernel("the Mosaic GPU INT8 linear", int8_linear_pallas),
     "reference": int8_linear_reference,
 })
 # x_q [M, K], x_scale [M], w_q [E, N, K], w_scale [E, N], group_sizes [E].
 GROUPED_IMPLEMENTATIONS = backend.Implementations("int8_grouped_gemm", {
-    "mosaic": _mosaic_grouped,
+    "mosaic": backend.hopper_kernel("the Mosaic GPU INT8 grouped GEMM",
+                                    int8_grouped_gemm_pallas),
     "reference": int8_grouped_gemm_reference,
 })
 
@@ -48,12 +39,8 @@ def int8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None
   """x [..., K] (or its producer) quantized per token to int8, times w_q [N, K] int8 with
   w_scale [N] -> [..., N] in out_dtype (default: x's dtype). impl: None ("mosaic" on a
   Hopper GPU, then "reference") or one of them."""
-  shape = activation_shape(x)
-  out_dtype = out_dtype or activation_dtype(x)
-  x_q, x_scale = quantize_activations_int8(x)
-  y = IMPLEMENTATIONS(impl, x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
-                      out_dtype=out_dtype)
-  return y.reshape(*shape[:-1], w_q.shape[0])
+  return per_token_linear(IMPLEMENTATIONS, impl, x, quantize_activations_int8, w_q, w_scale,
+                          out_dtype)
 
 
 def int8_grouped_gemm(x: Activation, w_q, w_scale, group_sizes, *, out_dtype=None,

@@ -193,6 +193,16 @@ def config_from_arguments(args, defaults: TrainConfig) -> TrainConfig:
                              learning_rate=args.learning_rate, seed=args.seed)
 
 
+def train_and_write(out: pathlib.Path, dataset: Dataset, options: Any, tc: TrainConfig,
+                    workdir: pathlib.Path, data_seconds: float) -> None:
+  """Trains on dataset (the training state in workdir) and writes the model folder."""
+  t0 = time.perf_counter()
+  params, log = train(dataset, tc, workdir=workdir)
+  seconds = {"data": data_seconds, "train": time.perf_counter() - t0}
+  size = write_model_folder(out, params, dataset, options, tc, log, seconds)
+  print(f"wrote {out} ({size / 1e6:.1f} MB)")
+
+
 def write_model_folder(out: pathlib.Path, params: Any, dataset: Dataset, options: Any,
                        tc: TrainConfig, log: list[dict[str, float]],
                        seconds: dict[str, float]) -> int:
