@@ -80,8 +80,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 )}
 
 
-def recipe_rules(name: str, config: Config) -> Rules:
-  """The named recipe's rules for this config."""
+def check_recipe(name: str) -> str:
+  """name, if a recipe has it; else InputError listing the recipes."""
   if name not in RECIPES:
     raise InputError(f"unknown recipe {name!r}; known: {list(RECIPES)}")
-  return RECIPES[name].rules(config)
+  return name
+
+
+def recipe_rules(name: str, config: Config) -> Rules:
+  """The named recipe's rules for this config."""
+  return RECIPES[check_recipe(name)].rules(config)
