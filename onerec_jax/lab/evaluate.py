@@ -286,7 +286,7 @@ def markdown_table(report: dict[str, Any], recipe: str) -> str:
 def summary_table(report: dict[str, Any]) -> str:
   """One row per recipe: the recall@10 change and its interval, lossless or not, the
   overlaps, the weight bytes."""
-  wide = report["wide_beam_width"]
+  wide = report["wide_beam_width"] if report["wide_requests"] else report["beam_width"]
   lines = [f"| recipe | recall@10 change | {100 * CONFIDENCE:.0f}% interval | lossless "
            f"(±{100 * LOSSLESS:.1f}%) | top-10 overlap | top-{wide} overlap | weights MB |",
            "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
@@ -316,9 +316,10 @@ def baseline_table(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
   """All tables: baselines, the summary, one A/B table per recipe, the rule ablation, the
   per-module FP8 error table."""
+  wide = (f" (top-{report['wide_beam_width']} overlap on {report['wide_requests']} of "
+          f"them)" if report["wide_requests"] else "")
   parts = [f"Test requests: {report['test_requests']} ({report['test_users']} users), beam "
-           f"width {report['beam_width']} (top-{report['wide_beam_width']} overlap on "
-           f"{report['wide_requests']} of them), {report['valid_items']} valid items"
+           f"width {report['beam_width']}{wide}, {report['valid_items']} valid items"
            f"{', history items left out of the rankings' if report['history_items_excluded'] else ''}"
            f"; intervals from {report['bootstrap_resamples']} bootstrap resamples of users.",
            "", baseline_table(report), "", summary_table(report)]
