@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import pathlib
 import subprocess
 import sys
@@ -308,4 +307,4 @@ def describe(dataset: MovieLens) -> dict[str, int]:
   return {split: int(len(dataset.examples(split)[0])) for split in dataset.splits} | {
       "users": int(len(dataset.lengths)), "items": int(len(dataset.item_ids)),
       "ratings": int(dataset.lengths.sum()),
-      "max_history": int(math.ceil(dataset.lengths.max()))}
+      "max_history": int(dataset.lengths.max())}
