@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from onerec_kernels.quantize import formats
 from onerec_kernels.quantize.formats import E2M1, E4M3, E5M2, INT4, INT8, Quantizer
 
 INT8_MAX, INT4_MAX = 127, 7  # symmetric integer grids (-128 and -8 unused)
