@@ -3,14 +3,13 @@
 From one FP16 checkpoint: the top beam_width items of every test request by constrained
 beam search (onerec_jax.generate) in FP16 and under each recipe (onerec_jax.model.recipes:
 how the whole model is quantized); recall@{1,10,50} and NDCG@10 of the next item (on
-MovieLens with the request's history items left out of every ranking, baselines' too:
-nobody rates a movie twice), each
-relative change with its paired standard error and a bootstrap confidence interval over
-users (requests of one user are resampled together), the overlap of the FP16 and recipe
-top-10 and top-W lists, the overlap of wider beams (W = 512) on a subset, the SQNR of the
-teacher-forced logits, the weight bytes, and the per-module FP8 error table of
-onerec_jax.lab.analysis. A recipe is "lossless" when the interval of its recall@10 change
-lies within +-0.5% (the paper's online bar).
+MovieLens with the request's history items left out of every ranking, the baselines' too:
+nobody rates a movie twice), each relative change with its paired standard error and a
+bootstrap confidence interval over users (requests of one user are resampled together),
+the overlap of the FP16 and recipe top-10 and top-W lists, the overlap of wider beams
+(W = 512) on a subset, the SQNR of the teacher-forced logits, the weight bytes, and the
+per-module FP8 error table of onerec_jax.lab.analysis. A recipe is "lossless" when the
+interval of its recall@10 change lies within +-0.5% (the paper's online bar).
 """
 
 from __future__ import annotations
