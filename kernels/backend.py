@@ -120,8 +120,9 @@ def require_hopper(what: str) -> None:
     raise Unsupported(_not_hopper(what))
 
 
-def hopper_only(what: str, fn: Callable) -> Callable:
-  """fn behind require_hopper(what): a Mosaic GPU kernel as a table entry."""
+def hopper_kernel(what: str, fn: Callable) -> Callable:
+  """fn as an implementation for a table: it raises Unsupported unless require_hopper(what)
+  passes."""
   @functools.wraps(fn)
   def run(*args, **kwargs):
     require_hopper(what)

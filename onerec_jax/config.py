@@ -448,6 +448,14 @@ PRESETS: dict[str, Config] = {
                    moe_layers=(2, 3), n_routed_experts=8, n_shared_experts=1, top_k=2,
                    expert_d_ff=128, codebook_sizes=(64, 64, 64), param_dtype="float16",
                    dtype="float32"),
+    # MovieLens-100k (onerec_jax.lab.movielens, whose feature widths these are: a static
+    # summary token of 53, history tokens of 62); larger than the demo.
+    "movielens": Config(d_model=256, n_layers=4, n_heads=4, d_head=64, kv_heads=2,
+                        pathways=(Pathway("static", 53, 1), Pathway("short_term", 62, 16),
+                                  Pathway("long_term", 62, 48)),
+                        moe_layers=(2, 3), n_routed_experts=8, n_shared_experts=1, top_k=2,
+                        expert_d_ff=256, codebook_sizes=(32, 32, 32), param_dtype="float16",
+                        dtype="float32"),
     # A Qwen3-1.7B shape (OpenOneRec's backbone; its vocabulary extended by three levels
     # of 8192 itemic tokens after Qwen3's 151669), and small ones for tests.
     "qwen3-1.7b": Qwen3Config(vocab_size=176256, d_model=2048, n_layers=28, n_heads=16,

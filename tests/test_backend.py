@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import onerec_kernels.attention  # noqa: F401  (registers its table)
+import onerec_kernels.dequant_gemm  # noqa: F401 (registers its tables)
 import onerec_kernels.fp8_linear as fp8_linear_op
 import onerec_kernels.grouped_gemm as grouped_gemm_op
+import onerec_kernels.int8_gemm  # noqa: F401
 import onerec_kernels.topk as topk_op
 from onerec_kernels import backend
 from onerec_kernels.quantize import (quantize_activations, quantize_activations_reference,
@@ -17,7 +19,8 @@ from onerec_kernels.quantize import (quantize_activations, quantize_activations_
 
 # Every kernel entry point of the product and its table.
 ENTRY_POINTS = {"quantize_activations", "fp8_linear", "grouped_gemm", "fp8_grouped_gemm",
-                "top_k", "beam_topk", "router_topk", "attention"}
+                "top_k", "beam_topk", "router_topk", "attention", "int8_linear",
+                "int8_grouped_gemm", "dequant_linear", "dequant_grouped_gemm"}
 
 
 def _table(calls, **kw):

@@ -132,6 +132,10 @@ def test_stats_and_eval_bad_inputs(tmp_path, source, capsys):
   fp8 = checkpoint.convert(source, tmp_path / "fp8", precision="fp8", progress=False)
   _fails(capsys, ["stats", str(fp8)], "is an FP8 checkpoint")
   _fails(capsys, ["eval", "--beam-width", "10"], "--beam-width 10: must be at least 50")
+  _fails(capsys, ["eval", "--wide-requests", "-1"], "--wide-requests must be 0 or more")
+  (tmp_path / "data.json").write_text(json.dumps({"dataset": "ml-1m"}))
+  _fails(capsys, ["eval", "--data", str(tmp_path / "data.json")], "unknown dataset 'ml-1m'")
+  _fails(capsys, ["stats", "--preset", "tiny", "--recipe", "fp3"], "unknown recipe 'fp3'")
 
 
 def test_debug_shows_the_traceback(capsys):

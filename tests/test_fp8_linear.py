@@ -22,8 +22,7 @@ from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations_reference,
                                      quantize_rows)
 
-SMALL = core.Config(tile_m=64, tile_n=32, tile_k=128, max_concurrent_steps=2,
-                    epi_tile_n=32)
+SMALL = testing.SMALL
 
 
 def _operands(key, m, n, k):
@@ -41,15 +40,7 @@ def _check(operands, out, k):
                         testing.fp8_linear_rel_tol(k))
 
 
-@pytest.mark.parametrize("m,n,k,cfg", [
-    (40, 72, 200, SMALL),  # nothing a multiple of the tile
-    (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
-    (24, 96, 128, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
-                              max_concurrent_steps=2, epi_tile_n=32)),  # small M
-    (24, 72, 384, core.Config(tile_m=64, tile_n=32, wg_dimension="n",
-                              max_concurrent_steps=2, epi_tile_n=32,
-                              k_splits=3)),  # small M, K split in three
-])
+@pytest.mark.parametrize("m,n,k,cfg", testing.LINEAR_INTERPRET_CASES)
 def test_pallas_matches_reference_interpret(m, n, k, cfg):
   ops = _operands(jax.random.key(m + n + k), m, n, k)
   with plgpu.force_gpu_interpret_mode():

@@ -14,8 +14,11 @@ from onerec_kernels.grouped_gemm import fp8_grouped_gemm
 from onerec_kernels.quantize import SwiGLUOf, quantize_blocks, quantize_rows
 from onerec_kernels.quantize.reference import cast_to_fp8
 
+from onerec_kernels.int8_gemm import int8_linear
+
 from onerec_jax.quant import (QArray, QuantizationError, Rules, quantize_params,
-                             quantized_matmul)
+                             quantize_weight, quantized_matmul, weight_bytes)
+from onerec_jax.quant.schemes import SCHEMES
 
 
 U8 = 2.0**-4 + 2.0**-21  # e4m3 unit roundoff, plus the FP32 division and clip (docs/fp8.md)
@@ -307,3 +310,81 @@ def test_quantized_matmul_producer_replaces_x_and_must_match_its_shape():
                      r"module's input has shape \(4, 256\)"):
     quantized_matmul("per_channel", x, w, out_dtype=jnp.float32,
                      producer=SwiGLUOf(x))
+
+
+# The schemes below FP8 (onerec_jax.quant.schemes; their formats: tests/test_formats.py).
+DEQUANT_SCHEMES = ["fp8_tensor", "e5m2", "mxfp8", "int4_w4a16", "int4_w4a8", "mxfp4_w4a16",
+                   "mxfp4_w4a8", "int4_tensor"]
+
+
+def _scheme_quantizers(name):
+  """(weight quantizer, activation quantizer or None) the scheme's ops were built with."""
+  _, op = SCHEMES[name].ops[2]
+  return op.keywords["weight"], op.keywords["activation"]
+
+
+@pytest.mark.parametrize("name", DEQUANT_SCHEMES)
+def test_dequant_schemes_equal_the_float64_product_of_their_operands(name):
+  """Linear and GroupedLinear under the scheme: the float64 product of the dequantized
+  weight and the quantized-dequantized activation (the compute-dtype activation for
+  W4A16), within the FP32 accumulation term; rows past the groups are zero."""
+  rng = np.random.default_rng(5)
+  m, n, k, e = 40, 48, 200, 3
+  x, w = _operands(rng, m, n, k)
+  _, we = _operands(rng, m, n, k, e)
+  wq, aq = _scheme_quantizers(name)
+  xd = np.asarray(x, np.float64) if aq is None else np.asarray(aq.round_trip(x), np.float64)
+  sizes = np.array([13, 0, 20])
+  for weight, args in ((w, ()), (we, (jnp.asarray(sizes, jnp.int32),))):
+    q = quantize_weight(jnp.asarray(weight), name)
+    assert q.value.dtype == wq.format.dtype and q.scale.shape == wq.scale_shape(weight.shape)
+    y = np.asarray(quantized_matmul(name, jnp.asarray(x), q, *args, out_dtype=jnp.float32),
+                   np.float64)
+    wd = np.asarray(wq.dequantize(q.value, q.scale), np.float64)
+    if not args:
+      want, mag = xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+    else:
+      want, mag = np.zeros((m, n)), np.zeros((m, n))
+      for g, rows in enumerate(np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])):
+        want[rows], mag[rows] = xd[rows] @ wd[g].T, np.abs(xd[rows]) @ np.abs(wd[g]).T
+    assert np.all(np.abs(y - want) <= (k + 2) * U32 * mag + 1e-30), name
+    if args:
+      assert np.all(y[sizes.sum():] == 0)
+
+
+def test_int4_group_scales_beat_one_scale_per_tensor_on_outlier_rows():
+  """Rows 100x apart (outlier channels): one tensor scale rounds the small rows to almost
+  nothing; 1 x 128 groups keep each row's 4-bit resolution (~ 20 dB a weight)."""
+  rng = np.random.default_rng(6)
+  w = rng.standard_normal((64, 256)).astype(np.float32)
+  w[::8] *= 100.0
+  sqnr = {}
+  for name in ("int4_w4a16", "int4_tensor"):
+    q = quantize_weight(jnp.asarray(w), name)
+    wd = np.asarray(_scheme_quantizers(name)[0].dequantize(q.value, q.scale))
+    small = np.ones(64, bool)
+    small[::8] = False
+    sqnr[name] = _sqnr_db(w[small].astype(np.float64), wd[small])
+  assert sqnr["int4_w4a16"] > 18 and sqnr["int4_tensor"] < 5, sqnr
+
+
+def test_int8_scheme_runs_the_int8_ops_and_fits_both_ranks():
+  rng = np.random.default_rng(7)
+  x, w = _operands(rng, 8, 48, 200)
+  q = quantize_weight(jnp.asarray(w), "int8")
+  assert q.value.dtype == jnp.int8 and q.scale.shape == (48,)
+  y = quantized_matmul("int8", jnp.asarray(x), q, out_dtype=jnp.float32)
+  chex.assert_trees_all_equal(y, int8_linear(jnp.asarray(x), q.value, q.scale,
+                                             out_dtype=jnp.float32))
+  assert SCHEMES["int8"].ops[3][0] == "int8_grouped_gemm"
+  assert SCHEMES["per_channel"].weight_desc == "[N, K]"
+  assert SCHEMES["int4_w4a8"].weight_desc == "[N, K] or [E, N, K]"
+
+
+def test_weight_bytes_counts_4_bit_values_at_half_a_byte():
+  w = jnp.zeros((64, 256), jnp.float16)
+  tree = {"a": {"weight": w}, "b": {"weight": quantize_weight(w, "int4_w4a16")},
+          "c": {"weight": quantize_weight(w, "mxfp4_w4a8")},
+          "d": {"weight": quantize_weight(w, "per_channel")}}
+  assert weight_bytes(tree) == (64 * 256 * 2 + 64 * 256 // 2 + 64 * 2 * 4
+                                + 64 * 256 // 2 + 64 * 8 + 64 * 256 + 64 * 4)

@@ -3,14 +3,14 @@
 from onerec_kernels import backend
 from onerec_kernels.fp8_linear.pallas import default_config, fp8_linear_pallas
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
-from onerec_kernels.quantize import (Activation, activation_dtype, activation_shape,
-                                     quantize_activations)
+from onerec_kernels.quantize import Activation, quantize_activations
+from onerec_kernels.quantize.activations import per_token_linear
 
 
 # The GEMM after the activation's quantization: x_q [M, K], x_scale [M], w_q [N, K],
 # w_scale [N] -> [M, N].
 IMPLEMENTATIONS = backend.Implementations("fp8_linear", {
-    "mosaic": backend.hopper_only("the Mosaic GPU FP8 linear", fp8_linear_pallas),
+    "mosaic": backend.hopper_kernel("the Mosaic GPU FP8 linear", fp8_linear_pallas),
     "reference": fp8_linear_reference,
 })
 
@@ -24,12 +24,8 @@ def fp8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None 
   None (the table's order: "mosaic", the Pallas Mosaic GPU kernel on a Hopper GPU, then
   "reference"), or one of them.
   """
-  shape = activation_shape(x)
-  out_dtype = out_dtype or activation_dtype(x)
-  x_q, x_scale = quantize_activations(x)
-  y = IMPLEMENTATIONS(impl, x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
-                      out_dtype=out_dtype)
-  return y.reshape(*shape[:-1], w_q.shape[0])
+  return per_token_linear(IMPLEMENTATIONS, impl, x, quantize_activations, w_q, w_scale,
+                          out_dtype)
 
 
 __all__ = ["IMPLEMENTATIONS", "default_config", "fp8_linear", "fp8_linear_pallas",

@@ -42,13 +42,5 @@ def fp8_linear_pallas(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array,
   Same contract as fp8_linear_reference. M, N, K are zero-padded to the tiles (no copy at
   the model's shapes, which are multiples of 128 in N and K).
   """
-  m, k = x_q.shape
-  n = w_q.shape[0]
-  cfg = config or default_config(m, n, k)
-  mp, np_, kp = (core.round_up(m, cfg.cta_m), core.round_up(n, cfg.cta_n),
-                 core.round_up(k, cfg.tile_k))
-  y = core.gemm(core.pad_to(x_q, (mp, kp)), core.pad_to(w_q, (np_, kp))[None],
-                core.pad_to(x_scale.astype(jnp.float32), (mp,)),
-                core.pad_to(w_scale.astype(jnp.float32), (np_,))[None],
-                out_dtype=out_dtype, cfg=cfg, scaling="rowcol")
-  return y if (mp, np_) == (m, n) else y[:m, :n]
+  cfg = config or default_config(x_q.shape[0], w_q.shape[0], x_q.shape[1])
+  return core.rowcol_linear(x_q, x_scale, w_q, w_scale, out_dtype=out_dtype, cfg=cfg)

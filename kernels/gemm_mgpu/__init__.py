@@ -6,8 +6,9 @@ from onerec_kernels.gemm_mgpu.core import (
     num_sms,
     pad_to,
     round_up,
+    rowcol_linear,
     tile_schedule,
 )
 
-__all__ = ["Config", "gemm", "num_sms", "pad_to", "round_up",
+__all__ = ["Config", "gemm", "num_sms", "pad_to", "round_up", "rowcol_linear",
            "tile_schedule"]

@@ -2,13 +2,13 @@
 
 One warp-specialised kernel family: a memory warpgroup streams K-major tiles of
 a [M, K] and b [G, N, K] through shared memory with TMA; two or three compute warpgroups
-run wgmma with FP32 accumulation over a persistent grid (one CTA per SM, one pipeline
-across all of its tiles). Both operands stay K-major because FP8 wgmma rejects
+run wgmma with FP32 accumulation (int32 for int8 operands) over a persistent grid (one CTA
+per SM, one pipeline across all of its tiles). Both operands stay K-major because FP8 wgmma rejects
 transposed operands (docs/kernels_gemm.md). Variants, chosen statically:
 - rows: dense (every row tile uses group 0), or ragged (a tile schedule maps each row tile
   to one group and the rows it owns; tiles never straddle two groups);
-- scaling: none, "rowcol" (y = s_a[m] * s_b[n] * acc in the epilogue: per-token x
-  per-channel FP8), or "block" (each 128-wide K block's product scaled by
+- scaling: none, "rowcol" (y = s_a[m] * s_b[g, n] * acc in the epilogue: per-token x
+  per-channel FP8 or INT8, dense or ragged), or "block" (each 128-wide K block's product scaled by
   s_a[m, kb] * s_b[g, kb, n] and added into the FP32 accumulator: 1x128 / 128x128 FP8;
   a warpgroup's columns lie in one 128-block, so s_b is one scalar per step).
 Callers pad M, N and K to the tiles; padding rows and columns are sliced off outside.
@@ -142,6 +142,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
   sa_gmem, sb_gmem = (refs.pop(0), refs.pop(0)) if scaling != "none" else (None, None)
   (out_gmem,) = refs
   dtype, out_dtype = a_gmem.dtype, out_gmem.dtype
+  acc_dtype = jnp.int32 if jnp.issubdtype(dtype, jnp.integer) else jnp.float32
   tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
   stages = cfg.max_concurrent_steps
   wgs = cfg.compute_wgs
@@ -236,10 +237,11 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
         col0 = ni * cfg.cta_n + n_wg
 
         def epilogue(acc):
-          """acc [tm, tn] f32 -> scaled, cast, TMA-stored (only this group's rows)."""
+          """acc [tm, tn] f32 or int32 -> scaled, cast, TMA-stored (only this group's
+          rows)."""
           if scaling == "rowcol":
             plgpu.barrier_wait(s_barrier.at[wg])
-            acc = acc * sa_smem[wg][:, None] * sb_smem[wg][None, :]
+            acc = acc.astype(jnp.float32) * sa_smem[wg][:, None] * sb_smem[wg][None, :]
           elif scaling == "none" and ragged:
             acc = acc * jnp.where(grp < num_groups, 1.0, 0.0).astype(jnp.float32)
           acc = acc.astype(out_dtype)
@@ -284,7 +286,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
         if scaling == "rowcol":  # scales land while the main loop runs
           plgpu.copy_gmem_to_smem(sa_gmem.at[pl.ds(row0, tm)], sa_smem.at[wg],
                                   s_barrier.at[wg])
-          plgpu.copy_gmem_to_smem(sb_gmem.at[0, pl.ds(col0, tn)], sb_smem.at[wg],
+          plgpu.copy_gmem_to_smem(sb_gmem.at[grp, pl.ds(col0, tn)], sb_smem.at[wg],
                                   s_barrier.at[wg])
 
         def accumulate(acc_ref):
@@ -307,7 +309,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
           epilogue(acc)
           return step
 
-        return pl.run_scoped(accumulate, plgpu.ACC((tm, tn), jnp.float32))
+        return pl.run_scoped(accumulate, plgpu.ACC((tm, tn), acc_dtype))
 
       plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
 
@@ -325,9 +327,11 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   of a Mosaic GPU kernel costs about a second), and XLA inlines the one lowered body at
   every site.
 
-  a [M, K] and b [G, N, K] in one dtype (fp8 e4m3 or 16-bit); M a multiple of cfg.cta_m,
-  N of cfg.cta_n, K of cfg.tile_k. a_scale / b_scale: "rowcol" [M] and [1, N];
-  "block" [K / 128, M] and [G + 1, K / 128, N] (group G all zero, for the tail rows).
+  a [M, K] and b [G, N, K] in one dtype (fp8 e4m3, int8 or 16-bit); M a multiple of
+  cfg.cta_m, N of cfg.cta_n, K of cfg.tile_k. a_scale / b_scale: "rowcol" [M] and [1, N]
+  dense, [M] and [G + 1, N] ragged (group G all zero, for the tail rows); "block"
+  [K / 128, M] and [G + 1, K / 128, N]. int8 accumulates in int32 (exact), scaled in FP32:
+  "rowcol" only.
   schedule: tile_schedule(...) for a ragged product (rows sorted by group); None: dense,
   group 0 only. cfg.k_splits > 1 (dense, K / tile_k a multiple of it): each split
   writes its FP32 partial product, summed here (few-row products, whose tiles alone
@@ -341,6 +345,9 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     raise ValueError(f"block scaling needs tile_m == 64 (a partial and a full FP32 "
                      f"accumulator fit the registers) and a tile_n within one 128-wide "
                      f"weight block: {cfg}")
+  if jnp.issubdtype(a.dtype, jnp.integer) and scaling != "rowcol":
+    raise ValueError(f"int8 operands need rowcol scaling (per-token x per-channel), not "
+                     f"{scaling!r}")
   if cfg.compute_wgs not in (2, 3):
     raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one would take more "
                      f"registers than setmaxnreg's 256, four get 112 a thread)")
@@ -375,3 +382,18 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     args += [a_scale, b_scale]
   out = kernel(*args)
   return out if splits == 1 else out.reshape(splits, m, n).sum(0).astype(out_dtype)
+
+
+def rowcol_linear(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array, w_scale: jax.Array,
+                  *, out_dtype, cfg: Config) -> jax.Array:
+  """y = x_scale[m] * w_scale[n] * (x_q @ w_q.T): x_q [M, K], w_q [N, K] (FP8 or int8),
+  x_scale [M], w_scale [N] -> [M, N]; M, N, K zero-padded to the tiles (no copy at the
+  model's shapes, multiples of 128 in N and K) and the padding sliced off."""
+  m, k = x_q.shape
+  n = w_q.shape[0]
+  mp, np_, kp = round_up(m, cfg.cta_m), round_up(n, cfg.cta_n), round_up(k, cfg.tile_k)
+  y = gemm(pad_to(x_q, (mp, kp)), pad_to(w_q, (np_, kp))[None],
+           pad_to(x_scale.astype(jnp.float32), (mp,)),
+           pad_to(w_scale.astype(jnp.float32), (np_,))[None],
+           out_dtype=out_dtype, cfg=cfg, scaling="rowcol")
+  return y if (mp, np_) == (m, n) else y[:m, :n]

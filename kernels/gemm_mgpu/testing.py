@@ -5,12 +5,26 @@ import jax
 import jax.numpy as jnp
 
 from onerec_kernels.fp8_linear.reference import fp8_linear_reference
+from onerec_kernels.gemm_mgpu.core import Config
 from onerec_kernels.grouped_gemm.reference import fp8_grouped_gemm_reference
 
 # The FP8 tensor-core accumulator keeps about 14 mantissa bits (DeepSeek-V3 report) and
 # aligns a step's addends to the largest: allow 2^-11 of the magnitude sum per wgmma
 # k-step of 32 products (measured on an H100: up to half of that).
 STEP_ERR = 2.0 ** -11
+
+
+# Dense rowcol linear kernels in interpret mode (FP8, INT8): (M, N, K, config) at
+# awkward shapes and tilings.
+SMALL = Config(tile_m=64, tile_n=32, tile_k=128, max_concurrent_steps=2, epi_tile_n=32)
+_SMALL_M = dict(tile_m=64, tile_n=32, wg_dimension="n", max_concurrent_steps=2,
+                epi_tile_n=32)
+LINEAR_INTERPRET_CASES = [
+    (40, 72, 200, SMALL),  # nothing a multiple of the tile
+    (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
+    (24, 96, 128, Config(**_SMALL_M)),  # small M
+    (24, 72, 384, Config(**_SMALL_M, k_splits=3)),  # small M, K split in three
+]
 
 
 def _abs8(q):

@@ -29,8 +29,8 @@ IMPLEMENTATIONS = backend.Implementations("grouped_gemm", {
 # After the activation's quantization: x_q [M, K], x_scale [M, Kb], w_q [E, N, K],
 # w_scale [E, Nb, Kb], group_sizes [E] -> [M, N].
 FP8_IMPLEMENTATIONS = backend.Implementations("fp8_grouped_gemm", {
-    "mosaic": backend.hopper_only("the Mosaic GPU FP8 grouped GEMM",
-                                  fp8_grouped_gemm_pallas),
+    "mosaic": backend.hopper_kernel("the Mosaic GPU FP8 grouped GEMM",
+                                    fp8_grouped_gemm_pallas),
     "reference": fp8_grouped_gemm_reference,
 })
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from onerec_kernels.quantize.reference import BLOCK
 
 # Contract x's K with w's K (its last axis); w's axis 0 indexes the groups.
-_K_MAJOR = jax.lax.RaggedDotDimensionNumbers(
+K_MAJOR_RAGGED = jax.lax.RaggedDotDimensionNumbers(
     dot_dimension_numbers=(((1,), (2,)), ((), ())),
     lhs_ragged_dimensions=[0],
     rhs_group_dimensions=[0],
@@ -27,7 +27,7 @@ def grouped_gemm_reference(x: jax.Array, w: jax.Array, group_sizes: jax.Array, *
   """
   out_dtype = out_dtype or x.dtype
   y = jax.lax.ragged_dot_general(x, w.astype(x.dtype), group_sizes.astype(jnp.int32),
-                                 _K_MAJOR, preferred_element_type=jnp.float32)
+                                 K_MAJOR_RAGGED, preferred_element_type=jnp.float32)
   return y.astype(out_dtype)
 
 

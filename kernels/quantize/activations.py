@@ -161,3 +161,16 @@ def quantize_activations(x: Activation, *, block: int | None = None,
   """
   _check(x)
   return IMPLEMENTATIONS(impl, x, block=block)
+
+
+def per_token_linear(table: backend.Implementations, impl: str | None, x: Activation,
+                     quantize, w_q: jax.Array, w_scale: jax.Array, out_dtype
+                     ) -> jax.Array:
+  """quantize(x) -> (value [..., K], scale [...]) per token, then table's GEMM on the
+  flattened [M, K] rows with w_q [N, K] and w_scale [N] -> [..., N] in out_dtype (default:
+  x's dtype)."""
+  shape = activation_shape(x)
+  x_q, x_scale = quantize(x)
+  y = table(impl, x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
+            out_dtype=out_dtype or activation_dtype(x))
+  return y.reshape(*shape[:-1], w_q.shape[0])

@@ -99,14 +99,15 @@ def _means(rows: list[dict[str, Any]], keys) -> dict[str, float]:
 
 
 def analyze(config: Config, params: Any, rules: quant.Rules | None = None, *,
-            batch: int = 32, seed: int = 0) -> dict[str, Any]:
-  """The statistics report (a JSON-serialisable dict) for FP16 params."""
+            batch: int = 32, seed: int = 0, sample: Batch | None = None) -> dict[str, Any]:
+  """The statistics report (a JSON-serialisable dict) for FP16 params, on `sample` (real
+  requests: features and target semantic IDs) or else sample_batch(config, batch, seed)."""
   rules = rules or default_rules(config)
   weights = _weights(params)
   if any(isinstance(w, quant.QArray) for w in weights.values()):
     raise ValueError("analyze needs unquantized (FP16) params; this tree is FP8")
-  ref, out, calls, module_out = fp8_run(config, params, rules,
-                                        sample_batch(config, batch, seed))
+  sample = sample or sample_batch(config, batch, seed)
+  ref, out, calls, module_out = fp8_run(config, params, rules, sample)
   weight_rows = [{"path": p, "shape": list(weights[p].shape), "scheme": rules.scheme(p),
                   **tensor_stats(weights[p])} for p in sorted(weights, key=_natural)]
   act_rows = []
@@ -119,7 +120,7 @@ def analyze(config: Config, params: Any, rules: quant.Rules | None = None, *,
   return {
       "config": config.to_dict(),
       "rules": [list(r) for r in rules.rules],
-      "batch": batch,
+      "batch": int(sample[1].shape[0]),
       "seed": seed,
       "weights": weight_rows,
       "activations": act_rows,

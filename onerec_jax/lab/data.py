@@ -90,7 +90,7 @@ class Dataset:
     age = np.arange(self.history_len, 0, -1)  # oldest first; 1 = most recent
     tokens = np.concatenate(  # [n, history_len, item_dim + TIME_DIMS]
         [self.item_vectors[hist], np.broadcast_to(
-            _recency_code(age), (len(users),) + (self.history_len, TIME_DIMS))], axis=-1)
+            recency_code(age), (len(users),) + (self.history_len, TIME_DIMS))], axis=-1)
     return {"static": self.profiles[users],
             "long_term": tokens[:, :n_long].astype(np.float32),
             "short_term": tokens[:, n_long:].astype(np.float32)}
@@ -101,14 +101,14 @@ def _history_len(cfg: Config) -> int:
   return lens["short_term"] + lens["long_term"]
 
 
-def _recency_code(age: np.ndarray) -> np.ndarray:
+def recency_code(age: np.ndarray) -> np.ndarray:
   """Sinusoidal code of a token's age: [T] -> [T, TIME_DIMS]."""
   freqs = 1.0 / (4.0 ** np.arange(TIME_DIMS // 2))
   angles = age[:, None] * freqs[None, :]
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 25
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 25
             ) -> tuple[np.ndarray, np.ndarray]:
   """Lloyd's k-means with k-means++ seeding: (labels [n] in [0, k), squared distances to
   the centres [n, k])."""
@@ -167,7 +167,7 @@ def semantic_ids(vectors: np.ndarray, codebook_sizes: tuple[int, ...], leaf_size
       return
     k = size if level == 0 else min(size, max(math.ceil(len(idx) / leaf_size),
                                               math.ceil(len(idx) / room[level])))
-    labels = _cap(*_kmeans(vectors[idx], k, rng), room[level])
+    labels = _cap(*kmeans(vectors[idx], k, rng), room[level])
     codes[idx, level] = labels
     for j in np.unique(labels):
       split(idx[labels == j], level + 1)
@@ -261,5 +261,5 @@ def popularity_ranking(dataset: Dataset) -> np.ndarray:
   """Item ids by how often they are a training target, most frequent first: the
   popularity baseline's recommendation for every user."""
   counts = np.bincount(dataset.targets(*dataset.examples("train")),
-                       minlength=len(dataset.item_vectors))
+                       minlength=len(dataset.item_ids))
   return np.argsort(-counts, kind="stable").astype(np.int32)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -22,9 +25,13 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from onerec_jax import generate as gen
+from onerec_jax.checkpoint import export
 from onerec_jax.config import Config
 from onerec_jax.lab.data import Dataset, batches
 from onerec_jax.model import OneRecV2, init_params
+
+SAMPLE_USERS = 16  # test requests written to contexts.npz beside a trained model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,3 +170,67 @@ def train(dataset: Dataset, tc: TrainConfig, *, workdir: str | os.PathLike | Non
   if manager is not None:
     manager.wait_until_finished()
   return state["params"], log
+
+
+def add_arguments(parser, defaults: TrainConfig, workdir: str) -> None:
+  """The command-line options of the training scripts."""
+  parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path(workdir),
+                      help="Orbax training state (started afresh unless --resume)")
+  parser.add_argument("--steps", type=int, default=defaults.steps)
+  parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  parser.add_argument("--seed", type=int, default=defaults.seed,
+                      help="data and initialisation seed")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue from the latest training state in --workdir")
+
+
+def config_from_arguments(args, defaults: TrainConfig) -> TrainConfig:
+  """The TrainConfig of add_arguments' options; clears the workdir unless --resume."""
+  if not args.resume:
+    shutil.rmtree(args.workdir, ignore_errors=True)
+  return dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, seed=args.seed)
+
+
+def train_and_write(out: pathlib.Path, dataset: Dataset, options: Any, tc: TrainConfig,
+                    workdir: pathlib.Path, data_seconds: float) -> None:
+  """Trains on dataset (the training state in workdir) and writes the model folder."""
+  t0 = time.perf_counter()
+  params, log = train(dataset, tc, workdir=workdir)
+  seconds = {"data": data_seconds, "train": time.perf_counter() - t0}
+  size = write_model_folder(out, params, dataset, options, tc, log, seconds)
+  print(f"wrote {out} ({size / 1e6:.1f} MB)")
+
+
+def write_model_folder(out: pathlib.Path, params: Any, dataset: Dataset, options: Any,
+                       tc: TrainConfig, log: list[dict[str, float]],
+                       seconds: dict[str, float]) -> int:
+  """Exports a trained model and what the demo, generate and eval read beside it; returns
+  the folder's size in bytes:
+    model.safetensors, config.json   the FP16 model (checkpoints/README.md)
+    valid_items.npz                  item_ids [I], semantic_ids [I, levels]
+    contexts.npz                     SAMPLE_USERS test requests (generate --contexts;
+                                     request_ids are the user ids)
+    data.json                        the options that rebuild the dataset (eval)
+    train.json                       training options, times, loss curve, validation CE
+  """
+  config = dataset.model_config
+  val_ce = evaluate_loss(params, training_config(config), dataset, "val")
+  export(to_fp16(params), config, out)
+  np.savez(out / "valid_items.npz", item_ids=dataset.item_ids,
+           semantic_ids=dataset.semantic_ids)
+  users, cuts = dataset.examples("test", every_cut=False)
+  users, cuts = users[:SAMPLE_USERS], cuts[:SAMPLE_USERS]
+  gen.save_contexts(out / "contexts.npz", dataset.features(users, cuts), request_ids=users)
+  (out / "data.json").write_text(json.dumps(options.to_dict(), indent=2))
+  every = max(1, len(log) // 20)
+  (out / "train.json").write_text(json.dumps({
+      "train": tc.to_dict(), "examples": int(len(dataset.examples("train")[0])),
+      **{f"{k}_seconds": v for k, v in seconds.items()},
+      "val_ce": [float(c) for c in val_ce],
+      "log": [{k: l[k] for k in ("step", "loss", "ce", "max_load_ratio", "seconds")}
+              for l in log[::every] + log[-1:]]}, indent=1))
+  print(f"trained {len(log)} steps in {seconds['train']:.0f} s; final loss "
+        f"{log[-1]['loss']:.3f}, val CE {np.round(val_ce, 3).tolist()}")
+  return sum(f.stat().st_size for f in out.iterdir())

@@ -1,7 +1,7 @@
-"""Apply-time FP8: flax method interceptors keyed on module paths.
+"""Apply-time quantization: flax method interceptors keyed on module paths.
 
 `fp8(rules)` replaces the __call__ of every module whose path a quantizing rule matches and
-whose "weight" is a QArray by its scheme's FP8 op; `capture(rules)` records the inputs and
+whose "weight" is a QArray by its scheme's op (FP8, or a format below it); `capture(rules)` records the inputs and
 outputs of the same modules. Both are generic: they read the module's weight with
 get_variable and never run the wrapped method (whose self.param would reject a QArray),
 so they need no knowledge of the model's classes.
@@ -54,8 +54,9 @@ def _intercept(rules: Rules, on_match: _OnMatch) -> Iterator[None]:
 
 
 def _fp8_call(module: nn.Module, path: str, scheme: Scheme, args: tuple,
-              kwargs: dict) -> jax.Array:
-  """The module's __call__ as its scheme's FP8 op, in the module's compute dtype."""
+              kwargs: dict) -> tuple[str, jax.Array]:
+  """The module's __call__ as its scheme's op, in the module's compute dtype: (the op's
+  name, its output)."""
   w = module.get_variable("params", WEIGHT)
   if not isinstance(w, QArray):
     raise TypeError(f"fp8: {path} is quantized {scheme.name!r} by the rules but its weight "
@@ -64,18 +65,23 @@ def _fp8_call(module: nn.Module, path: str, scheme: Scheme, args: tuple,
   if getattr(module, "features", None) != w.shape[-2]:
     raise TypeError(f"fp8: {path} ({type(module).__name__}) is not a matmul module whose "
                     f"features match its {w.shape} weight; rules may only quantize Linear "
-                    f"(per_channel) and GroupedLinear (block) modules")
+                    f"and GroupedLinear modules")
   x, *rest = args
   dtype = getattr(module, "dtype", x.dtype)
   rows = kwargs.pop("rows", None)
   if rows is not None:  # Linear's output features lo:hi: the rows of value and scale
+    if w.scale.shape[:1] != w.value.shape[:1]:
+      raise TypeError(f"fp8: {path} computes output rows {rows} of a weight whose scale "
+                      f"{w.scale.shape} is not one per row; quantize it per channel")
     w = QArray(w.value[rows[0]:rows[1]], w.scale[rows[0]:rows[1]])
-  return quantized_matmul(scheme.name, x, w, *rest, out_dtype=dtype, **kwargs)
+  op_name, _ = scheme.ops[len(w.shape)]
+  return op_name, quantized_matmul(scheme.name, x, w, *rest, out_dtype=dtype, **kwargs)
 
 
 @contextlib.contextmanager
 def fp8(rules: Rules) -> Iterator[dict[str, str]]:
-  """Runs the modules the rules quantize through the FP8 ops, the rest unchanged.
+  """Runs the modules the rules quantize through their schemes' ops (FP8 or below), the
+  rest unchanged.
 
   `with fp8(rules) as ops: model.apply({"params": quantize_params(params, rules)}, ...)`;
   ops maps each module path that ran an FP8 op to the op's name (filled at trace time, so
@@ -85,8 +91,8 @@ def fp8(rules: Rules) -> Iterator[dict[str, str]]:
 
   def on_match(module, path, scheme, next_fun, args, kwargs):
     del next_fun  # never run: its self.param would reject the QArray
-    ops[path] = scheme.op_name
-    return _fp8_call(module, path, scheme, args, kwargs)
+    ops[path], y = _fp8_call(module, path, scheme, args, kwargs)
+    return y
 
   with _intercept(rules, on_match):
     yield ops

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
 from onerec_jax.quant.rules import Rules
@@ -46,3 +48,14 @@ def quantize_params(params: Any, rules: Rules) -> dict[str, Any]:
   if problems:
     raise QuantizationError("quantize_params: " + "; ".join(problems))
   return traverse_util.unflatten_dict(out)
+
+
+def _bits(dtype) -> int:
+  dtype = jnp.dtype(dtype)
+  return (jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else jnp.finfo(dtype)).bits
+
+
+def weight_bytes(params: Any) -> int:
+  """Bytes of a parameter tree as stored, 4-bit values at half a byte (packed two to a
+  byte, as a kernel reads them) and QArray scales included; works on abstract trees."""
+  return sum(leaf.size * _bits(leaf.dtype) for leaf in jax.tree.leaves(params)) // 8

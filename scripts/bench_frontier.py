@@ -1,0 +1,172 @@
+"""Benchmarks the kernels below FP8 on one Hopper GPU: the INT8 W8A8 GEMMs (the shared
+core with int8 wgmma) against our FP8 GEMMs at the moe-4b shapes, and what 4-bit weights
+would save where no kernel exists (bytes only; XLA's dequantize-and-multiply timed as what
+runs today).
+
+Per shape: the INT8 kernel checked against its reference (poisoned output), then in one
+run CUPTI device time of the INT8 kernel, the FP8 kernel on the same shape (per-channel
+linear, or the block-scaled grouped GEMM), XLA's int8 dot (int32 accumulation, no scales)
+and XLA's bf16 dot; "int8_vs_fp8" is fp8 time / int8 time (issue 19's target: >= 0.95 at
+the moe-4b gate_up shape). The 32-token MoE gate_up / down add the W4A8 weight bytes
+against FP8's and the XLA time of the dequantize-and-multiply reference (W4A8 INT4 and
+MXFP4). Writes JSON (--out) and prints a table.
+
+  python scripts/bench_frontier.py --out bench/results/frontier_kernels_h100.json
+  python scripts/bench_frontier.py --smoke   # CPU: tiny shapes, kernels in interpret
+                                             # mode, wall time (not a measurement)
+"""
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import device_ms, header, num_sets, write_json  # noqa: E402
+
+from onerec_kernels import backend  # noqa: E402
+from onerec_kernels.dequant_gemm import dequant_grouped_gemm_reference  # noqa: E402
+from onerec_kernels.fp8_linear import fp8_linear_pallas  # noqa: E402
+from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
+from onerec_kernels.grouped_gemm import fp8_grouped_gemm_pallas  # noqa: E402
+from onerec_kernels.int8_gemm import (PER_CHANNEL, PER_TOKEN,  # noqa: E402
+                                      int8_grouped_gemm_pallas, int8_grouped_gemm_reference,
+                                      int8_linear_pallas, int8_linear_reference)
+from onerec_kernels.quantize import quantize_blocks, quantize_rows  # noqa: E402
+from onerec_jax import quant  # noqa: E402
+from onerec_jax.quant.schemes import SCHEMES  # noqa: E402
+
+# name -> (kind, rows M, K, N, experts): moe-4b's FFN linears at 16384 and 32 tokens; its
+# routed experts at 16384 tokens x top-3 = 49152 rows and at 32 tokens (96 rows).
+SHAPES = {
+    "moe4b.ffn_gate_up": ("linear", 16384, 1408, 11264, 0),
+    "moe4b.ffn_down": ("linear", 16384, 5632, 1408, 0),
+    "moe4b.qkv.t32": ("linear", 32, 1408, 4224, 0),
+    "moe4b.ffn_gate_up.t32": ("linear", 32, 1408, 11264, 0),
+    "moe4b.experts.gate_up": ("grouped", 49152, 1408, 2816, 53),
+    "moe4b.experts.down": ("grouped", 49152, 1408, 1408, 53),
+    "moe4b.experts.gate_up.t32": ("grouped", 96, 1408, 2816, 53),
+    "moe4b.experts.down.t32": ("grouped", 96, 1408, 1408, 53),
+}
+SMOKE = {
+    "smoke.linear": ("linear", 40, 256, 96, 0),
+    "smoke.grouped": ("grouped", 90, 256, 64, 3),
+}
+# Small tiles for the smoke shapes (64 columns: 128-byte bf16 rows for ragged stores).
+SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2,
+                           epi_tile_n=64)
+W4A8 = ("int4_w4a8", "mxfp4_w4a8")
+
+
+def wall_ms(f, sets, iterations=3):
+  """Median wall time (ms) of f(*s) per set: the smoke run's stand-in for device time."""
+  fn = jax.jit(lambda ss: [f(*s) for s in ss])
+  jax.block_until_ready(fn(sets))
+  times = []
+  for _ in range(iterations):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(sets))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times) / len(sets)
+
+
+def group_sizes(key, rows, experts):
+  """Uniform random routing of `rows` rows to `experts` experts (a few rows left over as
+  padding, as the sorted routing leaves none: every row routed)."""
+  ids = jax.random.randint(key, (rows,), 0, experts)
+  return jnp.bincount(ids, length=experts).astype(jnp.int32)
+
+
+def operands(key, kind, m, k, n, e):
+  kx, kw = jax.random.split(key)
+  x = jax.random.normal(kx, (m, k), jnp.float32) * 3.0
+  w = jax.random.normal(kw, (n, k) if kind == "linear" else (e, n, k), jnp.float32) * 0.05
+  return x, w
+
+
+def bench_shape(name, kind, m, k, n, e, key, smoke):
+  timer = wall_ms if smoke else device_ms
+  x, w = operands(key, kind, m, k, n, e)
+  linear = kind == "linear"
+  gs = () if linear else (group_sizes(key, m, e),)
+  int8_ops = (*PER_TOKEN.quantize(x), *PER_CHANNEL.quantize(w), *gs)
+  fp8_ops = ((*quantize_rows(x), *quantize_rows(w)) if linear else
+             (*quantize_blocks(x, 1, 128), *quantize_blocks(w, 128, 128))) + gs
+  int8_kernel = int8_linear_pallas if linear else int8_grouped_gemm_pallas
+  fp8_kernel = fp8_linear_pallas if linear else fp8_grouped_gemm_pallas
+  cfg = {"config": SMOKE_CONFIG} if smoke else {}
+  ref = (int8_linear_reference if linear else int8_grouped_gemm_reference)(
+      *int8_ops, out_dtype=jnp.float32)
+
+  with backend.interpret() if smoke else contextlib.nullcontext():
+    run_f32 = jax.jit(functools.partial(int8_kernel, out_dtype=jnp.float32, **cfg))
+    out = (run_f32(*int8_ops) if smoke else
+           testing.poisoned_call(lambda: run_f32(*int8_ops), (m, n), jnp.float32))
+    err = float(jnp.max(jnp.abs(out - ref) / (jnp.abs(ref) + 1e-30)))
+    assert bool(jnp.all(jnp.isfinite(out))) and err <= 4 * 2.0**-24, (name, err)
+    sets = 1 if smoke else num_sets(m * k + w.size)
+    t = {"pallas_int8": timer(functools.partial(int8_kernel, **cfg), [int8_ops] * sets),
+         "pallas_fp8": timer(functools.partial(fp8_kernel, **cfg), [fp8_ops] * sets)}
+  if linear:
+    dims = (((1,), (1,)), ((), ()))
+    t["xla_int8_dot"] = timer(
+        lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.int32),
+        [(int8_ops[0], int8_ops[2])] * sets)
+    t["xla_bf16_dot"] = timer(lambda a, b: jax.lax.dot_general(a, b, dims),
+                              [(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))] * sets)
+  row = {"name": name, "kind": kind, "m": m, "k": k, "n": n, "experts": e,
+         "max_rel_err": err, "us": {c: 1e3 * v for c, v in t.items()},
+         "int8_vs_fp8": t["pallas_fp8"] / t["pallas_int8"],
+         "int8_tops": 2 * m * k * n / t["pallas_int8"] / 1e9}
+  if not linear and m < 1024:  # the weight-read-bound 32-token step
+    row["weight_bytes"] = {"fp8_block": quant.weight_bytes(quant.QArray(*fp8_ops[2:4]))}
+    for scheme in W4A8:
+      q = quant.QArray(*SCHEMES[scheme].quantize(w))
+      row["weight_bytes"][scheme] = quant.weight_bytes(q)
+      _, op = SCHEMES[scheme].ops[3]
+      row["us"][f"xla_dequant_{scheme}"] = 1e3 * timer(
+          functools.partial(dequant_grouped_gemm_reference, out_dtype=jnp.bfloat16,
+                            **op.keywords),
+          [(x.astype(jnp.bfloat16), q.value, q.scale, *gs)] * sets)
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", help="JSON result file")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny shapes on any machine, kernels in interpret mode")
+  parser.add_argument("--only", nargs="+", help="shape names to run")
+  parser.add_argument("--commit", help="commit to record (default: git rev-parse HEAD)")
+  args = parser.parse_args()
+  if not args.smoke and not backend.on_hopper():
+    sys.exit("bench_frontier: needs a Hopper GPU (or --smoke)")
+  shapes = SMOKE if args.smoke else SHAPES
+  rows = []
+  for i, (name, spec) in enumerate(shapes.items()):
+    if args.only and name not in args.only:
+      continue
+    rows.append(bench_shape(name, *spec, jax.random.key(i), args.smoke))
+    print(json.dumps(rows[-1]), flush=True)
+  timing = ("CPU wall time, kernels in Mosaic GPU interpret mode: not a measurement"
+            if args.smoke else "CUPTI device time, median, rotating input sets")
+  result = {**header(timing, args.commit), "rows": rows}
+  if args.out:
+    write_json(args.out, result)
+  cols = sorted({c for r in rows for c in r["us"]})
+  print(f"{'shape':<28}" + "".join(f"{c:>22}" for c in cols) + f"{'int8 vs fp8':>13}")
+  for r in rows:
+    print(f"{r['name']:<28}" + "".join(f"{r['us'].get(c, float('nan')):22.1f}" for c in cols)
+          + f"{r['int8_vs_fp8']:13.2f}")
+
+
+if __name__ == "__main__":
+  main()
