@@ -187,15 +187,20 @@ def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
       return model.apply({"params": p}, f, m, method="encode")
 
   run = jax.jit(encode).lower(params, features, mask).compile()
+  if not runs:  # compiled only (into the persistent cache, when it is on)
+    return None
   return statistics.median(_times(lambda: run(params, features, mask), runs))
 
 
 def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: int,
              items: int, layers: int, breakdown: bool, devices: int = 1,
-             moe_layer: bool = False, prefill: bool = False) -> dict:
+             moe_layer: bool = False, prefill: bool = False,
+             compile_cache: str | None = None, compile_only: bool = False) -> dict:
   """One rung in this process: compile, warm up, time, break down. A mesh rung runs
   devices x batch requests over `devices` devices; moe_layer adds the MoE layer's time,
-  prefill the model's encode alone."""
+  prefill the model's encode alone. compile_cache: jax's persistent compilation cache in
+  that folder, the search through the product's compiled_search (stored there, so a later
+  process loads it); compile_only stops after compiling (filling that cache)."""
   mode, fp8, constrained, xla_flags = RUNGS[name]
   os.environ["ONEREC_KERNELS"] = mode  # before anything is traced
   if xla_flags:  # before jax initialises its backend
@@ -207,6 +212,8 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
   from onerec_jax.config import Pathway, preset as get_preset
   from onerec_jax.model import default_rules, init_params
 
+  if compile_cache:
+    gen.compile_cache.enable(compile_cache)
   cfg = get_preset(preset).replace(param_dtype="bfloat16")
   if cfg.family == "qwen3":
     cfg = cfg.replace(dtype="bfloat16")
@@ -241,7 +248,7 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
   f, m = gen.pad_batch(cfg, gen.random_contexts(cfg, requests, seed=1), None, 0, requests,
                        requests)
   compiled = None
-  if mesh is None:
+  if mesh is None and (breakdown or not compile_cache):  # the executable itself
     f, m = jax.device_put((f, m))
     t0 = time.perf_counter()
     lowered = gen.lower(params, f, m, valid, config=cfg, beam_width=beam, rules=rules)
@@ -253,12 +260,19 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
     compile_times = dict(trace_lower_s=lower_s, xla_compile_s=xla_s,
                          compile_s=lower_s + xla_s)
   else:
-    f, m = jax.block_until_ready(gen.sharding.place_requests((f, m), mesh))
+    f, m = jax.block_until_ready(jax.device_put((f, m)) if mesh is None else
+                                 gen.sharding.place_requests((f, m), mesh))
     t0 = time.perf_counter()
-    run, _ = gen.compiled_search(params, f, m, valid, config=cfg, beam_width=beam,
-                                 rules=rules, mesh=mesh)
-    compile_times = dict(compile_s=time.perf_counter() - t0)  # trace, lower and XLA
+    run, how = gen.compiled_search(params, f, m, valid, config=cfg, beam_width=beam,
+                                   rules=rules, mesh=mesh)
+    compile_times = dict(compile_s=time.perf_counter() - t0,  # trace, lower and XLA
+                         compiled_from=how)
     call = lambda: run(params, f, m, valid)
+  if compile_only:
+    if prefill and mesh is None:
+      _prefill_ms(cfg, params, rules, f, m, 0)
+    return dict(rung=name, preset=preset, batch=requests, beam=beam,
+                context=cfg.max_context_len, init_s=init_s, **compile_times)
   times = _times(call, runs)
   med = statistics.median(times)
   res = call()
@@ -272,7 +286,8 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
              latency_ms_median=med, latency_ms_min=min(times), latency_ms_max=max(times),
              runs=runs, requests_per_s=1e3 * requests / med,
              scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
-             empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)))
+             empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)),
+             beams=np.asarray(res.semantic_ids).tolist())  # [B, W, L]
   if prefill and mesh is None:
     row["prefill_ms"] = _prefill_ms(cfg, params, rules, f, m, runs)
     row["decode_ms"] = med - row["prefill_ms"]
@@ -288,14 +303,16 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
   return row
 
 
-def _child(rung: str, args, **overrides) -> dict:
-  """run_rung in a fresh process (its own kernel mode and jit cache)."""
+def _child(rung: str, args, beams: bool = False, env: dict | None = None,
+           **overrides) -> dict:
+  """run_rung in a fresh process (its own kernel mode and jit cache); the row keeps the
+  search's semantic IDs ("beams", [B, W, L]) only when asked. env: added to the child's."""
   spec = dict(preset=args.preset, batch=args.batch, beam=args.beam, context=0,
               runs=args.runs, items=args.items, layers=args.layers,
               breakdown=not args.no_breakdown, devices=args.devices,
               moe_layer=args.devices > 1)
   spec.update(overrides)
-  env = dict(os.environ)
+  env = {**os.environ, **(env or {})}
   if args.smoke and args.devices > 1:  # the CPU's host devices, before jax starts
     env["XLA_FLAGS"] = (f"{env.get('XLA_FLAGS', '')} "
                         f"--xla_force_host_platform_device_count={args.devices}").strip()
@@ -305,7 +322,10 @@ def _child(rung: str, args, **overrides) -> dict:
     done = subprocess.run(cmd, text=True, capture_output=True, env=env)
     if done.returncode:
       return {"rung": rung, **spec, "error": done.stderr.strip().splitlines()[-1:]}
-    return json.load(open(out.name))
+    row = json.load(open(out.name))
+  if not beams:
+    row.pop("beams", None)
+  return row
 
 
 def _figure(result: dict, path: str) -> None:
@@ -348,42 +368,83 @@ ANCHOR_H100 = {(1000, 1): (17.6, 33.5), (1000, 2): (27.8, None), (1000, 4): (47.
                (5000, 4): (154.2, None), (5000, 8): (307.9, 685.4)}
 
 
+def beam_overlap(a: list, b: list) -> float | None:
+  """Mean over requests of |top-W of a & top-W of b| / W, items as semantic-ID tuples
+  ([B, W, L] each; empty slots, a first code < 0, count in neither)."""
+  shares = []
+  for ra, rb in zip(a, b):
+    sa = {tuple(x) for x in ra if x[0] >= 0}
+    sb = {tuple(x) for x in rb if x[0] >= 0}
+    if sa or sb:
+      shares.append(len(sa & sb) / max(len(sa), len(sb)))
+  return statistics.mean(shares) if shares else None
+
+
 def qwen3_table(args) -> None:
-  """Every (prompt length, batch) of the grid in bf16 and FP8, each in its own process."""
+  """Every (prompt length, batch) of the grid in bf16 and FP8, each timed in its own
+  process, one after another. First every cell is compiled in parallel processes
+  (--jobs) into one persistent compilation cache, so the timed processes load their
+  programs: the grid's compile time is spent on the CPU cores at once."""
   if args.beam == 512:  # the table's beam unless given
     args.beam = 256
+  grid = [(ctx, batch) for ctx in map(int, args.contexts.split(","))
+          for batch in map(int, args.batches.split(","))]
+  rungs = ("kernels_bf16", "fp8")
+  cache = tempfile.mkdtemp(prefix="onerec-bench-compile-")
+  spec = lambda ctx, batch: dict(context=ctx, batch=batch, breakdown=False, prefill=True,
+                                 compile_cache=cache)
+  t0 = time.perf_counter()
+  if args.jobs > 1:
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      warm = list(pool.map(
+          lambda cell: _child(cell[2], args, compile_only=True, **spec(*cell[:2]),
+                              env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}),
+          [(ctx, batch, rung) for ctx, batch in grid for rung in rungs]))
+    for w in warm:
+      if "error" in w:
+        print(f"compile of {w['rung']} ctx {w['context']} batch {w['batch']}: {w['error']}",
+              flush=True)
+  compile_wall_s = time.perf_counter() - t0
   rows = []
-  for ctx in map(int, args.contexts.split(",")):
-    for batch in map(int, args.batches.split(",")):
-      cells = {rung: _child(rung, args, context=ctx, batch=batch, breakdown=False,
-                            prefill=True) for rung in ("kernels_bf16", "fp8")}
-      bf16, fp8 = cells["kernels_bf16"], cells["fp8"]
-      row = {"ctx": ctx, "batch": batch, "bf16_ms": bf16.get("latency_ms_median"),
-             "fp8_ms": fp8.get("latency_ms_median"),
-             "bf16_prefill_ms": bf16.get("prefill_ms"), "fp8_prefill_ms": fp8.get("prefill_ms"),
-             "fp8_compile_s": fp8.get("compile_s"),
-             "errors": [c["error"] for c in cells.values() if "error" in c] or None}
-      anchor = ANCHOR_H100.get((ctx, batch))
-      if anchor and row["fp8_ms"]:
-        row.update(sid_gr_h100_ms=anchor[0], fp8_speedup_vs_sid_gr=anchor[0] / row["fp8_ms"],
-                   bf16_speedup_vs_sid_gr=anchor[0] / row["bf16_ms"])
-      rows.append(row)
-      print(json.dumps(row), flush=True)
+  for ctx, batch in grid:
+    cells = {rung: _child(rung, args, beams=True, **spec(ctx, batch)) for rung in rungs}
+    bf16, fp8 = cells["kernels_bf16"], cells["fp8"]
+    row = {"ctx": ctx, "batch": batch, "bf16_ms": bf16.get("latency_ms_median"),
+           "fp8_ms": fp8.get("latency_ms_median"),
+           "bf16_prefill_ms": bf16.get("prefill_ms"), "fp8_prefill_ms": fp8.get("prefill_ms"),
+           "bf16_decode_ms": bf16.get("decode_ms"), "fp8_decode_ms": fp8.get("decode_ms"),
+           "fp8_vs_bf16": (bf16["latency_ms_median"] / fp8["latency_ms_median"]
+                           if "error" not in bf16 and "error" not in fp8 else None),
+           "beam_overlap": (beam_overlap(bf16["beams"], fp8["beams"])
+                            if "beams" in bf16 and "beams" in fp8 else None),
+           "compiled_from": [c.get("compiled_from") for c in cells.values()],
+           "errors": [c["error"] for c in cells.values() if "error" in c] or None}
+    anchor = ANCHOR_H100.get((ctx, batch))
+    if anchor and row["fp8_ms"] and row["bf16_ms"]:
+      row.update(sid_gr_h100_ms=anchor[0], fp8_speedup_vs_sid_gr=anchor[0] / row["fp8_ms"],
+                 bf16_speedup_vs_sid_gr=anchor[0] / row["bf16_ms"])
+    rows.append(row)
+    print(json.dumps(row), flush=True)
   import jax
   result = {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
                      "model's encode alone"), "preset": args.preset, "beam": args.beam,
             "anchor": "SID-GR on an H100 (NVIDIA recsys-examples); this device differs: "
                       "an H200 has the H100's compute and 1.4x its memory bandwidth",
+            "beam_overlap": "mean over requests of the top-W item sets' overlap, FP8 "
+                            "against bf16, on the same random weights and prompts",
+            "compile_jobs": args.jobs, "compile_wall_s": compile_wall_s,
             "summary": rows}
   result["device"] = jax.devices()[0].device_kind
   write_json(args.out, result)
+  nan = float("nan")
   print(f"\n{'ctx':>5} {'batch':>5} {'bf16 ms':>8} {'fp8 ms':>8} {'fp8 prefill':>11} "
-        f"{'SID-GR H100':>11} {'x SID-GR':>8}")
+        f"{'overlap':>7} {'SID-GR H100':>11} {'x SID-GR':>8}")
   for r in rows:
-    print(f"{r['ctx']:5} {r['batch']:5} {r['bf16_ms'] or float('nan'):8.2f} "
-          f"{r['fp8_ms'] or float('nan'):8.2f} {r['fp8_prefill_ms'] or float('nan'):11.2f} "
-          f"{r.get('sid_gr_h100_ms', float('nan')):11.1f} "
-          f"{r.get('fp8_speedup_vs_sid_gr', float('nan')):8.2f}")
+    print(f"{r['ctx']:5} {r['batch']:5} {r['bf16_ms'] or nan:8.2f} "
+          f"{r['fp8_ms'] or nan:8.2f} {r['fp8_prefill_ms'] or nan:11.2f} "
+          f"{r['beam_overlap'] if r['beam_overlap'] is not None else nan:7.3f} "
+          f"{r.get('sid_gr_h100_ms', nan):11.1f} {r.get('fp8_speedup_vs_sid_gr', nan):8.2f}")
   print("summary:", json.dumps(rows[:2]), "...")
 
 
@@ -407,6 +468,8 @@ def main() -> None:
                   help="the Qwen3 serving table (prompt lengths x batches, bf16 and FP8)")
   ap.add_argument("--contexts", help="prompt lengths of the table (default 1000,5000)")
   ap.add_argument("--batches", help="batch sizes of the table (default 1,2,4,8)")
+  ap.add_argument("--jobs", type=int, default=1,
+                  help="the table's cells compiled in this many processes at once first")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
   ap.add_argument("--child", help=argparse.SUPPRESS)
   ap.add_argument("--child-out", help=argparse.SUPPRESS)

@@ -36,7 +36,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
 
 @pytest.mark.parametrize("script,args", [
     ("bench_e2e.py", ["--rungs", "xla_bf16,fp8"]),
-    ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2"]),
+    ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2", "--jobs", "2"]),
     ("bench_compile.py", ["--precisions", "fp8"]),
 ])
 def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
@@ -50,11 +50,23 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   if "--qwen3-table" in args:
     (row,) = result["summary"]
     assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]
+    assert row["compiled_from"] == ["exported", "exported"]  # the parallel compile's
+    assert 0 < row["beam_overlap"] <= 1
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:
     assert result["summary"]["warm_cache_hit"] is True
+
+
+def test_beam_overlap():
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench_e2e
+  a = [[[1, 2, 3], [4, 5, 6], [-1, -1, -1]], [[7, 7, 7], [8, 8, 8], [9, 9, 9]]]  # [B, W, L]
+  b = [[[4, 5, 6], [1, 2, 4], [-1, -1, -1]], [[9, 9, 9], [8, 8, 8], [7, 7, 7]]]
+  # request 0: one of two filled items shared (order and empty slots ignored); 1: all
+  assert bench_e2e.beam_overlap(a, b) == pytest.approx((0.5 + 1.0) / 2)
+  assert bench_e2e.beam_overlap([[[-1, 0, 0]]], [[[-1, 0, 0]]]) is None
 
 
 def test_breakdown_categories():
