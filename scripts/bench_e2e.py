@@ -307,7 +307,7 @@ def _child(rung: str, args, beams: bool = False, env: dict | None = None,
            **overrides) -> dict:
   """run_rung in a fresh process (its own kernel mode and jit cache); the row keeps the
   search's semantic IDs ("beams", [B, W, L]) only when asked. env: added to the child's."""
-  spec = dict(preset=args.preset, batch=args.batch, beam=args.beam, context=0,
+  spec = dict(preset=args.preset, batch=args.batch, beam=args.beam, context=args.context,
               runs=args.runs, items=args.items, layers=args.layers,
               breakdown=not args.no_breakdown, devices=args.devices,
               moe_layer=args.devices > 1)
@@ -458,6 +458,8 @@ def main() -> None:
   ap.add_argument("--layers", type=int, default=0, help="cut the preset to N layers")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--beam", type=int, default=512)
+  ap.add_argument("--context", type=int, default=0,
+                  help="context (Qwen3: prompt) length of the ladder (default: the preset's)")
   ap.add_argument("--runs", type=int, default=10)
   ap.add_argument("--items", type=int, default=10_000_000, help="for fp8_constrained")
   ap.add_argument("--rungs", help=f"of {list(RUNGS)} (default: {','.join(DEFAULT_RUNGS)}; "

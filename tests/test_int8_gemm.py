@@ -1,8 +1,10 @@
 """INT8 W8A8 GEMMs: the references against an independent int64 computation (torch), the
 Pallas kernels (the shared GEMM core with int8 wgmma) against the references in Mosaic GPU
-interpret mode at awkward shapes, the entry points. The int32 accumulation is exact and
-the two FP32 scale multiplications run in the same order, so kernel and reference agree
-bit for bit."""
+interpret mode at awkward shapes, the entry points. The int32 accumulation is exact (a
+split K's too) and the two FP32 scale multiplications run in the same order, so kernel
+and reference agree bit for bit."""
+
+import dataclasses
 
 import chex
 import jax
@@ -12,12 +14,14 @@ import pytest
 import torch
 
 from onerec_kernels import backend
+from onerec_kernels.fp8_linear.pallas import default_config as fp8_linear_config
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.int8_gemm import (GROUPED_IMPLEMENTATIONS, IMPLEMENTATIONS, PER_CHANNEL,
                                       PER_TOKEN, int8_grouped_gemm,
                                       int8_grouped_gemm_pallas, int8_grouped_gemm_reference,
                                       int8_linear, int8_linear_pallas,
                                       int8_linear_reference)
+from onerec_kernels.int8_gemm.pallas import default_linear_config
 from onerec_kernels.quantize import SwiGLUOf
 
 SMALL = core.Config(tile_m=64, tile_n=32, tile_k=128, max_concurrent_steps=2,
@@ -74,14 +78,25 @@ def test_linear_kernel_matches_reference_interpret(m, n, k, cfg):
   with backend.interpret():
     out = int8_linear_pallas(*ops, out_dtype=jnp.float32, config=cfg)
   ref = int8_linear_reference(*ops, out_dtype=jnp.float32)
-  if cfg.k_splits == 1:
-    chex.assert_trees_all_equal(out, ref)
-  else:  # each split's partial is scaled in FP32, then the partials summed: a few
-    # roundings of the partials' magnitudes apart
-    x_q, x_s, w_q, w_s = ops
-    mag = int8_linear_reference(jnp.abs(x_q), x_s, jnp.abs(w_q), w_s, out_dtype=jnp.float32)
-    testing.assert_within(out, ref, (cfg.k_splits + 3) * 2.0**-24 * mag, 2.0**-20)
+  chex.assert_trees_all_equal(out, ref)  # split K too: int32 sums of exact partials
   assert bool(jnp.all(out[m // 2] == 0))
+
+
+def test_split_k_stays_exact():
+  """A split's int32 sum must fit FP32 exactly (K * 128^2 <= 2^24): the default tiling
+  cuts K finer than the FP8 linear's where that split is longer, and the core refuses
+  a longer one."""
+  fp8_cfg = fp8_linear_config(32, 4224, 12288)
+  assert 12288 // fp8_cfg.k_splits > core.INT8_SPLIT_K == 1024  # the FP8 tiling's split
+  cfg = default_linear_config(32, 4224, 12288)
+  assert 12288 // cfg.k_splits <= 1024 and cfg.k_splits > fp8_cfg.k_splits
+  assert (12288 // cfg.tile_k) % cfg.k_splits == 0
+  assert default_linear_config(16384, 1408, 5632) == fp8_linear_config(16384, 1408, 5632)
+  a = jnp.zeros((128, 4096), jnp.int8)
+  s = jnp.ones((128,), jnp.float32)
+  with pytest.raises(ValueError, match="an int8 split of K = 2048"):
+    core.gemm(a, a[None], s, s[None], out_dtype=jnp.float32,
+              cfg=dataclasses.replace(SMALL, k_splits=2), scaling="rowcol")
 
 
 def test_grouped_kernel_matches_reference_interpret():

@@ -29,6 +29,10 @@ REGISTERS_PER_THREAD_SLOT = 512  # 64K registers / 128 threads: shared by the wa
 ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
 
 
+# The longest K an int8 split may sum: |sum| <= K * 128^2 <= 2^24, so its int32 sum is
+# exact in the FP32 partial it writes.
+INT8_SPLIT_K = 2**24 // 128**2
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Tiling of one compute warpgroup and how the CTA and the grid are laid out."""
@@ -335,7 +339,9 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   schedule: tile_schedule(...) for a ragged product (rows sorted by group); None: dense,
   group 0 only. cfg.k_splits > 1 (dense, K / tile_k a multiple of it): each split
   writes its FP32 partial product, summed here (few-row products, whose tiles alone
-  would leave most SMs idle). -> [M, N] out_dtype.
+  would leave most SMs idle); int8 splits write their unscaled sums, exact in FP32 when
+  a split's K is at most INT8_SPLIT_K, summed in int32 and then scaled, so a split
+  product stays exact. -> [M, N] out_dtype.
   """
   m, k = a.shape
   g, n, k2 = b.shape
@@ -345,9 +351,14 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     raise ValueError(f"block scaling needs tile_m == 64 (a partial and a full FP32 "
                      f"accumulator fit the registers) and a tile_n within one 128-wide "
                      f"weight block: {cfg}")
-  if jnp.issubdtype(a.dtype, jnp.integer) and scaling != "rowcol":
+  integer = jnp.issubdtype(a.dtype, jnp.integer)
+  if integer and scaling != "rowcol":
     raise ValueError(f"int8 operands need rowcol scaling (per-token x per-channel), not "
                      f"{scaling!r}")
+  if integer and cfg.k_splits > 1 and k // cfg.k_splits > INT8_SPLIT_K:
+    raise ValueError(f"an int8 split of K = {k // cfg.k_splits} (K = {k} in "
+                     f"{cfg.k_splits}) could sum past 2^24, where FP32 partials stop being "
+                     f"exact: at most {INT8_SPLIT_K} a split")
   if cfg.compute_wgs not in (2, 3):
     raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one would take more "
                      f"registers than setmaxnreg's 256, four get 112 a thread)")
@@ -378,10 +389,18 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
   args = [a, b]
   if ragged:  # the used row tiles come first in the schedule; the kernel walks only them
     args = [schedule, jnp.sum(schedule[3] > schedule[2], dtype=jnp.int32)[None]] + args
-  if scaling != "none":
-    args += [a_scale, b_scale]
+  if scaling != "none":  # int8 splits: unit scales, the sums leave the kernel exact
+    exact_splits = integer and splits > 1
+    args += ([jnp.ones_like(a_scale), jnp.ones_like(b_scale)] if exact_splits
+             else [a_scale, b_scale])
   out = kernel(*args)
-  return out if splits == 1 else out.reshape(splits, m, n).sum(0).astype(out_dtype)
+  if splits == 1:
+    return out
+  parts = out.reshape(splits, m, n)  # [S, M, N] f32
+  if integer:  # summed exactly, then scaled as the reference scales
+    acc = parts.astype(jnp.int32).sum(0).astype(jnp.float32)
+    return (acc * a_scale[:, None] * b_scale[0][None, :]).astype(out_dtype)
+  return parts.sum(0).astype(out_dtype)
 
 
 def rowcol_linear(x_q: jax.Array, x_scale: jax.Array, w_q: jax.Array, w_scale: jax.Array,

@@ -13,8 +13,15 @@ from onerec_kernels.grouped_gemm.pallas import default_config as grouped_16bit_c
 
 
 def default_linear_config(m: int, n: int, k: int) -> core.Config:
-  """The FP8 linear's tiling (int8 operands are one byte, as FP8's)."""
-  return linear_config(m, n, k)
+  """The FP8 linear's tiling (int8 operands are one byte, as FP8's); a split K cut finer
+  where needed, so each split's sum stays exact (core.INT8_SPLIT_K)."""
+  cfg = linear_config(m, n, k)
+  if cfg.k_splits == 1:
+    return cfg
+  k_tiles = -(-k // cfg.tile_k)
+  splits = next(d for d in range(cfg.k_splits, k_tiles + 1)
+                if k_tiles % d == 0 and k_tiles // d * cfg.tile_k <= core.INT8_SPLIT_K)
+  return dataclasses.replace(cfg, k_splits=splits)
 
 
 def default_grouped_config(m: int, n: int, k: int) -> core.Config:
