@@ -189,3 +189,82 @@ def test_triton_kernel_matches_reference_gpu(b, q, g, r, n, d, dtype):
   err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - ref)))
   # bf16 output (2^-9 relative) and probabilities rounded to bf16 for the second product.
   assert err <= (2e-5 if dtype == jnp.float32 else 2e-2), err
+
+
+def _prefix_masks(b, n):
+  """[B, N] key masks: prompts of lengths n, n - 7 and 1 padded at the end (cuDNN's
+  lengths), then one with a hole and one all masked (the fallback's)."""
+  lengths = jnp.array([n, n - 7, 1])[:b]
+  prefix = jnp.arange(n)[None] < lengths[:, None]
+  return prefix, prefix.at[0, 3].set(False), prefix.at[-1].set(False)
+
+
+def test_cudnn_mapping_with_xla_standing_in(monkeypatch):
+  """The cuDNN implementation's reading of the op (GQA head order, the key mask as key
+  counts, padded query rows, the run-time fallback) through jax's XLA implementation of
+  the same call: equal to the reference for prefix masks, and the fallback (here the
+  reference, the Triton kernel being refused) for a mask with a hole or an empty row."""
+  real = jax.nn.dot_product_attention
+  calls = []
+
+  def xla(*args, implementation=None, **kw):
+    calls.append(implementation)
+    return real(*args, implementation="xla", **kw)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", xla)
+  monkeypatch.setattr(backend, "on_hopper", lambda: True)
+
+  def refuse(what):
+    raise backend.Unsupported(what)
+
+  monkeypatch.setattr(backend, "require_triton_gpu", refuse)
+  b, n, g, r, d = 3, 40, 2, 3, 16
+  ks = jax.random.split(jax.random.key(3), 3)
+  q = jax.random.normal(ks[0], (b, n, g, r, d), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (b, n, g, d), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (b, n, g, d), jnp.bfloat16)
+  for key_mask, fused in zip(_prefix_masks(b, n), (True, False, False)):
+    m = key_mask[:, None, None, None, :]
+    got = attention_op.attention(q, k, v, m, causal=True, impl="cudnn")
+    ref = attention_reference(q, k, v, m, causal=True)
+    if fused:  # XLA's softmax in f32 as well; both round the probabilities to bf16
+      np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
+                                 rtol=2e-2, atol=2e-2)
+    else:
+      chex.assert_trees_all_equal(got, ref)
+  assert calls == ["cudnn"] * 3  # traced into every call, chosen on the device
+  with pytest.raises(backend.Unsupported, match="causal prefill"):
+    attention_op.attention(q[:, :5], k, v, m, causal=True, impl="cudnn")
+  with pytest.raises(backend.Unsupported, match="bf16 or fp16"):
+    attention_op.attention(*(a.astype(jnp.float32) for a in (q, k, v)), m, causal=True,
+                           impl="cudnn")
+
+
+def test_cudnn_is_refused_off_the_gpu():
+  if backend.on_hopper():
+    pytest.skip("on a Hopper GPU cuDNN's attention is taken")
+  q = jnp.zeros((1, 16, 1, 1, 16), jnp.bfloat16)
+  k = jnp.zeros((1, 16, 1, 16), jnp.bfloat16)
+  with pytest.raises(backend.Unsupported, match="cuDNN's attention is taken on Hopper"):
+    attention_op.attention(q, k, k, causal=True, impl="cudnn")
+  assert attention_op.IMPLEMENTATIONS.names == ("cudnn", "triton", "reference")
+
+
+@pytest.mark.gpu
+def test_cudnn_causal_prefill_gpu():
+  """cuDNN's fused attention at a Qwen3-1.7B prompt, and the fallback for the masks it
+  does not take, against the FP32 reference."""
+  b, n, g, r, d = 3, 1000, 8, 2, 128
+  ks = jax.random.split(jax.random.key(11), 3)
+  q = jax.random.normal(ks[0], (b, n, g, r, d), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (b, n, g, d), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (b, n, g, d), jnp.bfloat16)
+  f32 = lambda a: a.astype(jnp.float32)
+  run = jax.jit(lambda *a: attention_op.attention(*a, causal=True, impl="cudnn"))
+  for key_mask in _prefix_masks(b, n):
+    m = key_mask[:, None, None, None, :]
+    got = run(q, k, v, m)
+    ref = attention_reference(f32(q), f32(k), f32(v), m, causal=True)
+    chex.assert_tree_all_finite(got)
+    err = float(jnp.max(jnp.abs(f32(got) - ref)))
+    assert err <= 2e-2, err  # bf16 output and bf16 probabilities, as the Triton kernel's

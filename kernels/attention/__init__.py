@@ -1,6 +1,6 @@
 """Grouped-query attention for the decoder: the beam-shared cross-attention to a
-request's context (every beam of a request attends the same N context rows) and, through
-the reference, the short causal self-attention."""
+request's context (every beam of a request attends the same N context rows), the causal
+prefill of a prompt and, through the reference, the short causal self-attention."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ from onerec_kernels.attention.reference import MASKED, attention_reference, caus
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 MAX_HEAD = 256  # the kernel's widest head (one register tile of the head axis)
 MIN_KEYS = 16  # fewer keys than tl.dot's least block: the reference is as good
+MIN_CUDNN_KEYS = 512  # shorter prompts: the Triton kernel's single pass is as good
 
 
 def key_mask_of(mask: jax.Array, b: int, n: int) -> jax.Array | None:
@@ -34,10 +35,53 @@ def _triton(q, k, v, mask, *, causal, lse):
   return triton_gpu.attention(q, k, v, key_mask, causal=causal, lse=lse)
 
 
+def _after_cudnn(q, k, v, mask, *, causal, lse):
+  """The table's next implementation for the cases cuDNN's does not serve."""
+  try:
+    return _triton(q, k, v, mask, causal=causal, lse=lse)
+  except backend.Unsupported:
+    return attention_reference(q, k, v, mask, causal=causal, lse=lse)
+
+
+def _cudnn(q, k, v, mask, *, causal, lse):
+  """cuDNN's fused flash attention (jax.nn.dot_product_attention) for the causal prefill
+  (Q = N, 16-bit, a per-key mask): the key mask is passed as each request's key count,
+  which is the same mask when it is a prefix (the prompt padded at the end); a request
+  whose mask is not (or is empty) sends the whole batch through the next implementation,
+  chosen on the device at run time."""
+  b, nq, g, r, d = q.shape
+  n = k.shape[1]
+  key_mask = key_mask_of(mask, b, n)
+  if not backend.on_hopper():
+    raise backend.Unsupported(f"cuDNN's attention is taken on Hopper GPUs; the default "
+                              f"device is {jax.devices()[0].device_kind}")
+  if not causal or lse or nq != n or key_mask is None:
+    raise backend.Unsupported("cuDNN's attention here serves the causal prefill (Q = N, "
+                              "a per-key mask, no log-sum-exp)")
+  if not (q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)) or (
+      d % 8 or d > 128):
+    raise backend.Unsupported(f"cuDNN's attention takes bf16 or fp16 and heads up to 128 "
+                              f"wide, a multiple of 8: q {q.dtype} {q.shape}")
+  lengths = jnp.sum(key_mask, axis=1, dtype=jnp.int32)  # [B]
+  prefix = jnp.all(key_mask == (jnp.arange(n)[None, :] < lengths[:, None])) & jnp.all(
+      lengths > 0)
+
+  def fused(q, k, v):
+    o = jax.nn.dot_product_attention(q.reshape(b, nq, g * r, d), k, v, is_causal=True,
+                                     key_value_seq_lengths=lengths, implementation="cudnn")
+    return o.reshape(q.shape)  # [B, T, G * R, dh]: query head g * R + r reads K/V head g
+
+  return jax.lax.cond(prefix, fused,
+                      lambda q, k, v: _after_cudnn(q, k, v, mask, causal=True, lse=False),
+                      q, k, v)
+
+
 IMPLEMENTATIONS = backend.Implementations("attention", {
+    "cudnn": _cudnn,
     "triton": _triton,
     "reference": attention_reference,
-}, prefer={"triton": lambda q, k, v, mask, **_: k.shape[1] >= MIN_KEYS})
+}, prefer={"cudnn": lambda q, k, v, mask, **_: k.shape[1] >= MIN_CUDNN_KEYS,
+           "triton": lambda q, k, v, mask, **_: k.shape[1] >= MIN_KEYS})
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
@@ -47,8 +91,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   keys up to i + N - Q) -> [B, Q, G, R, dh], and with lse also each row's log-sum-exp
   [B, Q, G, R] f32.
 
-  impl: None (the table's order: "triton", the fused kernel, for a per-key mask
-  [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one of them.
+  impl: None (the table's order: "cudnn", cuDNN's fused attention, for the causal
+  prefill of at least MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU; "triton", the fused
+  kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one
+  of them.
   """
   if q.ndim != 5 or k.shape != v.shape or k.shape[0] != q.shape[0] or (
       k.shape[2:] != (q.shape[2], q.shape[4])):

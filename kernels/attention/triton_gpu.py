@@ -11,6 +11,8 @@ loads, and the kernel runs in Triton's CPU interpreter for the tests. The *_plan
 gives the launch its grid and constexprs, so the CPU tests launch what the GPU runs.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import triton
@@ -88,32 +90,47 @@ def _pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
-def attention_plan(b: int, q: int, g: int, r: int, n: int, d: int, dtype
-                   ) -> tuple[tuple[int, int], int, int, dict]:
-  """(grid, warps, stages, constexprs but HAS_MASK) of _attention_kernel.
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The kernel's tiling: block_m (query, head) rows a program (a power of two from 16,
+  tl.dot's least), block_n keys a step, warps and software-pipeline stages."""
 
-  Row blocks of 128 (fewer rows: the smallest power of two from 16, tl.dot's least);
-  key blocks of 64 at head widths up to 128 (32 beyond); fp32 operands multiply in IEEE
-  FP32 (Triton's default would be TF32), as the FP32 reference does."""
-  rows = q * r
+  block_m: int
+  block_n: int
+  warps: int
+  stages: int
+
+
+def default_config(rows: int, d: int) -> Config:
+  """Row blocks of 128 (fewer rows: the smallest power of two from 16); key blocks of 64
+  at head widths up to 128 (32 beyond); 8 warps for 128 x 128 tiles."""
   block_m = 128 if rows >= 128 else max(16, _pow2(rows))
   block_d = max(16, _pow2(d))
-  block_n = 64 if block_d <= 128 else 32
-  warps = 8 if block_m * block_d >= 128 * 128 else 4
+  return Config(block_m=block_m, block_n=64 if block_d <= 128 else 32,
+                warps=8 if block_m * block_d >= 128 * 128 else 4, stages=2)
+
+
+def attention_plan(b: int, q: int, g: int, r: int, n: int, d: int, dtype,
+                   config: Config | None = None) -> tuple[tuple[int, int], int, int, dict]:
+  """(grid, warps, stages, constexprs but HAS_MASK) of _attention_kernel under config
+  (default_config when None); fp32 operands multiply in IEEE FP32 (Triton's default
+  would be TF32), as the FP32 reference does."""
+  rows = q * r
+  cfg = config or default_config(rows, d)
   meta = dict(Q=q, N=n, G=g, R=r, D=d, SCALE=d ** -0.5, MASKED_SCORE=float(MASKED),
-              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+              BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, _pow2(d)),
               IEEE=jnp.dtype(dtype) == jnp.float32)
-  return (-(-rows // block_m), b * g), warps, 2, meta
+  return (-(-rows // cfg.block_m), b * g), cfg.warps, cfg.stages, meta
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, *,
-              causal: bool = False, lse: bool = False):
+              causal: bool = False, lse: bool = False, config: Config | None = None):
   """q [B, Q, G, R, dh], k, v [B, N, G, dh] (one dtype), key_mask [B, N] bool or None ->
   [B, Q, G, R, dh] in q's dtype (and the log-sum-exp [B, Q, G, R] f32 with lse); as
-  attention_reference with that key mask."""
+  attention_reference with that key mask. config: the tiling (default_config if None)."""
   b, nq, g, r, d = q.shape
   n = k.shape[1]
-  grid, warps, stages, meta = attention_plan(b, nq, g, r, n, d, q.dtype)
+  grid, warps, stages, meta = attention_plan(b, nq, g, r, n, d, q.dtype, config)
   mask = (jnp.zeros((1,), jnp.int8) if key_mask is None
           else key_mask.astype(jnp.int8))
   out = (triton_launch.shape(q.shape, q.dtype),
