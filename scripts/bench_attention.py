@@ -104,14 +104,18 @@ def main():
     best = min(tilings, key=lambda x: x["ms"]) if tilings else None
     summary[name] = dict(
         default_ms=by.get("default", {}).get("ms"),
-        default_config=dataclasses.asdict(triton_gpu.default_config(q * r, d)),
+        default_config=dataclasses.asdict(
+            triton_gpu.default_config(q * r, d, jnp.bfloat16)),
         best_triton_ms=best and best["ms"], best_triton_config=best and (
-            best["config"] or dataclasses.asdict(triton_gpu.default_config(q * r, d))),
+            best["config"] or dataclasses.asdict(
+                triton_gpu.default_config(q * r, d, jnp.bfloat16))),
         cudnn_ms=by.get("cudnn", {}).get("ms"), xla_ms=by.get("xla", {}).get("ms"),
         default_tflops=by.get("default", {}).get("tflops"),
         failed=[x["impl"] for x in shape_rows if x not in ok])
-  write_json(args.out, dict(header("CUPTI device time, median of 30 calls over rotating "
-                                   "inputs"), shapes=SHAPES, summary=summary, rows=rows))
+    # after every shape: a run stopped part-way leaves the shapes it finished
+    write_json(args.out, dict(header("CUPTI device time, median of 30 calls over "
+                                     "rotating inputs"), shapes=SHAPES, summary=summary,
+                              rows=rows))
   fmt = lambda v: f"{v:9.3f}" if v else f"{'-':>9}"
   print(f"\n{'shape':24} {'default':>9} {'best':>9} {'cudnn':>9} {'xla':>9}  best tiling")
   for name, s in summary.items():

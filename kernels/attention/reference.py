@@ -7,7 +7,8 @@ queries are the last Q of the N positions; prefill has Q = N). Scores and softma
 the probabilities are cast to v's dtype for the second product, accumulated in FP32 (FP32
 inputs multiply in true FP32, never TF32); out in q's dtype. A masked score is the most
 negative finite FP32 value (not -inf), so a row whose keys are all masked averages every
-key instead of making NaN. lse: also return each row's log-sum-exp of its scores,
+key it may see instead of making NaN; a key after a causal row's position gets no weight
+at all (it is not one the row may see), so that row averages the keys up to it. lse: also return each row's log-sum-exp of its scores,
 [B, Q, G, R] f32, with which attention to these keys merges with attention to others.
 """
 
@@ -30,9 +31,9 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
   precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
   s = jnp.einsum("bqgrd,bsgd->bgrqs", q, k, preferred_element_type=jnp.float32,
                  precision=precision) * scale
-  if causal:
-    mask = mask & causal_mask(q.shape[1], k.shape[1])
   s = jnp.where(mask, s, MASKED)  # [B, G, R, Q, N]
+  if causal:
+    s = jnp.where(causal_mask(q.shape[1], k.shape[1]), s, -jnp.inf)
   p = jax.nn.softmax(s, axis=-1)
   o = jnp.einsum("bgrqs,bsgd->bqgrd", p.astype(v.dtype), v, precision=precision,
                  preferred_element_type=jnp.float32).astype(q.dtype)
