@@ -11,7 +11,7 @@ the moe-4b gate_up shape). The 32-token MoE gate_up / down add the W4A8 weight b
 against FP8's and the XLA time of the dequantize-and-multiply reference (W4A8 INT4 and
 MXFP4). Writes JSON (--out) and prints a table.
 
-  python scripts/bench_frontier.py --out bench/results/frontier_kernels_h100.json
+  python scripts/bench_frontier.py --out bench/results/frontier_kernels_h200.json
   python scripts/bench_frontier.py --smoke   # CPU: tiny shapes, kernels in interpret
                                              # mode, wall time (not a measurement)
 """

@@ -7,7 +7,7 @@ recipes that have kernels).
   python scripts/frontier.py --report demo=bench/results/eval_frontier_demo.json \
       --report movielens=bench/results/eval_frontier_movielens.json \
       --out bench/results/frontier_cpu.json --markdown docs/frontier_table.md \
-      --figure docs/frontier.png [--kernels bench/results/frontier_kernels_h100.json]
+      --figure docs/frontier.png [--kernels bench/results/frontier_kernels_h200.json]
 """
 
 import argparse

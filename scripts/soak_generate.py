@@ -7,7 +7,7 @@ flat: the mean host RSS, and the device's bytes in use where the device reports 
 the last 100 calls within 2% of their mean over calls 100-200. Writes JSON whose
 "summary" says what was measured and whether it passed; exits 1 when it did not.
 
-  python scripts/soak_generate.py --out bench/results/soak_generate_h100.json  # 1,000 calls
+  python scripts/soak_generate.py --out bench/results/soak_generate_h200.json  # 1,000 calls
   python scripts/soak_generate.py --smoke                                      # a CPU check
 """
 

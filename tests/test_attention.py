@@ -270,6 +270,18 @@ def test_cudnn_mapping_with_xla_standing_in(monkeypatch):
     attention_op.attention(*(a.astype(jnp.float32) for a in (q, k, v)), m, causal=True,
                            impl="cudnn")
 
+  def no_cudnn(*args, **kw):
+    raise RuntimeError("cuDNN is not detected.")
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", no_cudnn)
+  m = _prefix_masks(b, n)[0][:, None, None, None, :]
+  with pytest.raises(backend.Unsupported, match="cuDNN is not detected"):
+    attention_op.attention(q, k, v, m, causal=True, impl="cudnn")
+  monkeypatch.setattr(attention_op, "MIN_CUDNN_KEYS", n)  # cuDNN first in the default order
+  chex.assert_trees_all_equal(attention_op.attention(q, k, v, m, causal=True),  # falls back
+                              attention_reference(q, k, v, m, causal=True))
+  assert attention_op.IMPLEMENTATIONS.order(None)[0] == "cudnn"
+
 
 def test_cudnn_is_refused_off_the_gpu():
   if backend.on_hopper():

@@ -71,9 +71,12 @@ def _cudnn(q, k, v, mask, *, causal, lse):
                                      key_value_seq_lengths=lengths, implementation="cudnn")
     return o.reshape(q.shape)  # [B, T, G * R, dh]: query head g * R + r reads K/V head g
 
-  return jax.lax.cond(prefix, fused,
-                      lambda q, k, v: _after_cudnn(q, k, v, mask, causal=True, lse=False),
-                      q, k, v)
+  try:
+    return jax.lax.cond(prefix, fused,
+                        lambda q, k, v: _after_cudnn(q, k, v, mask, causal=True, lse=False),
+                        q, k, v)
+  except (RuntimeError, ValueError, NotImplementedError) as e:  # no usable cuDNN here
+    raise backend.Unsupported(f"cuDNN's attention: {str(e).splitlines()[0]}") from e
 
 
 IMPLEMENTATIONS = backend.Implementations("attention", {
