@@ -2,7 +2,8 @@
 under its default tiling and a set of other tilings, cuDNN's fused attention where it
 applies (the causal prefill) and XLA's reference, in one run.
 
-Shapes: Qwen3-1.7B's causal prefill (prompts of 256, 1000 and 5000 tokens) and its decode
+The tilings include the keys split over 2, 4 and 8 programs (merged after). Shapes:
+Qwen3-1.7B's causal prefill (prompts of 256, 1000 and 5000 tokens) and its decode
 steps' attention to the prompt (256 beams, with the log-sum-exp), and moe-4b's beam-shared
 cross-attention (512 beams of 32 requests to a 512-row context). Each implementation is
 checked against the FP32 reference first (max abs error, bf16 in and out), then timed:
@@ -37,9 +38,10 @@ SHAPES = {
     "qwen3.decode.p5000.b1": (1, 256, 8, 2, 5000, 128, False, True),
     "moe4b.cross.b32": (32, 512, 11, 1, 512, 128, False, False),
 }
-TILINGS = [triton_gpu.Config(*t) for t in [  # (block_m, block_n, warps, stages)
+TILINGS = [triton_gpu.Config(*t) for t in [  # (block_m, block_n, warps, stages[, splits])
     (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),
-    (128, 32, 4, 3), (64, 32, 4, 4)]]
+    (128, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3, 2), (64, 64, 4, 3, 4),
+    (64, 64, 4, 3, 8)]]  # the last three: the keys split in 2, 4 and 8
 MAX_ERR = 2e-2  # bf16 output and bf16 probabilities (tests/test_attention.py)
 
 
@@ -98,17 +100,16 @@ def main():
       rows.append(row)
       shape_rows.append(row)
       print(row, flush=True)
+    default = triton_gpu.default_config(q * r, d, jnp.bfloat16, programs=b * g, n=n)
     ok = [x for x in shape_rows if "ms" in x and x["max_abs_err"] <= MAX_ERR]
     by = {x["impl"]: x for x in ok if x["impl"] != "triton"}
     tilings = [x for x in ok if x["impl"] in ("default", "triton")]
     best = min(tilings, key=lambda x: x["ms"]) if tilings else None
     summary[name] = dict(
         default_ms=by.get("default", {}).get("ms"),
-        default_config=dataclasses.asdict(
-            triton_gpu.default_config(q * r, d, jnp.bfloat16)),
+        default_config=dataclasses.asdict(default),
         best_triton_ms=best and best["ms"], best_triton_config=best and (
-            best["config"] or dataclasses.asdict(
-                triton_gpu.default_config(q * r, d, jnp.bfloat16))),
+            best["config"] or dataclasses.asdict(default)),
         cudnn_ms=by.get("cudnn", {}).get("ms"), xla_ms=by.get("xla", {}).get("ms"),
         default_tflops=by.get("default", {}).get("tflops"),
         failed=[x["impl"] for x in shape_rows if x not in ok])

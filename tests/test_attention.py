@@ -77,14 +77,25 @@ def _run_kernel(q, k, v, mask, causal=False, with_lse=False, config=None):
   from onerec_kernels.attention import triton_gpu
   b, nq, g, r, d = q.shape
   grid, _, _, meta = triton_gpu.attention_plan(b, nq, g, r, k.shape[1], d, q.dtype, config)
-  out = torch.full(q.shape, float("nan"), dtype=torch.from_numpy(q).dtype)
-  lse = torch.full(q.shape[:-1] if with_lse else (1,), float("nan"))
+  splits, rows = meta["SPLITS"], b * nq * g * r
+  nan = lambda shape, dtype=torch.float32: torch.full(shape, float("nan"), dtype=dtype)
+  if splits == 1:
+    out, lse = nan(q.shape, torch.from_numpy(q).dtype), nan(q.shape[:-1] if with_lse else (1,))
+    m_part = l_part = nan((1,))
+  else:
+    out, lse, m_part, l_part = nan((splits, rows, d)), nan((1,)), nan((splits, rows)), nan(
+        (splits, rows))
   m = torch.zeros(1, dtype=torch.int8) if mask is None else torch.from_numpy(
       mask.astype(np.int8))
   triton_gpu._attention_kernel[grid](torch.from_numpy(q), torch.from_numpy(k),
-                                     torch.from_numpy(v), m, out, lse,
+                                     torch.from_numpy(v), m, out, lse, m_part, l_part,
                                      HAS_MASK=mask is not None, CAUSAL=causal,
                                      WRITE_LSE=with_lse, **meta)
+  if splits > 1:  # the wrapper's merge
+    o, row_lse = triton_gpu.merge_splits(*(jnp.asarray(t.numpy()) for t in
+                                           (out, m_part, l_part)))
+    out = torch.from_numpy(np.array(o).reshape(q.shape).astype(q.dtype))
+    lse = torch.from_numpy(np.array(row_lse).reshape(q.shape[:-1]))
   return (out.float().numpy(), lse.numpy()) if with_lse else out.float().numpy()
 
 
@@ -125,6 +136,37 @@ def test_tilings():
   got = _run_kernel(q, k, v, mask, causal=True, config=triton_gpu.Config(128, 32, 8, 2))
   np.testing.assert_allclose(got, _attention_np(q, k, v, mask, causal=True), rtol=2e-5,
                              atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_splits_interpret(causal):
+  """Keys split over programs and merged: the same result as one pass, with the
+  log-sum-exp, for padded keys, an all-masked request (its splits' maxima equal) and,
+  causal, splits a row sees no key of (rows past the diagonal of a later split)."""
+  from onerec_kernels.attention import triton_gpu
+  q, k, v, mask = _inputs(2, 40 if causal else 7, 2, 2, 300, 16)
+  mask[1] = False
+  cfg = triton_gpu.Config(16, 32, 4, 2, key_splits=4)
+  _, _, _, meta = triton_gpu.attention_plan(2, q.shape[1], 2, 2, 300, 16, q.dtype, cfg)
+  assert (meta["SPLITS"], meta["CHUNK"]) == (4, 96)  # 75 keys a split, rounded to blocks
+  got, got_lse = _run_kernel(q, k, v, mask, causal=causal, with_lse=True, config=cfg)
+  want, want_lse = _attention_np(q, k, v, mask, causal=causal, with_lse=True)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(got_lse[0], want_lse[0], rtol=1e-5, atol=1e-5)
+  # the all-masked request: lse near the masked score, as the one-pass kernel's
+  np.testing.assert_allclose(got_lse[1], want_lse[1], rtol=1e-6)
+
+
+def test_default_config_splits_keys_for_few_programs(monkeypatch):
+  from onerec_kernels.attention import triton_gpu
+  monkeypatch.setattr(triton_gpu, "_num_sms", lambda: 132)
+  # Qwen3-1.7B decode at one request: 8 K/V heads x 8 row blocks = 64 programs of 132 SMs
+  assert triton_gpu.default_config(512, 128, programs=8, n=5000).key_splits == 2
+  # step 1's rows: 8 programs; 8 splits keep 8 of 64-key blocks a split (16 would not)
+  assert triton_gpu.default_config(2, 128, programs=8, n=5000).key_splits == 8
+  assert triton_gpu.default_config(512, 128, programs=64, n=1000).key_splits == 1  # full
+  assert triton_gpu.default_config(2, 128, programs=8, n=600).key_splits == 1  # short
+  assert triton_gpu.default_config(512, 128).key_splits == 1
 
 
 def test_causal_all_masked_request_interpret():
