@@ -354,3 +354,38 @@ def test_cudnn_causal_prefill_gpu():
     err = float(jnp.max(jnp.abs(f32(got) - ref)))
     # bf16 output and bf16 probabilities, as the Triton kernel's
     assert err <= 2e-2, (err, jnp.sum(key_mask, 1))
+
+
+_COMPILE_FOR_HOPPER = """
+import sys
+import jax.numpy as jnp
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from onerec_kernels.attention import triton_gpu as tg
+for splits, causal, lse in [(1, False, True), (4, False, True), (2, True, False)]:
+  grid, warps, stages, meta = tg.attention_plan(
+      1, 256, 8, 2, 5000, 128, jnp.bfloat16, tg.Config(64, 64, 4, 3, key_splits=splits))
+  meta.update(HAS_MASK=True, CAUSAL=causal, WRITE_LSE=lse)
+  out = "*bf16" if meta["SPLITS"] == 1 else "*fp32"
+  sig = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", mask_ptr="*i8", o_ptr=out,
+             lse_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32", **{k: "constexpr" for k in meta})
+  kernel = triton.compile(ASTSource(tg._attention_kernel, signature=sig, constexprs=meta),
+                          target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+  assert kernel.asm["cubin"] and grid[2] == meta["SPLITS"] == splits, (splits, grid)
+print("compiled")
+"""
+
+
+def test_kernel_compiles_for_hopper():
+  """The kernel as the GPU launches it (one pass with the log-sum-exp, the keys split,
+  causal and split) compiles to an sm_90 cubin, no GPU needed: Triton's compiler runs
+  outside the interpreter the other CPU tests use, in a process of its own."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+  done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], capture_output=True,
+                        text=True, env=env)
+  assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
