@@ -97,6 +97,15 @@ def on_hopper() -> bool:
   return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
 
 
+def num_sms() -> int:
+  """Streaming multiprocessors of the default device (132 on an H100 SXM; 132 where the
+  device does not say, as on the CPU), for tilings that size their grids to the SMs."""
+  try:
+    return jax.devices()[0].core_count
+  except AttributeError:
+    return 132
+
+
 @functools.cache
 def triton_available() -> bool:
   """True where triton and jax_triton both import (the optional `triton` extra)."""
@@ -187,7 +196,16 @@ class Implementations:
 
   def __call__(self, impl: str | None, *args, **kwargs):
     """Runs the first implementation of order(impl) that supports the inputs."""
-    order = self.order(impl)
+    return self._first(self.order(impl), args, kwargs)
+
+  def after(self, name: str, *args, **kwargs):
+    """Runs the first implementation after name in the table's default order that
+    supports the inputs (the reference last): for an implementation that decides on the
+    device, at run time, to hand some inputs on."""
+    names = tuple(n for n in self.table if n not in self.explicit)
+    return self._first(names[names.index(name) + 1:], args, kwargs)
+
+  def _first(self, order: tuple[str, ...], args, kwargs):
     if len(order) > 1:
       order = tuple(n for n in order[:-1] if self.prefer.get(n, lambda *a, **k: True)(
           *args, **kwargs)) + order[-1:]

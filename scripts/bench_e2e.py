@@ -368,16 +368,13 @@ ANCHOR_H100 = {(1000, 1): (17.6, 33.5), (1000, 2): (27.8, None), (1000, 4): (47.
                (5000, 4): (154.2, None), (5000, 8): (307.9, 685.4)}
 
 
-def beam_overlap(a: list, b: list) -> float | None:
-  """Mean over requests of |top-W of a & top-W of b| / W, items as semantic-ID tuples
-  ([B, W, L] each; empty slots, a first code < 0, count in neither)."""
-  shares = []
-  for ra, rb in zip(a, b):
-    sa = {tuple(x) for x in ra if x[0] >= 0}
-    sb = {tuple(x) for x in rb if x[0] >= 0}
-    if sa or sb:
-      shares.append(len(sa & sb) / max(len(sa), len(sb)))
-  return statistics.mean(shares) if shares else None
+def beam_overlap(a: list, b: list) -> float:
+  """Mean share of the top-W items two searches' results ([B, W, L] semantic IDs each)
+  have in common per request (lab.evaluate.overlap_at; empty slots never shared)."""
+  from onerec_jax.generate import EMPTY  # imports start no jax backend in this process
+  from onerec_jax.lab.evaluate import overlap_at
+  items = lambda beams: [[tuple(x) if x[0] >= 0 else EMPTY for x in row] for row in beams]
+  return overlap_at(items(a), items(b), len(a[0]))
 
 
 def qwen3_table(args) -> None:

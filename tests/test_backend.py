@@ -66,6 +66,18 @@ def test_explicit_and_prefer_leave_the_default_order():
   assert table("alt", -1) == "alt"  # still runs when named
 
 
+def test_after_runs_the_rest_of_the_default_order():
+  """An implementation handing inputs on at run time: the implementations after it, with
+  their preferences, whatever the mode pins."""
+  calls = []
+  table = _table(calls, prefer={"alt": lambda x: x > 0})
+  assert table.after("fast", 1) == "alt" and calls == ["alt"]
+  assert table.after("fast", -1) == "reference"  # alt not preferred for this input
+  assert table.after("alt", 1) == "reference"
+  with backend.use(f"auto,{table.op}=fast"):
+    assert table.after("fast", 1) == "alt"
+
+
 def test_reference_must_come_last():
   with pytest.raises(ValueError, match="the reference must come last"):
     backend.Implementations("test_bad_order", {"reference": abs, "fast": abs})

@@ -82,7 +82,7 @@ def test_default_config_fits(m):
 
 
 def test_default_config_splits_k_for_few_column_tiles(monkeypatch):
-  monkeypatch.setattr(core, "num_sms", lambda: 132)
+  monkeypatch.setattr(backend, "num_sms", lambda: 132)
   assert default_config(32, 1408, 1408).k_splits == 1  # 11 K blocks: too short
   assert default_config(32, 1408, 1408).tile_n == 32  # narrow columns instead
   assert default_config(32, 1408, 5632).k_splits == 11  # 11 x 11 >= 99 SMs

@@ -38,6 +38,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
     ("bench_e2e.py", ["--rungs", "xla_bf16,fp8"]),
     ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2", "--jobs", "2"]),
     ("bench_compile.py", ["--precisions", "fp8"]),
+    ("bench_frontier.py", []),
 ])
 def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   out = tmp_path / "r.json"
@@ -53,6 +54,9 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert row["compiled_from"] == ["exported", "exported"]  # the parallel compile's
     assert 0 < row["beam_overlap"] <= 1
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
+  elif script == "bench_frontier.py":
+    assert set(result["summary"]["int8_vs_fp8"]) == {"smoke.linear", "smoke.grouped"}
+    assert result["summary"]["w4a8_kernel"] is None  # none exists; the JSON says so
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:
@@ -64,9 +68,9 @@ def test_beam_overlap():
   import bench_e2e
   a = [[[1, 2, 3], [4, 5, 6], [-1, -1, -1]], [[7, 7, 7], [8, 8, 8], [9, 9, 9]]]  # [B, W, L]
   b = [[[4, 5, 6], [1, 2, 4], [-1, -1, -1]], [[9, 9, 9], [8, 8, 8], [7, 7, 7]]]
-  # request 0: one of two filled items shared (order and empty slots ignored); 1: all
-  assert bench_e2e.beam_overlap(a, b) == pytest.approx((0.5 + 1.0) / 2)
-  assert bench_e2e.beam_overlap([[[-1, 0, 0]]], [[[-1, 0, 0]]]) is None
+  # request 0: one of its 3 slots shared (order ignored; empty slots never shared); 1: all
+  assert bench_e2e.beam_overlap(a, b) == pytest.approx((1 / 3 + 1.0) / 2)
+  assert bench_e2e.beam_overlap([[[-1, 0, 0]]], [[[-1, 0, 0]]]) == 0
 
 
 def test_breakdown_categories():

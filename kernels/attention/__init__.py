@@ -37,14 +37,6 @@ def _triton(q, k, v, mask, *, causal, lse):
   return triton_gpu.attention(q, k, v, key_mask, causal=causal, lse=lse)
 
 
-def _after_cudnn(q, k, v, mask, *, causal, lse):
-  """The table's next implementation for the cases cuDNN's does not serve."""
-  try:
-    return _triton(q, k, v, mask, causal=causal, lse=lse)
-  except backend.Unsupported:
-    return attention_reference(q, k, v, mask, causal=causal, lse=lse)
-
-
 def _cudnn(q, k, v, mask, *, causal, lse):
   """cuDNN's fused flash attention (jax.nn.dot_product_attention) for the causal prefill
   (Q = N, 16-bit, a per-key mask): the key mask is passed as each request's key count,
@@ -74,9 +66,8 @@ def _cudnn(q, k, v, mask, *, causal, lse):
     return o.reshape(q.shape)  # [B, T, G * R, dh]: query head g * R + r reads K/V head g
 
   try:
-    return jax.lax.cond(prefix, fused,
-                        lambda q, k, v: _after_cudnn(q, k, v, mask, causal=True, lse=False),
-                        q, k, v)
+    return jax.lax.cond(prefix, fused, lambda q, k, v: IMPLEMENTATIONS.after(
+        "cudnn", q, k, v, mask, causal=True, lse=False), q, k, v)
   except (RuntimeError, ValueError, NotImplementedError) as e:  # no usable cuDNN here
     raise backend.Unsupported(f"cuDNN's attention: {str(e).splitlines()[0]}") from e
 

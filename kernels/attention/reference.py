@@ -8,8 +8,9 @@ the probabilities are cast to v's dtype for the second product, accumulated in F
 inputs multiply in true FP32, never TF32); out in q's dtype. A masked score is the most
 negative finite FP32 value (not -inf), so a row whose keys are all masked averages every
 key it may see instead of making NaN; a key after a causal row's position gets no weight
-at all (it is not one the row may see), so that row averages the keys up to it. lse: also return each row's log-sum-exp of its scores,
-[B, Q, G, R] f32, with which attention to these keys merges with attention to others.
+at all (it is not one the row may see), so that row averages the keys up to it. lse:
+also return each row's log-sum-exp of its scores, [B, Q, G, R] f32, with which attention
+to these keys merges with attention to others.
 """
 
 import jax

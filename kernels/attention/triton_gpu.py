@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from onerec_kernels import triton_launch
+from onerec_kernels import backend, triton_launch
 from onerec_kernels.attention.reference import MASKED
 
 
@@ -132,18 +132,11 @@ def default_config(rows: int, d: int, dtype=jnp.bfloat16, *, programs: int | Non
   block_n = 64 if block_d <= 128 else 32
   splits = 1
   if programs:
-    tiles, enough = programs * -(-rows // block_m), _num_sms() * 3 // 4
+    tiles, enough = programs * -(-rows // block_m), backend.num_sms() * 3 // 4
     while tiles * splits < enough and -(-n // (2 * splits * block_n)) >= 8:
       splits *= 2
   return Config(block_m=block_m, block_n=block_n, warps=4,
                 stages=2 if jnp.dtype(dtype).itemsize > 2 else 3, key_splits=splits)
-
-
-def _num_sms() -> int:
-  try:
-    return jax.devices()[0].core_count
-  except AttributeError:
-    return 132
 
 
 def attention_plan(b: int, q: int, g: int, r: int, n: int, d: int, dtype,

@@ -4,6 +4,7 @@ scales applied to the FP32 accumulator in the epilogue."""
 import jax
 import jax.numpy as jnp
 
+from onerec_kernels import backend
 from onerec_kernels.gemm_mgpu import core
 
 
@@ -20,7 +21,7 @@ def default_config(m: int, n: int, k: int) -> core.Config:
   rules out 256-wide columns).
   """
   if m <= 64:
-    sms, k_blocks = core.num_sms(), -(-k // 128)
+    sms, k_blocks = backend.num_sms(), -(-k // 128)
     tiles, enough = -(-n // 128), sms * 3 // 4
     splits = 1 if tiles >= enough else next(
         (d for d in range(2, k_blocks // 4 + 1)

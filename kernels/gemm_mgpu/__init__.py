@@ -3,12 +3,11 @@
 from onerec_kernels.gemm_mgpu.core import (
     Config,
     gemm,
-    num_sms,
     pad_to,
     round_up,
     rowcol_linear,
     tile_schedule,
 )
 
-__all__ = ["Config", "gemm", "num_sms", "pad_to", "round_up", "rowcol_linear",
+__all__ = ["Config", "gemm", "pad_to", "round_up", "rowcol_linear",
            "tile_schedule"]

@@ -24,6 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from onerec_kernels import backend
+
 MEMORY_REGISTERS = 40  # per thread of the memory warpgroup, which only issues TMA
 REGISTERS_PER_THREAD_SLOT = 512  # 64K registers / 128 threads: shared by the warpgroups
 ROW_ALIGN = 8  # ragged tiles start at multiples of 8 rows (the shared-memory tiling)
@@ -71,14 +73,6 @@ def pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   if x.shape == tuple(shape):
     return x
   return jnp.pad(x, [(0, t - s) for s, t in zip(x.shape, shape)])
-
-
-def num_sms() -> int:
-  """Streaming multiprocessors of the default device (132 on an H100 SXM)."""
-  try:
-    return jax.devices()[0].core_count
-  except AttributeError:
-    return 132
 
 
 def _epilogue_cols(cfg: Config, out_dtype) -> int:
@@ -379,7 +373,7 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
                         k_iters=k // cfg.tile_k // splits, num_rows=m),
       out_type=jax.ShapeDtypeStruct((splits * m, n),
                                     out_dtype if splits == 1 else jnp.float32),
-      grid=(min(num_sms(), m_tiles * n_tiles * splits),),
+      grid=(min(backend.num_sms(), m_tiles * n_tiles * splits),),
       grid_names=("sm",),
       num_threads=cfg.compute_wgs + 1,
       thread_name="wg",
