@@ -138,6 +138,25 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
   return row
 
 
+def summary(rows: list[dict]) -> dict:
+  """The headline figures: INT8 against FP8 speed per shape (the target's gate_up shapes
+  named), its minimum, and at the 32-token experts the W4A8 weight bytes against FP8's
+  with the XLA dequantize-and-multiply's time against FP8's kernel (no 4-bit kernel)."""
+  by = {r["name"]: r for r in rows}
+  out = {"int8_vs_fp8": {r["name"]: r["int8_vs_fp8"] for r in rows},
+         "int8_vs_fp8_min": min((r["int8_vs_fp8"] for r in rows), default=None),
+         "int8_vs_fp8_gate_up_linear": by.get("moe4b.ffn_gate_up", {}).get("int8_vs_fp8"),
+         "int8_vs_fp8_gate_up_experts": by.get("moe4b.experts.gate_up", {}).get("int8_vs_fp8"),
+         "w4a8_kernel": None}
+  small = by.get("moe4b.experts.gate_up.t32")
+  if small:
+    out["w4a8_bytes_vs_fp8_t32"] = {s: small["weight_bytes"][s] / small["weight_bytes"]
+                                    ["fp8_block"] for s in W4A8}
+    out["xla_dequant_w4a8_vs_fp8_kernel_t32"] = {
+        s: small["us"][f"xla_dequant_{s}"] / small["us"]["pallas_fp8"] for s in W4A8}
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,7 +177,7 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
   timing = ("CPU wall time, kernels in Mosaic GPU interpret mode: not a measurement"
             if args.smoke else "CUPTI device time, median, rotating input sets")
-  result = {**header(timing, args.commit), "rows": rows}
+  result = {**header(timing, args.commit), "summary": summary(rows), "rows": rows}
   if args.out:
     write_json(args.out, result)
   cols = sorted({c for r in rows for c in r["us"]})
@@ -166,6 +185,7 @@ def main():
   for r in rows:
     print(f"{r['name']:<28}" + "".join(f"{r['us'].get(c, float('nan')):22.1f}" for c in cols)
           + f"{r['int8_vs_fp8']:13.2f}")
+  print("summary:", json.dumps(result["summary"]))
 
 
 if __name__ == "__main__":

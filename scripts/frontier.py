@@ -14,34 +14,12 @@ import argparse
 import json
 import pathlib
 
+from onerec_jax.lab.evaluate import LOSSLESS, cheapest_lossless, summary_rows
+
 # The GEMM kernel each recipe runs on a GPU, as bench_frontier.py names it; recipes
 # without one have no latency (docs/frontier.md).
 KERNEL_OF = {"fp8": "pallas_fp8", "int8": "pallas_int8"}
 LATENCY_SHAPE = "moe4b.experts.gate_up"
-LOSSLESS = 0.005  # onerec_jax.lab.evaluate.LOSSLESS
-
-
-def summary_rows(model: str, report: dict) -> list[dict]:
-  """One row per recipe: the recall@10 change, its interval, the overlap at the widest
-  beam measured (named by its width), lossless or not, the weight bytes."""
-  wide = report["wide_beam_width"] if report.get("wide_requests") else report["beam_width"]
-  rows = [{"model": model, "scheme": "fp16", "recall10_change": 0.0, "ci_low": 0.0,
-           "ci_high": 0.0, f"overlap_w{wide}": 1.0, "lossless": True,
-           "weight_bytes": report["fp16_weight_bytes"]}]
-  for name, r in report["recipes"].items():
-    lo, hi = r["relative_change_ci"]["recall@10"]
-    rows.append({"model": model, "scheme": name,
-                 "recall10_change": r["relative_change"]["recall@10"], "ci_low": lo,
-                 "ci_high": hi, f"overlap_w{wide}": r[f"overlap@{wide}"],
-                 "lossless": r["lossless"], "weight_bytes": r["weight_bytes"]})
-  for row in rows:
-    row["verdict"] = verdict(row) if row["scheme"] != "fp16" else "reference"
-  return rows
-
-
-def cheapest_lossless(rows: list[dict]) -> dict:
-  """The lossless recipe with the fewest weight bytes (FP16 when none is)."""
-  return min((r for r in rows if r["lossless"]), key=lambda r: r["weight_bytes"])
 
 
 def markdown(rows: list[dict], reports: dict[str, dict]) -> str:
@@ -85,18 +63,6 @@ def _spread_x(rows: list[dict]) -> list[float]:
   return out
 
 
-def verdict(row: dict) -> str:
-  """lossless (interval within the band), loss / gain (interval wholly beyond it), or
-  unresolved (the interval reaches past the band on a side but holds values inside)."""
-  if row["lossless"]:
-    return "lossless"
-  if row["ci_high"] < -LOSSLESS:
-    return "loss"
-  if row["ci_low"] > LOSSLESS:
-    return "gain"
-  return "unresolved"
-
-
 def figure(rows: list[dict], path: str, kernels: dict | None) -> None:
   """Per model: the recall@10 change with its interval (top) and the overlap with FP16 at
   the widest beam (bottom) against weight bytes; with kernels, a GEMM time panel."""
@@ -106,14 +72,14 @@ def figure(rows: list[dict], path: str, kernels: dict | None) -> None:
   models = list(dict.fromkeys(r["model"] for r in rows))
   cols = len(models) + (1 if kernels else 0)
   fig, axes = plt.subplots(2, cols, figsize=(6.5 * cols, 9), squeeze=False)
-  colors = {"lossless": "tab:green", "loss": "tab:red", "gain": "tab:blue",
-            "unresolved": "tab:orange"}
+  colors = {"reference": "tab:green", "lossless": "tab:green", "loss": "tab:red",
+            "gain": "tab:blue", "unresolved": "tab:orange"}
   for col, model in enumerate(models):
     mine = [r for r in rows if r["model"] == model]
     wide = next(k for k in mine[0] if k.startswith("overlap_w"))
     top, bottom = axes[0][col], axes[1][col]
     for r, x in zip(mine, _spread_x(mine)):
-      y, c = 100 * r["recall10_change"], colors[verdict(r)]
+      y, c = 100 * r["recall10_change"], colors[r["verdict"]]
       top.errorbar(x, y, yerr=[[y - 100 * r["ci_low"]], [100 * r["ci_high"] - y]],
                    fmt="o", color=c, capsize=3)
       top.annotate(r["scheme"], (x, y), textcoords="offset points", xytext=(4, 3),
@@ -156,7 +122,8 @@ def main() -> None:
   for spec in args.report:
     model, _, path = spec.partition("=")
     reports[model] = json.loads(pathlib.Path(path).read_text())
-  rows = [row for model, report in reports.items() for row in summary_rows(model, report)]
+  rows = [{"model": model, **row} for model, report in reports.items()
+          for row in summary_rows(report)]
   kernels = json.loads(pathlib.Path(args.kernels).read_text()) if args.kernels else None
   if kernels:
     shape = next(r for r in kernels["rows"] if r["name"] == LATENCY_SHAPE)

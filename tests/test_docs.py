@@ -20,7 +20,27 @@ def test_examples_run(page, capsys):
     exec(compile(code, str(DOCS / page), "exec"), namespace)  # noqa: S102 (our own docs)
 
 
-def test_no_page_points_outside_the_repository():
-  for page in DOCS.glob("*.md"):
+ROOT = DOCS.parent
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # a markdown link's target
+UP = re.compile(r"(?<![\w./])((?:\.\./)+[\w./-]*\w)")  # a path that climbs
+# A path in the repository as a page names it: a top folder, then anything but spaces; a
+# trailing "*" makes it a pattern.
+REPO_PATH = re.compile(r"(?<![\w./$-])((?:bench|docs|scripts|tests|kernels|onerec_jax|"
+                       r"checkpoints)/[\w./-]*\w(?:\*[\w.-]*\w)?)")
+
+
+def test_every_path_a_page_names_is_in_the_repository():
+  """README and every doc stand on their own: each link and each path they name (a
+  pattern: at least one match) is a file or folder of this repository, none above it."""
+  pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted(ROOT.glob("*/README.md"))]
+  for page in pages:
     text = page.read_text()
-    assert "DESIGN.md" not in text and "../shared" not in text, page.name
+    targets = [(page.parent, t.split("#")[0]) for t in LINK.findall(text)
+               if not t.startswith(("http://", "https://", "#", "mailto:"))]
+    targets += [(page.parent, t) for t in UP.findall(text)]
+    targets += [(ROOT, t) for t in REPO_PATH.findall(text)]
+    for base, target in targets:
+      path = (base / target).resolve()
+      assert path.is_relative_to(ROOT), f"{page.name}: {target} is outside the repository"
+      found = any(path.parent.glob(path.name)) if "*" in target else path.exists()
+      assert found, f"{page.name}: {target} does not exist"

@@ -180,6 +180,8 @@ def test_end_to_end_report(tmp_path, capsys):
     assert per_tensor["logits_sqnr_db"][level] < fp8["logits_sqnr_db"][level] - 2
   assert per_tensor["overlap@10"] < fp8["overlap@10"]
   assert report["module_errors"]["activations"]
+  assert report["summary"] == evaluate.summary(report)  # the headline rows, in the file
+  assert [r["scheme"] for r in report["summary"]["recipes"]] == ["fp16", *recipes]
   assert [r["rule"] for r in report["rule_ablation"]] == [
       p for p, _ in default_rules(cfg).rules]
   assert all(x > 10 for r in report["rule_ablation"] for x in r["logits_sqnr_db"])
@@ -188,6 +190,30 @@ def test_end_to_end_report(tmp_path, capsys):
   assert capsys.readouterr().out.strip().endswith(text.strip())  # after the progress lines
   assert "| recall@10 |" in text and "| per_tensor |" in text and "SQNR" in text
   assert "modules in FP8 at a time" in text and "top-64 overlap" in text
+
+
+def test_summary_by_hand():
+  """A report's headline rows and verdicts: the recall@10 interval against the ±0.5%
+  band, the overlap at the widest beam measured, the cheapest lossless recipe."""
+  def recipe(lo, hi, lossless, weight_bytes):
+    return {"relative_change": {"recall@10": (lo + hi) / 2},
+            "relative_change_ci": {"recall@10": [lo, hi]}, "lossless": lossless,
+            "overlap@512": 0.9, "weight_bytes": weight_bytes}
+  report = {"beam_width": 64, "wide_beam_width": 512, "wide_requests": 8,
+            "fp16_weight_bytes": 400,
+            "recipes": {"a": recipe(-0.004, 0.003, True, 200),
+                        "b": recipe(-0.004, 0.003, True, 100),
+                        "c": recipe(-0.03, -0.006, False, 50),
+                        "d": recipe(0.006, 0.02, False, 60),
+                        "e": recipe(-0.01, 0.002, False, 70)}}
+  s = evaluate.summary(report)
+  assert [r["verdict"] for r in s["recipes"]] == [
+      "reference", "lossless", "lossless", "loss", "gain", "unresolved"]
+  assert s["cheapest_lossless"] == "b" and s["recipes"][3]["overlap_w512"] == 0.9
+  report["wide_requests"] = 0  # no wide run: the overlap at the beam width
+  report["recipes"] = {"c": {**recipe(-0.03, -0.006, False, 50), "overlap@64": 0.8}}
+  s = evaluate.summary(report)
+  assert s["cheapest_lossless"] == "fp16" and s["recipes"][1]["overlap_w64"] == 0.8
 
 
 def test_paired_standard_error_by_hand():

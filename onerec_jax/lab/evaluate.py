@@ -256,7 +256,48 @@ def evaluate(params: Any, config: Config, dataset: Dataset, *, beam_width: int =
     n = ablation_requests
     report["rule_ablation"] = rule_ablation(
         params, config, {k: v[:n] for k, v in features.items()}, target_ids[:n], batch_size)
+  report["summary"] = summary(report)
   return report
+
+
+def verdict(lossless: bool, ci_low: float, ci_high: float) -> str:
+  """lossless (the recall@10 interval within the ±LOSSLESS band), loss / gain (the
+  interval wholly beyond it), or unresolved (it reaches past the band on a side but holds
+  values inside)."""
+  if lossless:
+    return "lossless"
+  if ci_high < -LOSSLESS:
+    return "loss"
+  if ci_low > LOSSLESS:
+    return "gain"
+  return "unresolved"
+
+
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+  """One row per recipe, FP16 first: the recall@10 change, its interval, the verdict, the
+  overlap with FP16 at the widest beam measured (named by its width), the weight bytes."""
+  wide = report["wide_beam_width"] if report.get("wide_requests") else report["beam_width"]
+  rows = [{"scheme": "fp16", "recall10_change": 0.0, "ci_low": 0.0, "ci_high": 0.0,
+           f"overlap_w{wide}": 1.0, "lossless": True,
+           "weight_bytes": report["fp16_weight_bytes"], "verdict": "reference"}]
+  for name, r in report["recipes"].items():
+    lo, hi = r["relative_change_ci"]["recall@10"]
+    rows.append({"scheme": name, "recall10_change": r["relative_change"]["recall@10"],
+                 "ci_low": lo, "ci_high": hi, f"overlap_w{wide}": r[f"overlap@{wide}"],
+                 "lossless": r["lossless"], "weight_bytes": r["weight_bytes"],
+                 "verdict": verdict(r["lossless"], lo, hi)})
+  return rows
+
+
+def cheapest_lossless(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The lossless row with the fewest weight bytes (FP16's when no recipe is)."""
+  return min((r for r in rows if r["lossless"]), key=lambda r: r["weight_bytes"])
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+  """A report's headline figures: summary_rows and the cheapest lossless recipe."""
+  rows = summary_rows(report)
+  return {"recipes": rows, "cheapest_lossless": cheapest_lossless(rows)["scheme"]}
 
 
 def _pct(x: float) -> str:
@@ -317,10 +358,11 @@ def markdown(report: dict[str, Any]) -> str:
   per-module FP8 error table."""
   wide = (f" (top-{report['wide_beam_width']} overlap on {report['wide_requests']} of "
           f"them)" if report["wide_requests"] else "")
+  history = (", history items left out of the rankings" if report["history_items_excluded"]
+             else "")
   parts = [f"Test requests: {report['test_requests']} ({report['test_users']} users), beam "
            f"width {report['beam_width']}{wide}, {report['valid_items']} valid items"
-           f"{', history items left out of the rankings' if report['history_items_excluded'] else ''}"
-           f"; intervals from {report['bootstrap_resamples']} bootstrap resamples of users.",
+           f"{history}; intervals from {report['bootstrap_resamples']} bootstrap resamples of users.",
            "", baseline_table(report), "", summary_table(report)]
   for name in report["recipes"]:
     parts += ["", markdown_table(report, name)]
