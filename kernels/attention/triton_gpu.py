@@ -120,19 +120,19 @@ def default_config(rows: int, d: int, dtype=jnp.bfloat16, *, programs: int | Non
                    n: int = 0) -> Config:
   """Row blocks of 64 (fewer rows: the smallest power of two from 16) and key blocks of 64
   at head widths up to 128 (32 beyond), 4 warps, 3 stages for 16-bit operands (2 for FP32,
-  whose tiles are twice the bytes). On an H200, of eight tilings timed at Qwen3-1.7B's
-  prefill and decode shapes, the fastest at every prefill, within 1.4x of the fastest at
-  the decode steps, 1.36-1.57x the 128-row, 8-warp tiling it replaced everywhere
+  whose tiles are twice the bytes): the fastest of eight tilings at every Qwen3-1.7B
+  prefill shape on an H200 and within 1.4x of the fastest at its decode steps
   (bench/results/attention_h200.json). programs (the (request, K/V head) pairs) and n
-  (keys): where those pairs' row blocks fill fewer than three quarters of the SMs, the
-  keys are split, the fewest splits that fill them, at least 8 key blocks a split (a
-  rule, not yet timed)."""
+  (keys): where those pairs' row blocks give fewer than 1.5 programs an SM, the keys are
+  split, the fewest splits that reach it, at least 8 key blocks a split (several resident
+  programs an SM hide each other's load latency: at one request of 5000 keys, 4 splits
+  beat 2 by 1.7x)."""
   block_d = max(16, _pow2(d))
   block_m = 64 if rows >= 64 else max(16, _pow2(rows))
   block_n = 64 if block_d <= 128 else 32
   splits = 1
   if programs:
-    tiles, enough = programs * -(-rows // block_m), backend.num_sms() * 3 // 4
+    tiles, enough = programs * -(-rows // block_m), backend.num_sms() * 3 // 2
     while tiles * splits < enough and -(-n // (2 * splits * block_n)) >= 8:
       splits *= 2
   return Config(block_m=block_m, block_n=block_n, warps=4,
