@@ -74,7 +74,7 @@ def _dequant_scheme(name: str, weight: Quantizer, activation: Quantizer | None) 
           functools.partial(dequant_gemm_op.dequant_grouped_gemm, **kw))})
 
 
-FP8_TOKEN = Quantizer(E4M3)  # the paper's per-token e4m3 activations
+FP8_TOKEN = dequant_gemm_op.PER_TOKEN_FP8  # the paper's per-token e4m3 activations
 INT4_GROUP = 128
 MX_BLOCK = 32  # OCP MX block along K
 
