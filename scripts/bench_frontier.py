@@ -1,38 +1,49 @@
 """Benchmarks the kernels below FP8 on one Hopper GPU: the INT8 W8A8 GEMMs (the shared
-core with int8 wgmma) against our FP8 GEMMs at the moe-4b shapes, and what 4-bit weights
-would save where no kernel exists (bytes only; XLA's dequantize-and-multiply timed as what
-runs today).
+core with int8 wgmma) and the 4-bit-weight Triton GEMM (dequant_gemm's "triton") against
+our FP8 GEMMs at the moe-4b shapes.
 
 Per shape: the INT8 kernel checked against its reference (poisoned output), then in one
 run CUPTI device time of the INT8 kernel, the FP8 kernel on the same shape (per-channel
 linear, or the block-scaled grouped GEMM), XLA's int8 dot (int32 accumulation, no scales)
 and XLA's bf16 dot; "int8_vs_fp8" is fp8 time / int8 time (issue 19's target: >= 0.95 at
-the moe-4b gate_up shape). The 32-token MoE gate_up / down add the W4A8 weight bytes
-against FP8's and the XLA time of the dequantize-and-multiply reference (W4A8 INT4 and
-MXFP4). Writes JSON (--out) and prints a table.
+the moe-4b gate_up shape). The 32-token MoE gate_up / down add the 4-bit weight bytes
+against FP8's, the 4-bit kernel (W4A8 INT4 and MXFP4, W4A16 INT4; checked against the
+reference first) and the XLA dequantize-and-multiply reference it replaces: "w4_vs_fp8"
+is fp8 time / 4-bit kernel time. With the 32-token shapes, the whole moe-4b MoE layer
+(scripts/bench_common.moe_block: mlp_norm, router, routed and shared experts) at 32
+tokens under the fp8 and the int4_w4a8 recipes. Writes JSON (--out) and prints a table.
 
   python scripts/bench_frontier.py --out bench/results/frontier_kernels_h200.json
-  python scripts/bench_frontier.py --smoke   # CPU: tiny shapes, kernels in interpret
-                                             # mode, wall time (not a measurement)
+  python scripts/bench_frontier.py --smoke   # CPU: tiny shapes (the tiny-moe layer),
+                                             # kernels in interpret mode (Pallas's, and
+                                             # Triton's interpreter), wall time (not a
+                                             # measurement)
 """
+
+import os
+import sys
+
+if "--smoke" in sys.argv:  # before anything imports triton: its kernels run interpreted
+  os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse
 import contextlib
 import functools
 import json
-import os
+import re
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import device_ms, header, num_sets, write_json  # noqa: E402
+from bench_common import device_ms, header, moe_block, num_sets, write_json  # noqa: E402
 
 from onerec_kernels import backend  # noqa: E402
-from onerec_kernels.dequant_gemm import dequant_grouped_gemm_reference  # noqa: E402
+from onerec_kernels.dequant_gemm import (dequant_grouped_gemm,  # noqa: E402
+                                         dequant_grouped_gemm_reference)
 from onerec_kernels.fp8_linear import fp8_linear_pallas  # noqa: E402
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
 from onerec_kernels.grouped_gemm import fp8_grouped_gemm_pallas  # noqa: E402
@@ -41,6 +52,9 @@ from onerec_kernels.int8_gemm import (PER_CHANNEL, PER_TOKEN,  # noqa: E402
                                       int8_linear_pallas, int8_linear_reference)
 from onerec_kernels.quantize import quantize_blocks, quantize_rows  # noqa: E402
 from onerec_jax import quant  # noqa: E402
+from onerec_jax.config import preset  # noqa: E402
+from onerec_jax.model.recipes import recipe_rules  # noqa: E402
+from onerec_jax.quant.params import WEIGHT  # noqa: E402
 from onerec_jax.quant.schemes import SCHEMES  # noqa: E402
 
 # name -> (kind, rows M, K, N, experts): moe-4b's FFN linears at 16384 and 32 tokens; its
@@ -63,6 +77,9 @@ SMOKE = {
 SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2,
                            epi_tile_n=64)
 W4A8 = ("int4_w4a8", "mxfp4_w4a8")
+W4 = (*W4A8, "int4_w4a16")  # the schemes the 4-bit kernel is timed on
+W4_KERNEL = "dequant_gemm.triton"
+LAYER_TOKENS = 32
 
 
 def wall_ms(f, sets, iterations=3):
@@ -127,33 +144,86 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
          "int8_tops": 2 * m * k * n / t["pallas_int8"] / 1e9}
   if not linear and m < 1024:  # the weight-read-bound 32-token step
     row["weight_bytes"] = {"fp8_block": quant.weight_bytes(quant.QArray(*fp8_ops[2:4]))}
-    for scheme in W4A8:
+    row["w4_vs_fp8"], row["w4_max_rel_err"] = {}, {}
+    xb = x.astype(jnp.bfloat16)
+    for scheme in W4:
       q = quant.QArray(*SCHEMES[scheme].quantize(w))
       row["weight_bytes"][scheme] = quant.weight_bytes(q)
-      _, op = SCHEMES[scheme].ops[3]
-      row["us"][f"xla_dequant_{scheme}"] = 1e3 * timer(
-          functools.partial(dequant_grouped_gemm_reference, out_dtype=jnp.bfloat16,
-                            **op.keywords),
-          [(x.astype(jnp.bfloat16), q.value, q.scale, *gs)] * sets)
+      kw = SCHEMES[scheme].ops[3][1].keywords
+      ops = [(xb, q.value, q.scale, *gs)] * sets
+      ref = dequant_grouped_gemm_reference(*ops[0], out_dtype=jnp.float32, **kw)
+      kernel = functools.partial(dequant_grouped_gemm, impl="triton", **kw)
+      out = jax.jit(functools.partial(kernel, out_dtype=jnp.float32))(*ops[0])
+      rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+      assert rel < 2.0**-10, (name, scheme, rel)  # FP8 tensor-core steps: ~2^-13 each
+      row["w4_max_rel_err"][scheme] = rel
+      row["us"][f"triton_{scheme}"] = 1e3 * timer(kernel, ops)
+      row["w4_vs_fp8"][scheme] = t["pallas_fp8"] / (row["us"][f"triton_{scheme}"] / 1e3)
+      if scheme in W4A8:
+        row["us"][f"xla_dequant_{scheme}"] = 1e3 * timer(
+            functools.partial(dequant_grouped_gemm_reference, out_dtype=jnp.bfloat16, **kw),
+            ops)
   return row
 
 
-def summary(rows: list[dict]) -> dict:
+def bench_moe_layer(smoke, tokens=LAYER_TOKENS):
+  """The MoE block (bench_common.moe_block: mlp_norm, router, routed and shared experts)
+  of moe-4b (tiny-moe in the smoke run) at `tokens` tokens under the fp8 and the
+  int4_w4a8 recipes (their rules for the block's modules), in the same run."""
+  cfg = preset("tiny-moe" if smoke else "moe-4b").replace(param_dtype="bfloat16")
+  layer = f"layer_{cfg.moe_layers[0]}"
+  model = moe_block(cfg, layer, norm=True)
+  kx, kp = jax.random.split(jax.random.key(LAYER_TOKENS))
+  x = jax.random.normal(kx, (tokens, cfg.d_model), jnp.bfloat16)
+  params = jax.jit(model.init)(kp, x)["params"]
+  paths = ["/".join(k[:-1]) for k in traverse_util.flatten_dict(params) if k[-1] == WEIGHT]
+  times = {}
+  for recipe in ("fp8", "int4_w4a8"):
+    rules = quant.Rules(tuple(r for r in recipe_rules(recipe, cfg).rules
+                              if any(re.fullmatch(r[0], p) for p in paths)))
+    qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+
+    def run(h, p=qparams, rules=rules):
+      with quant.fp8(rules):
+        return model.apply({"params": p}, h)
+
+    times[recipe] = (wall_ms if smoke else device_ms)(run, [(x,)])
+  return dict(config="tiny-moe" if smoke else "moe-4b", tokens=tokens,
+              experts=cfg.n_routed_experts, top_k=cfg.top_k, times_ms=times,
+              w4a8_vs_fp8=times["fp8"] / times["int4_w4a8"])
+
+
+def triton_interpreted():
+  """The smoke run's Triton kernels in Triton's interpreter on the CPU, through the
+  launcher CI tests them with (tests/triton_interpret.py)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))), "tests"))
+  import pytest
+  from triton_interpret import triton_kernels_on_cpu
+  triton_kernels_on_cpu(pytest.MonkeyPatch())
+
+
+def summary(rows: list[dict], layer: dict | None = None) -> dict:
   """The headline figures: INT8 against FP8 speed per shape (the target's gate_up shapes
-  named), its minimum, and at the 32-token experts the W4A8 weight bytes against FP8's
-  with the XLA dequantize-and-multiply's time against FP8's kernel (no 4-bit kernel)."""
+  named), its minimum; at the 32-token experts the 4-bit weight bytes against FP8's, the
+  4-bit kernel's speed against FP8's kernel per scheme and shape, and the XLA
+  dequantize-and-multiply's time against FP8's kernel; the MoE layer at 32 tokens,
+  int4_w4a8 against fp8."""
   by = {r["name"]: r for r in rows}
+  small = [r for r in rows if "w4_vs_fp8" in r]
   out = {"int8_vs_fp8": {r["name"]: r["int8_vs_fp8"] for r in rows},
          "int8_vs_fp8_min": min((r["int8_vs_fp8"] for r in rows), default=None),
          "int8_vs_fp8_gate_up_linear": by.get("moe4b.ffn_gate_up", {}).get("int8_vs_fp8"),
          "int8_vs_fp8_gate_up_experts": by.get("moe4b.experts.gate_up", {}).get("int8_vs_fp8"),
-         "w4a8_kernel": None}
-  small = by.get("moe4b.experts.gate_up.t32")
+         "w4a8_kernel": W4_KERNEL if small else None}
   if small:
-    out["w4a8_bytes_vs_fp8_t32"] = {s: small["weight_bytes"][s] / small["weight_bytes"]
+    out["w4a8_vs_fp8_t32"] = {s: {r["name"]: r["w4_vs_fp8"][s] for r in small} for s in W4}
+    out["w4a8_bytes_vs_fp8_t32"] = {s: small[0]["weight_bytes"][s] / small[0]["weight_bytes"]
                                     ["fp8_block"] for s in W4A8}
     out["xla_dequant_w4a8_vs_fp8_kernel_t32"] = {
-        s: small["us"][f"xla_dequant_{s}"] / small["us"]["pallas_fp8"] for s in W4A8}
+        s: small[0]["us"][f"xla_dequant_{s}"] / small[0]["us"]["pallas_fp8"] for s in W4A8}
+  if layer:
+    out["moe_layer_w4a8_vs_fp8_t32"] = layer["w4a8_vs_fp8"]
   return out
 
 
@@ -169,15 +239,24 @@ def main():
   if not args.smoke and not backend.on_hopper():
     sys.exit("bench_frontier: needs a Hopper GPU (or --smoke)")
   shapes = SMOKE if args.smoke else SHAPES
+  if args.smoke:
+    triton_interpreted()
   rows = []
   for i, (name, spec) in enumerate(shapes.items()):
     if args.only and name not in args.only:
       continue
     rows.append(bench_shape(name, *spec, jax.random.key(i), args.smoke))
     print(json.dumps(rows[-1]), flush=True)
-  timing = ("CPU wall time, kernels in Mosaic GPU interpret mode: not a measurement"
+  timing = ("CPU wall time, kernels in Mosaic GPU and Triton interpret modes: not a "
+            "measurement"
             if args.smoke else "CUPTI device time, median, rotating input sets")
-  result = {**header(timing, args.commit), "summary": summary(rows), "rows": rows}
+  layer = None
+  if any("w4_vs_fp8" in r for r in rows):  # the 32-token expert shapes ran
+    with backend.interpret() if args.smoke else contextlib.nullcontext():
+      layer = bench_moe_layer(args.smoke)
+    print(json.dumps(layer), flush=True)
+  result = {**header(timing, args.commit), "summary": summary(rows, layer), "rows": rows,
+            "moe_layer": layer}
   if args.out:
     write_json(args.out, result)
   cols = sorted({c for r in rows for c in r["us"]})

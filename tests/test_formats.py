@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from onerec_kernels.quantize.formats import E2M1, E4M3, E5M2, INT4, INT8, Quantizer
+from onerec_kernels.quantize.formats import (E2M1, E4M3, E5M2, INT4, INT8, Quantizer,
+                                             pack_nibbles, unpack_nibbles)
 
 INT8_MAX, INT4_MAX = 127, 7  # symmetric integer grids (-128 and -8 unused)
 E4M3_MAX, E5M2_MAX, E2M1_MAX = 448.0, 57344.0, 6.0
@@ -219,3 +220,46 @@ def test_round_trip_within_the_derived_bound(q):
     bound = np.maximum(bound, np.abs(x32) - q.format.largest * s)
   assert np.all(np.abs(xq - x32) <= bound)
   assert np.all(xq[4] == 0)  # the all-zero row
+
+
+def _nibble_values(codes, fmt):
+  """The values of 4-bit codes, from the formats' definitions: int4 two's complement,
+  e2m1 sign bit 3 and magnitude E2M1_GRID[code & 7]."""
+  if fmt is INT4:
+    return np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
+  sign = np.where(codes & 8, -1.0, 1.0)
+  return (sign * E2M1_GRID[codes & 7]).astype(ml_dtypes.float4_e2m1fn)
+
+
+@pytest.mark.parametrize("k", [1, 6, 7, 33])
+@pytest.mark.parametrize("fmt", [INT4, E2M1], ids=lambda f: f.name)
+def test_packed_layout_against_numpy_bit_ops(fmt, k):
+  """Every code (-8..7; e2m1's -0 too): byte j holds element 2j in its low nibble and
+  2j + 1 in its high one, an odd K's last high nibble 0; unpacking gives the values back;
+  the Quantizer packs its 4-bit formats only."""
+  rng = np.random.default_rng(11)
+  codes = rng.integers(0, 16, (3, 2, k)).astype(np.uint8)
+  codes[0, 0, :min(k, 16)] = np.arange(min(k, 16))
+  padded = np.concatenate([codes, np.zeros((3, 2, k % 2), np.uint8)], axis=-1)
+  want = padded[..., 0::2] | (padded[..., 1::2] << 4)
+  values = jnp.asarray(_nibble_values(codes, fmt))
+  packed = pack_nibbles(values)
+  assert packed.dtype == jnp.uint8 and packed.shape == (3, 2, (k + 1) // 2)
+  np.testing.assert_array_equal(np.asarray(packed), want)
+  back = np.asarray(unpack_nibbles(jnp.asarray(want), fmt.dtype, k))
+  np.testing.assert_array_equal(back.view(np.uint8) & 0xF if fmt is E2M1 else
+                                back.astype(np.int8), codes if fmt is E2M1 else
+                                np.asarray(values).astype(np.int8))
+  q = Quantizer(fmt, 32)
+  np.testing.assert_array_equal(np.asarray(q.unpack(q.pack(values), k)).astype(np.float32),
+                                np.asarray(values).astype(np.float32))
+  assert not Quantizer(E4M3).packed and Quantizer(E4M3).pack(packed) is packed
+
+
+def test_packing_refuses_wrong_dtypes_and_shapes():
+  with pytest.raises(ValueError, match="4-bit values .* got int8"):
+    pack_nibbles(jnp.zeros((2, 4), jnp.int8))
+  with pytest.raises(ValueError, match=r"K=7 are uint8 \[..., 4\], got uint8 \(2, 3\)"):
+    unpack_nibbles(jnp.zeros((2, 3), jnp.uint8), jnp.int4, 7)
+  with pytest.raises(ValueError, match=r"K=8 have last axis 8, got shape \(2, 4\)"):
+    Quantizer(E4M3).unpack(jnp.zeros((2, 4), jnp.float8_e4m3fn), 8)

@@ -337,10 +337,13 @@ def test_dequant_schemes_equal_the_float64_product_of_their_operands(name):
   sizes = np.array([13, 0, 20])
   for weight, args in ((w, ()), (we, (jnp.asarray(sizes, jnp.int32),))):
     q = quantize_weight(jnp.asarray(weight), name)
-    assert q.value.dtype == wq.format.dtype and q.scale.shape == wq.scale_shape(weight.shape)
+    stored = (*weight.shape[:-1], (k + 1) // 2 if wq.packed else k)  # 4 bits: 2 a byte
+    assert q.value.shape == stored and q.scale.shape == wq.scale_shape(weight.shape)
+    assert q.value.dtype == (jnp.uint8 if wq.packed else wq.format.dtype)
+    assert wq.unpack(q.value, k).dtype == wq.format.dtype
     y = np.asarray(quantized_matmul(name, jnp.asarray(x), q, *args, out_dtype=jnp.float32),
                    np.float64)
-    wd = np.asarray(wq.dequantize(q.value, q.scale), np.float64)
+    wd = np.asarray(wq.dequantize(wq.unpack(q.value, k), q.scale), np.float64)
     if not args:
       want, mag = xd @ wd.T, np.abs(xd) @ np.abs(wd).T
     else:
@@ -361,7 +364,8 @@ def test_int4_group_scales_beat_one_scale_per_tensor_on_outlier_rows():
   sqnr = {}
   for name in ("int4_w4a16", "int4_tensor"):
     q = quantize_weight(jnp.asarray(w), name)
-    wd = np.asarray(_scheme_quantizers(name)[0].dequantize(q.value, q.scale))
+    wq = _scheme_quantizers(name)[0]
+    wd = np.asarray(wq.dequantize(wq.unpack(q.value, 256), q.scale))
     small = np.ones(64, bool)
     small[::8] = False
     sqnr[name] = _sqnr_db(w[small].astype(np.float64), wd[small])

@@ -56,7 +56,13 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
   elif script == "bench_frontier.py":
     assert set(result["summary"]["int8_vs_fp8"]) == {"smoke.linear", "smoke.grouped"}
-    assert result["summary"]["w4a8_kernel"] is None  # none exists; the JSON says so
+    summary = result["summary"]
+    assert summary["w4a8_kernel"] == "dequant_gemm.triton"  # Triton's interpreter
+    assert set(summary["w4a8_vs_fp8_t32"]) == {"int4_w4a8", "mxfp4_w4a8", "int4_w4a16"}
+    assert all(set(v) == {"smoke.grouped"} and v["smoke.grouped"] > 0
+               for v in summary["w4a8_vs_fp8_t32"].values())
+    assert summary["moe_layer_w4a8_vs_fp8_t32"] > 0
+    assert result["moe_layer"]["config"] == "tiny-moe" and result["moe_layer"]["tokens"] == 32
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:

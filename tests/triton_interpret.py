@@ -64,6 +64,26 @@ def _exact_fma() -> None:
   interpreter.InterpreterBuilder.create_fma = create_fma
 
 
+@functools.cache
+def _bf16_dots() -> None:
+  """Makes the interpreter's tl.dot read bfloat16 operands as their values: it keeps them
+  as their uint16 bits and multiplied those (8-bit floats it converts first)."""
+  from triton.runtime import interpreter
+  import triton.language as tl
+  original = interpreter.InterpreterBuilder.create_dot
+
+  def as_f32(h):
+    if h.dtype.scalar != tl.bfloat16:
+      return h
+    bits = h.data.astype(np.uint32) << 16
+    return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+  def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+    return original(self, as_f32(a), as_f32(b), d, input_precision, max_num_imprecise_acc)
+
+  interpreter.InterpreterBuilder.create_dot = create_dot
+
+
 def interpreted(module_name: str):
   """module_name, whose kernels run in the interpreter; skips the test on a GPU machine
   or where torch or triton is missing."""
@@ -73,6 +93,7 @@ def interpreted(module_name: str):
   pytest.importorskip("triton")
   _exact_fp8_casts()
   _exact_fma()
+  _bf16_dots()
   return importlib.import_module(module_name)
 
 

@@ -13,6 +13,11 @@ for e2m1), clamped to E8M0's 2^-127 .. 2^127 (a zero amax gives 1). Values are
 round-to-nearest-even of clip(x / scale, -largest, largest) in the element format.
 FP8 e4m3 goes through reference.py's own scale and cast, so the FP8 specification stays
 the one definition of e4m3.
+
+4-bit values are stored packed two to a byte (pack_nibbles): uint8 [..., ceil(K/2)],
+element 2j in the low nibble of byte j and 2j + 1 in the high one, each nibble the
+element's 4-bit code (int4 two's complement, e2m1 its OCP code); an odd K leaves the last
+high nibble 0. A kernel reads half a byte per weight, and packing happens once, offline.
 """
 
 from __future__ import annotations
@@ -72,6 +77,27 @@ INT8 = Format("int8", jnp.int8, 127.0)
 INT4 = Format("int4", jnp.int4, 7.0)
 E2M1 = Format("e2m1", jnp.float4_e2m1fn, 6.0)
 FORMATS = {f.name: f for f in (E4M3, E5M2, INT8, INT4, E2M1)}
+
+
+def pack_nibbles(value: jax.Array) -> jax.Array:
+  """4-bit values [..., K] (int4 or float4_e2m1fn) -> uint8 [..., ceil(K/2)], the packed
+  layout above."""
+  if value.dtype not in (INT4.dtype, E2M1.dtype):
+    raise ValueError(f"pack_nibbles: 4-bit values (int4, float4_e2m1fn), got {value.dtype}")
+  codes = jax.lax.bitcast_convert_type(value, jnp.uint4).astype(jnp.uint8)  # [..., K]
+  codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, codes.shape[-1] % 2)])
+  return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: jax.Array, dtype, k: int) -> jax.Array:
+  """The inverse of pack_nibbles: uint8 [..., ceil(k/2)] -> [..., k] in dtype (int4 or
+  float4_e2m1fn)."""
+  if packed.dtype != jnp.uint8 or packed.shape[-1] != -(-k // 2):
+    raise ValueError(f"unpack_nibbles: packed 4-bit values of K={k} are uint8 [..., "
+                     f"{-(-k // 2)}], got {packed.dtype} {tuple(packed.shape)}")
+  codes = jnp.stack([packed & 0xF, packed >> 4], axis=-1)  # [..., ceil(k/2), 2]
+  codes = codes.reshape(*packed.shape[:-1], -1)[..., :k]
+  return jax.lax.bitcast_convert_type(codes.astype(jnp.uint4), dtype)
 
 
 def e8m0_scale(amax: jax.Array, fmt: Format) -> jax.Array:
@@ -156,6 +182,30 @@ class Quantizer:
   def dequantize(self, value: jax.Array, scale: jax.Array) -> jax.Array:
     """value * scale in FP32 (one rounding per element; none for E8M0 scales)."""
     return value.astype(jnp.float32) * self._expand(scale, value.shape)
+
+  @property
+  def packed(self) -> bool:
+    """True where values are stored packed two to a byte (4-bit formats)."""
+    return self.format.bits == 4
+
+  def pack(self, value: jax.Array) -> jax.Array:
+    """value [..., K] from quantize in its storage layout: pack_nibbles for 4-bit
+    formats, unchanged otherwise."""
+    return pack_nibbles(value) if self.packed else value
+
+  def unpack(self, stored: jax.Array, k: int) -> jax.Array:
+    """The inverse of pack, for values of K = k: [..., k] in the format's dtype."""
+    if self.packed:
+      return unpack_nibbles(stored, self.format.dtype, k)
+    if stored.shape[-1] != k:
+      raise ValueError(f"{self.name} values of K={k} have last axis {k}, got shape "
+                       f"{tuple(stored.shape)}")
+    return stored
+
+  def quantize_packed(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """quantize(x) with the value in its storage layout (pack): how a weight is kept."""
+    value, scale = self.quantize(x)
+    return self.pack(value), scale
 
   def round_trip(self, x: jax.Array) -> jax.Array:
     """x through this quantizer and back, in FP32."""

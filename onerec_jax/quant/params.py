@@ -56,6 +56,6 @@ def _bits(dtype) -> int:
 
 
 def weight_bytes(params: Any) -> int:
-  """Bytes of a parameter tree as stored, 4-bit values at half a byte (packed two to a
-  byte, as a kernel reads them) and QArray scales included; works on abstract trees."""
+  """Bytes of a parameter tree as stored (4-bit weights packed two to a byte, as the
+  kernels read them), QArray scales included; works on abstract trees."""
   return sum(leaf.size * _bits(leaf.dtype) for leaf in jax.tree.leaves(params)) // 8

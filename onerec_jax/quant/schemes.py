@@ -30,8 +30,9 @@ class QuantizationError(InputError):
 @flax.struct.dataclass
 class QArray:
   """A quantized weight: value in the original K-major layout ([N, K] or [E, N, K]) in
-  the scheme's element dtype (float8_e4m3fn, int8, int4, float4_e2m1fn, ...) and its
-  scale (FP32, or float8_e8m0fnu for the MX formats): [N] per channel, [E, ceil(N/BLOCK),
+  the scheme's element dtype (float8_e4m3fn, int8, ...), 4-bit values (int4, e2m1)
+  packed two to a byte as uint8 [..., ceil(K/2)] (Quantizer.pack, so that shape is the
+  stored one), and its scale (FP32, or float8_e8m0fnu for the MX formats): [N] per channel, [E, ceil(N/BLOCK),
   ceil(K/BLOCK)] for FP8 blocks, [..., ceil(K/g)] for 1 x g groups, [] per tensor."""
 
   value: jax.Array
@@ -67,13 +68,13 @@ def _dequant_scheme(name: str, weight: Quantizer, activation: Quantizer | None) 
   """A scheme run by the dequantize-and-multiply references (onerec_kernels.dequant_gemm)
   for Linear and GroupedLinear alike."""
   kw = dict(weight=weight, activation=activation)
-  return Scheme(name, weight.quantize, {
+  return Scheme(name, weight.quantize_packed, {
       2: ("dequant_linear", functools.partial(dequant_gemm_op.dequant_linear, **kw)),
       3: ("dequant_grouped_gemm",
           functools.partial(dequant_gemm_op.dequant_grouped_gemm, **kw))})
 
 
-FP8_TOKEN = Quantizer(E4M3)  # the paper's per-token e4m3 activations
+FP8_TOKEN = dequant_gemm_op.PER_TOKEN_FP8  # the paper's per-token e4m3 activations
 INT4_GROUP = 128
 MX_BLOCK = 32  # OCP MX block along K
 
