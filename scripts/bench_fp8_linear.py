@@ -177,6 +177,30 @@ def _result(checks, rows, summary):
               summary=summary)
 
 
+def summarize(rows: list[dict]) -> dict:
+  """The headline figures: at M >= 1024 our kernel against XLA's per-tensor FP8 dot (the
+  machine's practical FP8 rate) per moe-4b layer shape, its minimum and the fastest
+  config's; per M where every Linear of a moe-4b layer ran, the layer's totals."""
+  summary = {}
+  big = [r for r in rows if r["m"] >= 1024 and r["shape"] in MOE4B_LAYER]
+  if big:
+    summary["linear_vs_xla_fp8"] = {r["shape"]: r["vs_xla_fp8"] for r in big}
+    summary["linear_vs_xla_fp8_min"] = min(r["vs_xla_fp8"] for r in big)
+    summary["best_config_vs_xla_fp8_min"] = min(r["best_vs_xla_fp8"] for r in big)
+  for m in sorted({r["m"] for r in rows}):
+    layer = [r for s in MOE4B_LAYER for r in rows if r["shape"] == s and r["m"] == m]
+    if len(layer) == len(MOE4B_LAYER):
+      total = lambda c: sum(r["times_ms"][c] for r in layer)
+      s = {f"{c}_ms": total(c) for c in ("e2e_bf16", "e2e_fp8", "site_bf16", "site_fp8",
+                                         "xla_bf16", "pallas_fp8")}
+      s["e2e_speedup"] = s["e2e_bf16_ms"] / s["e2e_fp8_ms"]
+      s["site_speedup"] = s["site_bf16_ms"] / s["site_fp8_ms"]
+      s["gemm_speedup"] = s["xla_bf16_ms"] / s["pallas_fp8_ms"]
+      s["min_shape_e2e_speedup"] = min(r["e2e_speedup"] for r in layer)
+      summary[f"moe4b_layer_m{m}"] = s
+  return summary
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--out", default="bench/results/fp8_linear.json")
@@ -203,24 +227,8 @@ def main():
                        e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"],
                        site_speedup=t["site_bf16"] / t["site_fp8"]))
       print(json.dumps(rows[-1]), flush=True)
-      write_json(args.out, _result(checks, rows, {}))  # what a cut-off run measured
-  summary = {}
-  big = [r for r in rows if r["m"] >= 1024 and r["shape"] in MOE4B_LAYER]
-  if big:  # against XLA's per-tensor FP8 dot, the machine's practical FP8 rate
-    summary["linear_vs_xla_fp8"] = {r["shape"]: r["vs_xla_fp8"] for r in big}
-    summary["linear_vs_xla_fp8_min"] = min(r["vs_xla_fp8"] for r in big)
-    summary["best_config_vs_xla_fp8_min"] = min(r["best_vs_xla_fp8"] for r in big)
-  for m in sorted({r["m"] for r in rows}):
-    layer = [r for s in MOE4B_LAYER for r in rows if r["shape"] == s and r["m"] == m]
-    if len(layer) == len(MOE4B_LAYER):
-      total = lambda c: sum(r["times_ms"][c] for r in layer)
-      s = {f"{c}_ms": total(c) for c in ("e2e_bf16", "e2e_fp8", "site_bf16", "site_fp8",
-                                         "xla_bf16", "pallas_fp8")}
-      s["e2e_speedup"] = s["e2e_bf16_ms"] / s["e2e_fp8_ms"]
-      s["site_speedup"] = s["site_bf16_ms"] / s["site_fp8_ms"]
-      s["gemm_speedup"] = s["xla_bf16_ms"] / s["pallas_fp8_ms"]
-      s["min_shape_e2e_speedup"] = min(r["e2e_speedup"] for r in layer)
-      summary[f"moe4b_layer_m{m}"] = s
+      write_json(args.out, _result(checks, rows, summarize(rows)))  # if cut off later
+  summary = summarize(rows)
   write_json(args.out, _result(checks, rows, summary))
   print(f"\n{'shape':18} {'M':>6} {'bf16':>8} {'fp16':>8} {'xla8':>8} {'ours':>8} "
         f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6} "

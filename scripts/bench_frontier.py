@@ -9,29 +9,26 @@ and XLA's bf16 dot; "int8_vs_fp8" is fp8 time / int8 time (issue 19's target: >=
 the moe-4b gate_up shape). The 32-token MoE gate_up / down add the 4-bit weight bytes
 against FP8's, the 4-bit kernel (W4A8 INT4 and MXFP4, W4A16 INT4; checked against the
 reference first) and the XLA dequantize-and-multiply reference it replaces: "w4_vs_fp8"
-is fp8 time / 4-bit kernel time. With the 32-token shapes, the whole moe-4b MoE layer
+is fp8 time / 4-bit kernel time, the INT4 W4A8 kernel also at other tilings
+(W4_TILINGS). With the 32-token shapes, the whole moe-4b MoE layer
 (scripts/bench_common.moe_block: mlp_norm, router, routed and shared experts) at 32
 tokens under the fp8 and the int4_w4a8 recipes. Writes JSON (--out) and prints a table.
 
   python scripts/bench_frontier.py --out bench/results/frontier_kernels_h200.json
   python scripts/bench_frontier.py --smoke   # CPU: tiny shapes (the tiny-moe layer),
-                                             # kernels in interpret mode (Pallas's, and
-                                             # Triton's interpreter), wall time (not a
-                                             # measurement)
+                                             # Pallas kernels in interpret mode, the
+                                             # 4-bit products on the reference, wall
+                                             # time (not a measurement)
 """
-
-import os
-import sys
-
-if "--smoke" in sys.argv:  # before anything imports triton: its kernels run interpreted
-  os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse
 import contextlib
 import functools
 import json
+import os
 import re
 import statistics
+import sys
 import time
 
 import jax
@@ -55,7 +52,7 @@ from onerec_jax import quant  # noqa: E402
 from onerec_jax.config import preset  # noqa: E402
 from onerec_jax.model.recipes import recipe_rules  # noqa: E402
 from onerec_jax.quant.params import WEIGHT  # noqa: E402
-from onerec_jax.quant.schemes import SCHEMES  # noqa: E402
+from onerec_jax.quant.schemes import INT4_GROUP, SCHEMES  # noqa: E402
 
 # name -> (kind, rows M, K, N, experts): moe-4b's FFN linears at 16384 and 32 tokens; its
 # routed experts at 16384 tokens x top-3 = 49152 rows and at 32 tokens (96 rows).
@@ -78,7 +75,9 @@ SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_step
                            epi_tile_n=64)
 W4A8 = ("int4_w4a8", "mxfp4_w4a8")
 W4 = (*W4A8, "int4_w4a16")  # the schemes the 4-bit kernel is timed on
-W4_KERNEL = "dequant_gemm.triton"
+# Tilings of the 4-bit kernel timed beside its default: (block_n, block_t, warps, stages).
+W4_TILINGS = [(128, 16, 4, 3), (64, 16, 4, 3), (128, 16, 8, 3), (256, 16, 8, 3),
+              (128, 16, 4, 2), (128, 16, 4, 4), (64, 16, 4, 5), (128, 32, 4, 3)]
 LAYER_TOKENS = 32
 
 
@@ -152,13 +151,25 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
       kw = SCHEMES[scheme].ops[3][1].keywords
       ops = [(xb, q.value, q.scale, *gs)] * sets
       ref = dequant_grouped_gemm_reference(*ops[0], out_dtype=jnp.float32, **kw)
-      kernel = functools.partial(dequant_grouped_gemm, impl="triton", **kw)
+      # The smoke run exercises this code on the reference (the Triton kernel's CPU
+      # tests run it in Triton's interpreter).
+      row["w4_impl"] = "reference" if smoke else "triton"
+      kernel = functools.partial(dequant_grouped_gemm, impl=row["w4_impl"], **kw)
       out = jax.jit(functools.partial(kernel, out_dtype=jnp.float32))(*ops[0])
       rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
       assert rel < 2.0**-10, (name, scheme, rel)  # FP8 tensor-core steps: ~2^-13 each
       row["w4_max_rel_err"][scheme] = rel
       row["us"][f"triton_{scheme}"] = 1e3 * timer(kernel, ops)
       row["w4_vs_fp8"][scheme] = t["pallas_fp8"] / (row["us"][f"triton_{scheme}"] / 1e3)
+      if scheme == "int4_w4a8" and not smoke:  # tilings beside the default
+        from onerec_kernels.dequant_gemm import triton_gpu
+        x_q, x_s = quantize_rows(xb)
+        for tiling in W4_TILINGS:
+          c = triton_gpu.Config(*tiling)
+          run = functools.partial(triton_gpu.dequant_grouped_gemm, group=INT4_GROUP,
+                                  e2m1=False, out_dtype=jnp.bfloat16, config=c)
+          label = f"alt_{scheme}_{c.block_n}x{c.block_t}w{c.warps}s{c.stages}"
+          row["us"][label] = 1e3 * timer(run, [(x_q, x_s, q.value, q.scale, *gs)] * sets)
       if scheme in W4A8:
         row["us"][f"xla_dequant_{scheme}"] = 1e3 * timer(
             functools.partial(dequant_grouped_gemm_reference, out_dtype=jnp.bfloat16, **kw),
@@ -193,16 +204,6 @@ def bench_moe_layer(smoke, tokens=LAYER_TOKENS):
               w4a8_vs_fp8=times["fp8"] / times["int4_w4a8"])
 
 
-def triton_interpreted():
-  """The smoke run's Triton kernels in Triton's interpreter on the CPU, through the
-  launcher CI tests them with (tests/triton_interpret.py)."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))), "tests"))
-  import pytest
-  from triton_interpret import triton_kernels_on_cpu
-  triton_kernels_on_cpu(pytest.MonkeyPatch())
-
-
 def summary(rows: list[dict], layer: dict | None = None) -> dict:
   """The headline figures: INT8 against FP8 speed per shape (the target's gate_up shapes
   named), its minimum; at the 32-token experts the 4-bit weight bytes against FP8's, the
@@ -215,7 +216,7 @@ def summary(rows: list[dict], layer: dict | None = None) -> dict:
          "int8_vs_fp8_min": min((r["int8_vs_fp8"] for r in rows), default=None),
          "int8_vs_fp8_gate_up_linear": by.get("moe4b.ffn_gate_up", {}).get("int8_vs_fp8"),
          "int8_vs_fp8_gate_up_experts": by.get("moe4b.experts.gate_up", {}).get("int8_vs_fp8"),
-         "w4a8_kernel": W4_KERNEL if small else None}
+         "w4a8_kernel": f"dequant_gemm.{small[0]['w4_impl']}" if small else None}
   if small:
     out["w4a8_vs_fp8_t32"] = {s: {r["name"]: r["w4_vs_fp8"][s] for r in small} for s in W4}
     out["w4a8_bytes_vs_fp8_t32"] = {s: small[0]["weight_bytes"][s] / small[0]["weight_bytes"]
@@ -239,17 +240,14 @@ def main():
   if not args.smoke and not backend.on_hopper():
     sys.exit("bench_frontier: needs a Hopper GPU (or --smoke)")
   shapes = SMOKE if args.smoke else SHAPES
-  if args.smoke:
-    triton_interpreted()
   rows = []
   for i, (name, spec) in enumerate(shapes.items()):
     if args.only and name not in args.only:
       continue
     rows.append(bench_shape(name, *spec, jax.random.key(i), args.smoke))
     print(json.dumps(rows[-1]), flush=True)
-  timing = ("CPU wall time, kernels in Mosaic GPU and Triton interpret modes: not a "
-            "measurement"
-            if args.smoke else "CUPTI device time, median, rotating input sets")
+  timing = ("CPU wall time, Pallas kernels in Mosaic GPU interpret mode, the 4-bit "
+            "products on the reference: not a measurement" if args.smoke else "CUPTI device time, median, rotating input sets")
   layer = None
   if any("w4_vs_fp8" in r for r in rows):  # the 32-token expert shapes ran
     with backend.interpret() if args.smoke else contextlib.nullcontext():

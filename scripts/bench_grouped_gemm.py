@@ -186,10 +186,6 @@ def candidate_configs(m, n, k):
     cands["alt_minor_n"] = dataclasses.replace(base, grid_minor_dim=1)
     # The other count of compute warpgroups (the default takes three at short K).
     cands["alt_compute_wgs"] = dataclasses.replace(base, compute_wgs=5 - base.compute_wgs)
-    # Two K blocks' partials in flight (two warpgroups: three lack the registers).
-    cands["alt_two_partials"] = dataclasses.replace(base, compute_wgs=2, block_partials=2)
-  else:
-    cands["alt_two_partials"] = dataclasses.replace(base, block_partials=2)
   return cands
 
 

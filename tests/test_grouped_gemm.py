@@ -3,7 +3,6 @@ references. On the CPU in Mosaic GPU interpret mode at small shapes with small t
 GPU tests (marked) run the benchmark shapes."""
 
 import dataclasses
-import functools
 
 import chex
 import jax
@@ -17,7 +16,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from onerec_kernels import backend
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.grouped_gemm import routing
-from onerec_kernels.grouped_gemm.pallas import default_config
 from onerec_kernels.grouped_gemm import (
     combine,
     fp8_grouped_gemm,
@@ -77,19 +75,12 @@ def test_fp8_pallas_three_warpgroups_interpret(m, n, k, group_sizes):
   _check_fp8(m, n, k, group_sizes, cfg=FP8_THREE)
 
 
-@pytest.mark.parametrize("k,stages", [(72, 2), (456, 3), (600, 2)])
-def test_fp8_pallas_two_partials_interpret(k, stages):
-  """Two K blocks' partials in flight: one, four and five K blocks (the pairing's odd and
-  even tails), through pipelines shorter than K (stages reused within a tile)."""
-  cfg = dataclasses.replace(FP8_SMALL, block_partials=2, max_concurrent_steps=stages)
+@pytest.mark.parametrize("k,stages", [(456, 3), (600, 2)])
+def test_fp8_pallas_k_longer_than_the_pipeline_interpret(k, stages):
+  """Four and five K blocks through two or three stages: stages reused within a tile, and
+  the memory warpgroup observes the last releases before it exits."""
+  cfg = dataclasses.replace(FP8_SMALL, max_concurrent_steps=stages)
   _check_fp8(90, 72, k, [10, 20, 5, 0, 40], cfg=cfg)
-
-
-def test_two_partials_need_the_registers():
-  ops = _fp8_operands(jax.random.key(0), 64, 128, 128, 1)
-  cfg = core.Config(tile_m=64, tile_n=128, compute_wgs=3, block_partials=2)
-  with pytest.raises(ValueError, match="registers"):
-    fp8_grouped_gemm_pallas(*ops, jnp.array([64], jnp.int32), config=cfg)
 
 
 @pytest.mark.parametrize("cfg", [BF16_SMALL, BF16_TALL])
@@ -136,10 +127,7 @@ def test_default_configs_lower_for_hopper(m, n, k, e):
   fp8_args = (s((m, k), fp8), s((m, k // 128), f32), s((e, n, k), fp8),
               s((e, n // 128, k // 128), f32), s((e,), jnp.int32))
   bf16_args = (s((m, k), jnp.bfloat16), s((e, n, k), jnp.bfloat16), s((e,), jnp.int32))
-  two = dataclasses.replace(default_config(m, n, k, fp8=True), compute_wgs=2,
-                            block_partials=2)
-  for fn, args in [(fp8_grouped_gemm_pallas, fp8_args), (grouped_gemm_pallas, bf16_args),
-                   (functools.partial(fp8_grouped_gemm_pallas, config=two), fp8_args)]:
+  for fn, args in [(fp8_grouped_gemm_pallas, fp8_args), (grouped_gemm_pallas, bf16_args)]:
     jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
 
 
@@ -196,16 +184,12 @@ def _route(key, tokens, top_k, experts, zipf):
 @pytest.mark.gpu
 @pytest.mark.parametrize("tokens,n,zipf", [(16384, 2816, False), (16384, 1408, True),
                                            (32, 2816, False)])
-@pytest.mark.parametrize("partials", [1, 2])
-def test_fp8_benchmark_shapes_gpu(tokens, n, zipf, partials):
+def test_fp8_benchmark_shapes_gpu(tokens, n, zipf):
   k, e = 1408, 53
   gs = _route(jax.random.key(tokens + n), tokens, 3, e, zipf)
   m = tokens * 3
   ops = _fp8_operands(jax.random.key(n), m, n, k, e)
-  cfg = default_config(m, n, k, fp8=True)
-  cfg = dataclasses.replace(cfg, block_partials=partials,
-                            compute_wgs=2 if partials == 2 else cfg.compute_wgs)
-  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32, config=cfg))
+  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32))
   out = testing.poisoned_call(lambda: f(*ops, gs), (m, n), jnp.float32)
   ref = fp8_grouped_gemm_reference(*ops, gs, out_dtype=jnp.float32)
   testing.assert_within(out, ref, testing.fp8_grouped_error_bound(*ops, gs),

@@ -63,3 +63,33 @@ def test_bench_generate_smoke(tmp_path):
                                   "soak_generate.py"])
 def test_script_parses_help(name):
   assert _run(name, "--help").stdout.startswith("usage: ")
+
+
+def _gemm_row(shape, m, ours, xla, **extra):
+  return {"shape": shape, "m": m, "times_ms": {"pallas_fp8": ours, **extra},
+          "fp8_vs_xla_fp8": xla / ours, "vs_xla_fp8": xla / ours,
+          "best_vs_xla_fp8": xla / min(ours, *extra.values()) if extra else xla / ours}
+
+
+def test_gemm_benchmark_summaries_name_the_issue_figures():
+  """The grouped GEMM and FP8 linear benchmarks' headline figures against XLA's FP8 dot:
+  gate_up's ratio, the linear's minimum over the moe-4b shapes at M >= 1024 (32-token
+  rows left out), the fastest config per shape, the MoE layer against bf16."""
+  sys.path.insert(0, str(SCRIPTS))
+  import bench_fp8_linear
+  import bench_grouped_gemm
+  rows = [_gemm_row("moe4b.gate_up.uniform", 49152, 0.4, 0.25, alt_minor_n=0.5),
+          _gemm_row("moe4b.down.uniform", 49152, 0.2, 0.1, alt_minor_n=0.18)]
+  s = bench_grouped_gemm.summary(rows, {"fp8_vs_own_bf16": 1.6})
+  assert s["grouped_vs_xla_fp8"] == pytest.approx(0.625)
+  assert s["down_vs_xla_fp8"] == pytest.approx(0.5)
+  assert s["fastest_config"] == {"moe4b.gate_up.uniform": "pallas_fp8",
+                                 "moe4b.down.uniform": "alt_minor_n"}
+  assert s["moe_layer_vs_bf16"] == 1.6
+  assert bench_grouped_gemm.summary(rows, None)["moe_layer_vs_bf16"] is None
+  lin = [_gemm_row("moe4b.qkv", 16384, 0.15, 0.13), _gemm_row("moe4b.o", 16384, 0.05, 0.04),
+         _gemm_row("moe4b.o", 32, 0.01, 0.001), _gemm_row("1b.o", 16384, 0.1, 0.01)]
+  s = bench_fp8_linear.summarize(lin)
+  assert set(s["linear_vs_xla_fp8"]) == {"moe4b.qkv", "moe4b.o"}
+  assert s["linear_vs_xla_fp8_min"] == pytest.approx(0.8)
+  assert not any(k.startswith("moe4b_layer") for k in s)  # no full layer ran

@@ -122,8 +122,8 @@ class Config:
 
 def default_config(rows: int, groups: int) -> Config:
   """128 weight rows a program and the token tile of the mean rows a group (16 at the
-  decode step's one or two rows an expert, up to 128), 4 warps, 3 stages: a heuristic,
-  not yet timed (scripts/bench_frontier.py times it)."""
+  decode step's one or two rows an expert, up to 128), 4 warps, 3 stages: a heuristic
+  (scripts/bench_frontier.py times it beside other tilings)."""
   block_t = min(128, max(16, _pow2(-(-rows // max(groups, 1)))))
   return Config(block_n=128, block_t=block_t, warps=4, stages=3)
 

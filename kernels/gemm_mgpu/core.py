@@ -48,7 +48,6 @@ class Config:
   grid_tile_width: int = 4
   k_splits: int = 1  # dense only: K cut into this many ranges, FP32 partials summed after
   compute_wgs: int = 2  # 2 or 3: more hide each other's waits but get fewer registers
-  block_partials: int = 1  # "block" scaling: K blocks' partial products in flight (1 or 2)
 
   @property
   def cta_m(self) -> int:
@@ -267,59 +266,25 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
                   out_gmem.at[pl.ds(out_row0, tm), pl.ds(col0 + e * epi_n, epi_n)])
 
         if block:
-          def promote(part, step, acc):
-            """acc + this K block's partial times its scales; releases the stage. One
-            weight block covers the warpgroup's columns: one FMA per element."""
-            stage = lax.rem(step, stages)
-            scale = sa_smem[stage, a_rows] * sb_smem[stage, n_wg]  # [tm]
-            plgpu.barrier_arrive(consumed.at[stage])
-            return acc + part * scale[:, None]
-
-          def issue(part_ref, step):
+          def k_step(_, state):
+            step, acc = state
             stage = lax.rem(step, stages)
             plgpu.barrier_wait(produced.at[stage])
-            wgmma(part_ref, stage)
 
-          zeros = jnp.zeros((tm, tn), jnp.float32)
-          if cfg.block_partials == 1:  # each partial waited for, then promoted
-            def k_step(_, state):
-              step, acc = state
+            def product(part_ref):  # this K block's product in a fresh accumulator
+              wgmma(part_ref, stage)
+              plgpu.wgmma_wait(0)
+              return part_ref[...]
+            part = pl.run_scoped(product, plgpu.ACC((tm, tn), jnp.float32))
+            # One weight block covers the warpgroup's columns: one FMA per element.
+            scale = sa_smem[stage, a_rows] * sb_smem[stage, n_wg]  # [tm]
+            plgpu.barrier_arrive(consumed.at[stage])
+            return step + 1, acc + part * scale[:, None]
 
-              def product(part_ref):  # this K block's product in a fresh accumulator
-                issue(part_ref, step)
-                plgpu.wgmma_wait(0)
-                return part_ref[...]
-              part = pl.run_scoped(product, plgpu.ACC((tm, tn), jnp.float32))
-              return step + 1, promote(part, step, acc)
-
-            step, acc = lax.fori_loop(0, k_iters, k_step, (carry, zeros))
-            epilogue(acc)
-            return step
-
-          # Two partials in flight: block i's wgmma is issued into a fresh accumulator
-          # before block i - 1's partial is waited for (wait 1) and promoted, so the
-          # tensor cores do not idle while a warpgroup promotes. A partial leaves its
-          # scope unwaited (wait_n=None) and is read only after that wait.
-          def first(part_ref):
-            issue(part_ref, carry)
-            return plgpu.wgmma_accumulator_load(part_ref, wait_n=None)
-
-          def k_step(i, state):
-            acc, prev = state
-            step = carry + i
-
-            def product(part_ref):
-              issue(part_ref, step)
-              plgpu.wgmma_wait(1)  # block i - 1 is done
-              return (promote(prev, step - 1, acc),
-                      plgpu.wgmma_accumulator_load(part_ref, wait_n=None))
-            return pl.run_scoped(product, plgpu.ACC((tm, tn), jnp.float32))
-
-          prev = pl.run_scoped(first, plgpu.ACC((tm, tn), jnp.float32))
-          acc, prev = lax.fori_loop(1, k_iters, k_step, (zeros, prev))
-          plgpu.wgmma_wait(0)
-          epilogue(promote(prev, carry + k_iters - 1, acc))
-          return carry + k_iters
+          step, acc = lax.fori_loop(0, k_iters, k_step,
+                                    (carry, jnp.zeros((tm, tn), jnp.float32)))
+          epilogue(acc)
+          return step
 
         if scaling == "rowcol":  # scales land while the main loop runs
           plgpu.copy_gmem_to_smem(sa_gmem.at[pl.ds(row0, tm)], sa_smem.at[wg],
@@ -393,12 +358,6 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     raise ValueError(f"an int8 split of K = {k // cfg.k_splits} (K = {k} in "
                      f"{cfg.k_splits}) could sum past 2^24, where FP32 partials stop being "
                      f"exact: at most {INT8_SPLIT_K} a split")
-  if cfg.block_partials not in (1, 2):
-    raise ValueError(f"block_partials={cfg.block_partials}: 1 or 2")
-  if cfg.block_partials == 2 and cfg.compute_registers < 3 * cfg.tile_m * cfg.tile_n // 128:
-    raise ValueError(f"two partials and the accumulator take "
-                     f"{3 * cfg.tile_m * cfg.tile_n // 128} registers a thread, more than "
-                     f"the {cfg.compute_registers} of {cfg.compute_wgs} compute warpgroups")
   if cfg.compute_wgs not in (2, 3):
     raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one would take more "
                      f"registers than setmaxnreg's 256, four get 112 a thread)")
