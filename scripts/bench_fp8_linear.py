@@ -154,9 +154,21 @@ def bench_shape(name, m, k, n, configs):
   return t
 
 
+# Ping-pong tilings timed beside the default at large M (two rings of two stages fit the
+# shared memory with 128 x 128 or 64 x 256 tiles).
+PINGPONG = {
+    "alt_pingpong_128x128": core.Config(tile_m=128, tile_n=128, max_concurrent_steps=2,
+                                        epi_tile_n=32, pingpong=True),
+    "alt_pingpong_64x256": core.Config(tile_m=64, tile_n=256, max_concurrent_steps=2,
+                                       epi_tile_n=32, pingpong=True),
+}
+
+
 def candidate_configs(m, n, k):
   """The heuristic default plus alternatives timed in the same run."""
   cands = {"pallas_fp8": default_config(m, n, k)}
+  if m > 2048:  # each warpgroup a whole tile of its own (ping-pong)
+    cands.update(PINGPONG)
   if m > 64 and n % 256 == 0:
     cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
                                          max_concurrent_steps=3)

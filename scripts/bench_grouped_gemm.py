@@ -179,6 +179,12 @@ def bench_moe_layer(key, tokens=16384):
               fp8_vs_reference_bf16=t["bf16_reference"] / t["fp8"])
 
 
+def pingpong_config(base: core.Config) -> core.Config:
+  """The FP8 default's 64 x 128 warpgroup tile, each of two warpgroups on tiles of its
+  own (ping-pong), three stages a ring."""
+  return dataclasses.replace(base, compute_wgs=2, max_concurrent_steps=3, pingpong=True)
+
+
 def candidate_configs(m, n, k):
   base = default_config(m, n, k, fp8=True)
   cands = {"pallas_fp8": base}
@@ -186,6 +192,7 @@ def candidate_configs(m, n, k):
     cands["alt_minor_n"] = dataclasses.replace(base, grid_minor_dim=1)
     # The other count of compute warpgroups (the default takes three at short K).
     cands["alt_compute_wgs"] = dataclasses.replace(base, compute_wgs=5 - base.compute_wgs)
+    cands["alt_pingpong"] = pingpong_config(base)
   return cands
 
 

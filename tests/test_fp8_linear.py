@@ -50,6 +50,18 @@ def test_pallas_matches_reference_interpret(m, n, k, cfg):
   assert bool(jnp.all(out[m // 2] == 0))  # the all-zero row
 
 
+@pytest.mark.parametrize("sms", [1, 3])
+def test_pallas_pingpong_interpret(sms, monkeypatch):
+  """Ping-pong tiles (each warpgroup a whole 64x64 tile of its own) over one and three
+  SMs: 4 x 3 tiles, K of three blocks through two stages a ring."""
+  monkeypatch.setattr(backend, "num_sms", lambda: sms)
+  cfg = core.Config(tile_m=64, tile_n=64, max_concurrent_steps=2, pingpong=True)
+  ops = _operands(jax.random.key(sms), 200, 192, 384)
+  with plgpu.force_gpu_interpret_mode():
+    out = fp8_linear_pallas(*ops, out_dtype=jnp.float32, config=cfg)
+  _check(ops, out, 384)
+
+
 def test_pallas_bf16_output_interpret():
   ops = _operands(jax.random.key(7), 64, 64, 128)
   with plgpu.force_gpu_interpret_mode():
@@ -159,3 +171,20 @@ def test_each_distinct_kernel_is_lowered_once():
     text = jax.jit(layers).lower(x_q, x_s, w_q, w_s).as_text()
   assert text.count("func.func private @gemm") == 2, "one body per distinct kernel"
   assert text.count("call @gemm") == 7
+
+
+@pytest.mark.parametrize("name", ["alt_pingpong_128x128", "alt_pingpong_64x256"])
+def test_pingpong_tilings_lower_for_hopper(name):
+  """The benchmark's ping-pong tilings compile to Mosaic GPU at moe-4b's largest linear
+  (two rings of stages within the shared memory); lowering needs no GPU."""
+  import pathlib
+  import sys
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+  import bench_fp8_linear
+  cfg = bench_fp8_linear.PINGPONG[name]
+  s = jax.ShapeDtypeStruct
+  m, k, n = 16384, 1408, 11264
+  args = (s((m, k), jnp.float8_e4m3fn), s((m,), jnp.float32), s((n, k), jnp.float8_e4m3fn),
+          s((n,), jnp.float32))
+  jax.jit(lambda *a: fp8_linear_pallas(*a, config=cfg)).trace(*args).lower(
+      lowering_platforms=("cuda",))
