@@ -247,7 +247,8 @@ def main():
     rows.append(bench_shape(name, *spec, jax.random.key(i), args.smoke))
     print(json.dumps(rows[-1]), flush=True)
   timing = ("CPU wall time, Pallas kernels in Mosaic GPU interpret mode, the 4-bit "
-            "products on the reference: not a measurement" if args.smoke else "CUPTI device time, median, rotating input sets")
+            "products on the reference: not a measurement" if args.smoke
+            else "CUPTI device time, median, rotating input sets")
   layer = None
   if any("w4_vs_fp8" in r for r in rows):  # the 32-token expert shapes ran
     with backend.interpret() if args.smoke else contextlib.nullcontext():

@@ -195,9 +195,9 @@ def test_every_e2m1_code_and_e8m0_extremes_interpret(interpret, scheme, codes, x
   or at least 2 in magnitude and the activations large (no subnormal weight or product:
   XLA's CPU code flushes them to zero, the interpreter's callback thread too, so code 0,
   2^-127, a subnormal FP32 scale, reads as 0 on both sides here and is left out), under
-  2^126 and up at most 1.5 (1.5 * 2^127 is finite) and the activations small. W4A8 stops at 2^73 there: its FP8 activations are scaled
-  to 448, and a partial of 448 * 6 * 32 times 2^127 overflows where the reference's
-  a * w does not."""
+  2^126 and up at most 1.5 (1.5 * 2^127 is finite) and the activations small. W4A8
+  stops at 2^73 there: its FP8 activations are scaled to 448, and a partial of
+  448 * 6 * 32 times 2^127 overflows where the reference's a * w does not."""
   weight, activation = _quantizers(scheme)
   if activation is not None:
     codes = tuple(min(c, 200) for c in codes)

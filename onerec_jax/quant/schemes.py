@@ -32,8 +32,9 @@ class QArray:
   """A quantized weight: value in the original K-major layout ([N, K] or [E, N, K]) in
   the scheme's element dtype (float8_e4m3fn, int8, ...), 4-bit values (int4, e2m1)
   packed two to a byte as uint8 [..., ceil(K/2)] (Quantizer.pack, so that shape is the
-  stored one), and its scale (FP32, or float8_e8m0fnu for the MX formats): [N] per channel, [E, ceil(N/BLOCK),
-  ceil(K/BLOCK)] for FP8 blocks, [..., ceil(K/g)] for 1 x g groups, [] per tensor."""
+  stored one), and its scale (FP32, or float8_e8m0fnu for the MX formats): [N] per
+  channel, [E, ceil(N/BLOCK), ceil(K/BLOCK)] for FP8 blocks, [..., ceil(K/g)] for 1 x g
+  groups, [] per tensor."""
 
   value: jax.Array
   scale: jax.Array
