@@ -6,6 +6,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,9 +18,15 @@ def _generate(cache, out):
   where = ["--no-compile-cache"] if cache is None else ["--compile-cache", str(cache)]
   cmd = [sys.executable, "-m", "onerec_jax", "generate", "--preset", "tiny", "--random", "3",
          "--beam-width", "6", "--fp8", "--output", str(out), *where]
+  t0 = time.perf_counter()
   done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  wall = time.perf_counter() - t0
   assert done.returncode == 0, done.stderr[-3000:]
-  return json.loads(out.read_text())["timing"], done.stderr
+  timing = json.loads(out.read_text())["timing"]
+  # The first result comes after the weights and the compile, within the process's life.
+  assert 0 < timing["load_s"] and timing["load_s"] + timing["compile_s"] < (
+      timing["first_result_s"]) < wall, (timing, wall)
+  return timing, done.stderr
 
 
 def test_second_process_hits_the_persistent_cache(tmp_path):
@@ -66,7 +73,9 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
   else:
-    assert result["summary"]["warm_cache_hit"] is True
+    summary = result["summary"]
+    assert summary["warm_cache_hit"] is True
+    assert 0 < summary["warm_first_result_s"] < summary["warm_start_s"]  # exit comes later
 
 
 def test_beam_overlap():

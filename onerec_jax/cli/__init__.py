@@ -9,6 +9,10 @@ work wherever it can be known then; --debug shows the traceback instead.
 import argparse
 import importlib
 import sys
+import time
+
+# When the command began: this package is imported first, before jax and the model.
+STARTED = time.perf_counter()
 
 # Subcommand name -> module under onerec_jax.cli.
 SUBCOMMANDS = {
