@@ -38,6 +38,9 @@ SHAPES = {
     "moe4b.ffn_down": (5632, 1408),
     "1b.qkv": (1792, 5376), "1b.o": (1792, 1792), "1b.ffn_gate_up": (1792, 14336),
     "1b.ffn_down": (7168, 1792),
+    # Qwen3-1.7B (docs/qwen3.md): its decode steps run 256 rows (beam 256) a request.
+    "qwen3.qkv": (2048, 4096), "qwen3.o": (2048, 2048), "qwen3.ffn_gate_up": (2048, 12288),
+    "qwen3.ffn_down": (6144, 2048),
 }
 # Each Linear of one moe-4b decoder layer (a dense FFN layer).
 MOE4B_LAYER = ["moe4b.qkv", "moe4b.o", "moe4b.cross_q", "moe4b.cross_o",
@@ -169,6 +172,13 @@ def candidate_configs(m, n, k):
   cands = {"pallas_fp8": default_config(m, n, k)}
   if m > 2048:  # each warpgroup a whole tile of its own (ping-pong)
     cands.update(PINGPONG)
+  if 64 < m <= 2048:  # few row tiles: narrower or K-split CTAs fill more of the SMs
+    cands["alt_64x64_n"] = core.Config(tile_m=64, tile_n=64, wg_dimension="n",
+                                       max_concurrent_steps=4)
+    for splits in (2, 4):
+      if -(-k // 128) % splits == 0:
+        cands[f"alt_k_split{splits}"] = dataclasses.replace(cands["pallas_fp8"],
+                                                            k_splits=splits)
   if m > 64 and n % 256 == 0:
     cands["alt_128x128_n"] = core.Config(tile_m=128, tile_n=128, wg_dimension="n",
                                          max_concurrent_steps=3)

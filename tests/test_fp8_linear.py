@@ -173,18 +173,18 @@ def test_each_distinct_kernel_is_lowered_once():
   assert text.count("call @gemm") == 7
 
 
-@pytest.mark.parametrize("name", ["alt_pingpong_128x128", "alt_pingpong_64x256"])
-def test_pingpong_tilings_lower_for_hopper(name):
-  """The benchmark's ping-pong tilings compile to Mosaic GPU at moe-4b's largest linear
-  (two rings of stages within the shared memory); lowering needs no GPU."""
+@pytest.mark.parametrize("m,k,n", [(16384, 1408, 11264), (256, 2048, 2048)])
+def test_benchmark_tilings_lower_for_hopper(m, k, n):
+  """Every tiling the benchmark times (the default, ping-pong at large M, narrow and
+  K-split CTAs at Qwen3's 256-row decode) compiles to Mosaic GPU within the shared memory
+  at moe-4b's largest linear and Qwen3-1.7B's o projection; lowering needs no GPU."""
   import pathlib
   import sys
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
   import bench_fp8_linear
-  cfg = bench_fp8_linear.PINGPONG[name]
   s = jax.ShapeDtypeStruct
-  m, k, n = 16384, 1408, 11264
   args = (s((m, k), jnp.float8_e4m3fn), s((m,), jnp.float32), s((n, k), jnp.float8_e4m3fn),
           s((n,), jnp.float32))
-  jax.jit(lambda *a: fp8_linear_pallas(*a, config=cfg)).trace(*args).lower(
-      lowering_platforms=("cuda",))
+  for cfg in bench_fp8_linear.candidate_configs(m, n, k).values():
+    jax.jit(lambda *a, cfg=cfg: fp8_linear_pallas(*a, config=cfg)).trace(*args).lower(
+        lowering_platforms=("cuda",))
