@@ -119,13 +119,16 @@ def test_residual_kmeans_codes_follow_the_structure():
 def test_cooccurrence_baseline_by_brute_force(dataset):
   users, cuts = dataset.examples("test")
   ranked = movielens.cooccurrence_ranking(dataset, users, cuts, 20, recent=8)
-  x = np.zeros((len(dataset.splits["train"]), N_ITEMS))
-  for r, u in enumerate(dataset.splits["train"]):
-    x[r, dataset.items[u, :dataset.lengths[u]]] = 1
-  counts = x.T @ x
-  norm = np.sqrt(np.maximum(np.diag(counts), 1))
-  sim = counts / norm[:, None] / norm[None, :]
-  np.fill_diagonal(sim, 0)
+  # Cosine co-occurrence from each item's set of training users, pair by pair.
+  holders = [set() for _ in range(N_ITEMS)]
+  for u in dataset.splits["train"]:
+    for item in dataset.items[u, :dataset.lengths[u]]:
+      holders[item].add(u)
+  sim = np.zeros((N_ITEMS, N_ITEMS))
+  for a in range(N_ITEMS):
+    for b in range(N_ITEMS):
+      if a != b and holders[a] and holders[b]:
+        sim[a, b] = len(holders[a] & holders[b]) / np.sqrt(len(holders[a]) * len(holders[b]))
   for i in (0, len(users) // 2, len(users) - 1):
     u, c = users[i], cuts[i]
     hist = dataset.items[u, :c]
