@@ -95,9 +95,10 @@ def check(m, k, n, key, cfg=None):
 _SHARED = {}  # (m, k, n) -> the times that do not depend on the site
 
 
-def bench_shape(name, m, k, n, configs):
+def bench_shape(name, m, k, n, configs, gemm_only=False):
   """Same-run times (ms) of every variant at one shape; shapes of equal (m, k, n) share
-  their GEMM and RMSNorm timings, measured once on the same inputs."""
+  their GEMM and RMSNorm timings, measured once on the same inputs. gemm_only: the GEMMs
+  alone (ours and XLA's), not the producers and quantization around them."""
   key = jax.random.key(m * 1_000_003 + k * 1009 + n)
   set_bytes = m * k * 2 + n * k * 2
   ns = num_sets(set_bytes)
@@ -140,6 +141,8 @@ def bench_shape(name, m, k, n, configs):
     for label, cfg in configs.items():
       t[label] = device_ms(lambda a, b, c, d: fp8_linear_pallas(a, b, c, d, config=cfg),
                            [(a[0], a[1], b[0], b[1]) for a, b in zip(xq, wq)])
+    if gemm_only:
+      return t
     t.update(times_of("e2e", "rmsnorm", xs))
     t["rmsnorm_quant"] = device_ms(lambda x, g: quantize_activations(RMSNormOf(x, g, EPS)),
                                    list(zip(xs, gs)))
@@ -210,7 +213,8 @@ def summarize(rows: list[dict]) -> dict:
     summary["linear_vs_xla_fp8_min"] = min(r["vs_xla_fp8"] for r in big)
     summary["best_config_vs_xla_fp8_min"] = min(r["best_vs_xla_fp8"] for r in big)
   for m in sorted({r["m"] for r in rows}):
-    layer = [r for s in MOE4B_LAYER for r in rows if r["shape"] == s and r["m"] == m]
+    layer = [r for s in MOE4B_LAYER for r in rows
+             if r["shape"] == s and r["m"] == m and "e2e_speedup" in r]
     if len(layer) == len(MOE4B_LAYER):
       total = lambda c: sum(r["times_ms"][c] for r in layer)
       s = {f"{c}_ms": total(c) for c in ("e2e_bf16", "e2e_fp8", "site_bf16", "site_fp8",
@@ -228,6 +232,9 @@ def main():
   ap.add_argument("--out", default="bench/results/fp8_linear.json")
   ap.add_argument("--ms", default="16384,32")
   ap.add_argument("--shapes", default=",".join(SHAPES))
+  ap.add_argument("--gemm-only", action="store_true",
+                  help="time the GEMMs alone (ours and XLA's), not the producers and "
+                       "quantization around them")
   args = ap.parse_args()
   key = jax.random.key(0)
   rows, checks = [], []
@@ -237,7 +244,7 @@ def main():
       key, kc = jax.random.split(key)
       ratio, rel = check(m, k, n, kc)
       checks.append(dict(shape=name, m=m, k=k, n=n, err_over_bound=ratio, rel_err=rel))
-      t = bench_shape(name, m, k, n, candidate_configs(m, n, k))
+      t = bench_shape(name, m, k, n, candidate_configs(m, n, k), args.gemm_only)
       flops = 2 * m * n * k
       best = min((v, c) for c, v in t.items() if c.startswith(("pallas", "alt")))
       rows.append(dict(shape=name, m=m, k=k, n=n, times_ms=t,
@@ -245,23 +252,26 @@ def main():
                        speedup_vs_bf16=t["xla_bf16"] / t["pallas_fp8"],
                        vs_xla_fp8=t["xla_fp8"] / t["pallas_fp8"],
                        best_vs_xla_fp8=t["xla_fp8"] / best[0],
-                       best_config=best[1], best_speedup_vs_bf16=t["xla_bf16"] / best[0],
-                       e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"],
-                       site_speedup=t["site_bf16"] / t["site_fp8"]))
+                       best_config=best[1], best_speedup_vs_bf16=t["xla_bf16"] / best[0]))
+      if not args.gemm_only:
+        rows[-1].update(e2e_speedup=t["e2e_bf16"] / t["e2e_fp8"],
+                        site_speedup=t["site_bf16"] / t["site_fp8"])
       print(json.dumps(rows[-1]), flush=True)
       write_json(args.out, _result(checks, rows, summarize(rows)))  # if cut off later
   summary = summarize(rows)
   write_json(args.out, _result(checks, rows, summary))
   print(f"\n{'shape':18} {'M':>6} {'bf16':>8} {'fp16':>8} {'xla8':>8} {'ours':>8} "
-        f"{'x bf16':>7} {'best':>7} {'e2e bf16':>9} {'e2e fp8':>8} {'e2e x':>6} "
-        f"{'site x':>6}")
+        f"{'x bf16':>7} {'best':>7} {'x xla8':>6} {'best cfg':>22} {'e2e bf16':>9} "
+        f"{'e2e fp8':>8} {'e2e x':>6} {'site x':>6}")
+  nan = float("nan")
   for r in rows:
     t = r["times_ms"]
     print(f"{r['shape']:18} {r['m']:6} {t['xla_bf16']*1e3:8.1f} {t['xla_fp16']*1e3:8.1f} "
           f"{t['xla_fp8']*1e3:8.1f} {t['pallas_fp8']*1e3:8.1f} "
           f"{r['speedup_vs_bf16']:7.2f} {r['best_speedup_vs_bf16']:7.2f} "
-          f"{t['e2e_bf16']*1e3:9.1f} {t['e2e_fp8']*1e3:8.1f} {r['e2e_speedup']:6.2f} "
-          f"{r['site_speedup']:6.2f}")
+          f"{r['vs_xla_fp8']:6.2f} {r['best_config']:>22} "
+          f"{t.get('e2e_bf16', nan)*1e3:9.1f} {t.get('e2e_fp8', nan)*1e3:8.1f} "
+          f"{r.get('e2e_speedup', nan):6.2f} {r.get('site_speedup', nan):6.2f}")
   print("times in us;", json.dumps(summary))
 
 

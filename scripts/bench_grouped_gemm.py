@@ -95,7 +95,9 @@ def upstream(x, w_t, gs, block_m, block_n, steps):
                                     transpose_rhs=True)
 
 
-def bench_shape(m, k, n, gs, key, fp8_configs):
+def bench_shape(m, k, n, gs, key, fp8_configs, ceilings_only=False):
+  """Same-run device times (ms) at one shape; ceilings_only: our kernels and the two
+  ceilings (dense cuBLAS bf16 and XLA's FP8 dot of equal FLOPs) only."""
   e = gs.shape[0]
   ns = num_sets(m * k * 2 + e * n * k * 2)
   keys = jax.random.split(key, 2 * ns)
@@ -109,6 +111,9 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
         lambda a, b, c, d, g: fp8_grouped_gemm_pallas(a, b, c, d, g, config=cfg),
         [(a[0], a[1], b[0], b[1], gs) for a, b in zip(xq, wq)])
   t["pallas_bf16"] = device_ms(grouped_gemm_pallas, [(x, w, gs) for x, w in zip(xs, ws)])
+  ups = {}
+  if ceilings_only:
+    return {**t, **_ceilings(xs, ws, xq, k, n)}, ups
   if m >= 1024 and n % 256 == 0:  # the 16-bit default before the 128x256 CTA
     narrow = core.Config(tile_m=64, tile_n=128, tile_k=64, wg_dimension="m",
                          max_concurrent_steps=4)
@@ -125,7 +130,6 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
       jax.lax.ragged_dot,
       [(x, w.transpose(0, 2, 1), gs) for x, w in zip(xs[:1] if big else xs, ws)],
       iterations=3 if big else 30)
-  ups = {}
   for bm, bn, st in [(128, 128, 4), (64, 128, 4)]:
     if n % bn == 0:
       try:
@@ -135,22 +139,28 @@ def bench_shape(m, k, n, gs, key, fp8_configs):
       except Exception as err:  # noqa: BLE001 (a config the example rejects)
         print("upstream", bm, bn, st, "failed:", str(err)[:200])
   t["upstream_ragged_dot_mgpu_bf16"] = min(ups.values()) if ups else float("nan")
+  return {**t, **_ceilings(xs, ws, xq, k, n)}, ups
+
+
+def _ceilings(xs, ws, xq, k, n):
+  """The machine's practical rates at equal FLOPs: dense cuBLAS bf16 and XLA's FP8 dot
+  with per-tensor scales, [M, K] x [N, K]."""
   dims = (((1,), (1,)), ((), ()))
   wd = [w.reshape(-1, k)[:n] for w in ws]  # dense [N, K] operand of equal FLOPs
-  t["dense_bf16"] = device_ms(lambda x, w: jax.lax.dot_general(x, w, dims),
-                              list(zip(xs, wd)))
   wdq = [quantize_blocks(w, n, 128)[0] for w in wd]
-  t["dense_xla_fp8"] = device_ms(
-      lambda x, w: jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.bfloat16),
-      [(a[0], b) for a, b in zip(xq, wdq)])
-  return t, ups
+  return {"dense_bf16": device_ms(lambda x, w: jax.lax.dot_general(x, w, dims),
+                                  list(zip(xs, wd))),
+          "dense_xla_fp8": device_ms(
+              lambda x, w: jax.lax.dot_general(x, w, dims,
+                                               preferred_element_type=jnp.bfloat16),
+              [(a[0], b) for a, b in zip(xq, wdq)])}
 
 
-def bench_moe_layer(key, tokens=16384):
+def bench_moe_layer(key, tokens=16384, references=True):
   """The model's moe-4b MoE block (mlp_norm, router, 53 routed SwiGLU experts top-3, the
   shared expert) at `tokens` tokens, through onerec_jax.model's modules: FP8 under the
-  default rules and bf16 on our kernels, and both on the references (jax.lax.ragged_dot
-  and XLA; kernel mode "reference"), in the same run."""
+  default rules and bf16 on our kernels, and with `references` both on the references
+  (jax.lax.ragged_dot and XLA; kernel mode "reference"), in the same run."""
   if not backend.triton_available():  # quantize_activations would fall back to XLA
     raise SystemExit("the FP8 layer needs jax_triton (the `triton` extra) for its fused "
                      "activation quantization: install it before timing the layer")
@@ -168,20 +178,21 @@ def bench_moe_layer(key, tokens=16384):
         return model.apply({"params": p}, h)
     return run
 
-  layers = {"fp8": variant(qparams, rules, "auto"), "bf16": variant(params, None, "auto"),
-            "fp8_reference": variant(qparams, rules, "reference"),
-            "bf16_reference": variant(params, None, "reference")}
+  layers = {"fp8": variant(qparams, rules, "auto"), "bf16": variant(params, None, "auto")}
+  if references:
+    layers.update(fp8_reference=variant(qparams, rules, "reference"),
+                  bf16_reference=variant(params, None, "reference"))
   t = {name: device_ms(fn, [(x,)], iterations=5 if "reference" in name else 20)
        for name, fn in layers.items()}
   return dict(tokens=tokens, experts=cfg.n_routed_experts, top_k=cfg.top_k,
               d_model=cfg.d_model, expert_d_ff=cfg.expert_d_ff, times_ms=t,
               fp8_vs_own_bf16=t["bf16"] / t["fp8"],
-              fp8_vs_reference_bf16=t["bf16_reference"] / t["fp8"])
+              fp8_vs_reference_bf16=t.get("bf16_reference", float("nan")) / t["fp8"])
 
 
 def pingpong_config(base: core.Config) -> core.Config:
   """The FP8 default's 64 x 128 warpgroup tile, each of two warpgroups on tiles of its
-  own (ping-pong), three stages a ring."""
+  own (ping-pong), three stages a ring (four exceed the shared memory)."""
   return dataclasses.replace(base, compute_wgs=2, max_concurrent_steps=3, pingpong=True)
 
 
@@ -216,9 +227,13 @@ def main():
   ap.add_argument("--out", default="bench/results/grouped_gemm.json")
   ap.add_argument("--shapes", default=",".join(SHAPES))
   ap.add_argument("--moe", action="store_true", help="also time the whole MoE layer")
+  ap.add_argument("--ceilings-only", action="store_true",
+                  help="time our kernels and the dense bf16 / XLA FP8 ceilings only (not "
+                       "jax.lax.ragged_dot, jax's example kernel or older tilings)")
   args = ap.parse_args()
   key = jax.random.key(0)
   rows, checks = [], []
+  nan = float("nan")
   for name in filter(None, args.shapes.split(",")):
     tokens, top_k, e, k, n, kind = SHAPES[name]
     key, kr, kc, kb = jax.random.split(key, 4)
@@ -229,7 +244,7 @@ def main():
     gs_c = gs if m * n * (k // 128) < 2 ** 31 else jnp.minimum(gs, 512)
     ratio, rel, rel_b = check(int(gs_c.sum()), k, n, gs_c, kc)
     checks.append(dict(shape=name, err_over_bound=ratio, rel_err=rel, rel_err_bf16=rel_b))
-    t, ups = bench_shape(m, k, n, gs, kb, candidate_configs(m, n, k))
+    t, ups = bench_shape(m, k, n, gs, kb, candidate_configs(m, n, k), args.ceilings_only)
     flops = 2 * m * n * k
     touched = int(jnp.sum(gs > 0))
     weight_read_ms = touched * n * k / 3.0e12 * 1e3  # FP8 bytes at ~3 TB/s
@@ -238,12 +253,14 @@ def main():
         group_sizes=[int(v) for v in gs], times_ms=t, upstream_configs_ms=ups,
         tflops={c: flops / v / 1e9 for c, v in t.items()},
         fp8_vs_dense_bf16=t["dense_bf16"] / t["pallas_fp8"],
-        fp8_vs_upstream=t["upstream_ragged_dot_mgpu_bf16"] / t["pallas_fp8"],
+        fp8_vs_upstream=t.get("upstream_ragged_dot_mgpu_bf16", nan) / t["pallas_fp8"],
         fp8_vs_own_bf16=t["pallas_bf16"] / t["pallas_fp8"],
         fp8_vs_xla_fp8=t["dense_xla_fp8"] / t["pallas_fp8"],
         fp8_over_weight_read=t["pallas_fp8"] / weight_read_ms))
     print(json.dumps(rows[-1]), flush=True)
-  moe = bench_moe_layer(key) if args.moe else None
+    write_json(args.out, dict(header("CUPTI device time, median of calls"),  # if cut off
+                              summary=summary(rows, None), checks=checks, rows=rows))
+  moe = bench_moe_layer(key, references=not args.ceilings_only) if args.moe else None
   result = dict(header("CUPTI device time, median of calls"),
                 summary=summary(rows, moe), checks=checks, rows=rows, moe_layer=moe)
   write_json(args.out, result)
@@ -252,8 +269,8 @@ def main():
   for r in rows:
     t = r["times_ms"]
     print(f"{r['shape']:24} {t['pallas_fp8']*1e3:8.1f} {r['tflops']['pallas_fp8']:6.0f} "
-          f"{t['pallas_bf16']*1e3:8.1f} {t['lax_ragged_dot_bf16']*1e3:9.1f} "
-          f"{t['upstream_ragged_dot_mgpu_bf16']*1e3:8.1f} {t['dense_bf16']*1e3:8.1f} "
+          f"{t['pallas_bf16']*1e3:8.1f} {t.get('lax_ragged_dot_bf16', nan)*1e3:9.1f} "
+          f"{t.get('upstream_ragged_dot_mgpu_bf16', nan)*1e3:8.1f} {t['dense_bf16']*1e3:8.1f} "
           f"{t['dense_xla_fp8']*1e3:8.1f} {r['fp8_vs_dense_bf16']:6.2f} "
           f"{r['fp8_vs_upstream']:6.2f} {r['fp8_over_weight_read']:6.2f}")
   print("times in us; best alternative configs in the JSON;",

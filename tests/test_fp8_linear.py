@@ -4,6 +4,9 @@ On the CPU the kernel runs in Mosaic GPU interpret mode at small shapes with sma
 GPU tests (marked) run the benchmark shapes.
 """
 
+import pathlib
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,9 @@ from onerec_kernels import backend
 from onerec_kernels.gemm_mgpu import core, testing
 from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations_reference,
                                      quantize_rows)
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+import bench_fp8_linear  # noqa: E402  (the benchmark's candidate tilings)
 
 SMALL = testing.SMALL
 
@@ -111,12 +117,24 @@ GPU_SHAPES = [(1408, 4224), (1408, 1408), (1408, 11264), (5632, 1408), (1792, 53
 @pytest.mark.parametrize("m", [16384, 32])
 @pytest.mark.parametrize("k,n", GPU_SHAPES)
 def test_pallas_benchmark_shapes_gpu(m, k, n):
+  _check_config_gpu(m, k, n, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(bench_fp8_linear.PINGPONG))
+@pytest.mark.parametrize("k,n", [(1408, 4224), (5632, 1408), (1408, 11264)])
+def test_pallas_pingpong_benchmark_shapes_gpu(name, k, n):
+  """The benchmark's ping-pong tilings at moe-4b's shapes and M."""
+  _check_config_gpu(16384, k, n, bench_fp8_linear.PINGPONG[name])
+
+
+def _check_config_gpu(m, k, n, cfg):
   ops = _operands(jax.random.key(m + k + n), m, n, k)
-  f = jax.jit(lambda *a: fp8_linear_pallas(*a, out_dtype=jnp.float32))
+  f = jax.jit(lambda *a: fp8_linear_pallas(*a, out_dtype=jnp.float32, config=cfg))
   out = testing.poisoned_call(lambda: f(*ops), (m, n), jnp.float32)
   _check(ops, out, k)
-  out16 = testing.poisoned_call(lambda: jax.jit(fp8_linear_pallas)(*ops), (m, n),
-                                jnp.bfloat16)
+  f16 = jax.jit(lambda *a: fp8_linear_pallas(*a, config=cfg))
+  out16 = testing.poisoned_call(lambda: f16(*ops), (m, n), jnp.bfloat16)
   _check_bf16(ops, out16, k)
 
 
@@ -178,10 +196,6 @@ def test_benchmark_tilings_lower_for_hopper(m, k, n):
   """Every tiling the benchmark times (the default, ping-pong at large M, narrow and
   K-split CTAs at Qwen3's 256-row decode) compiles to Mosaic GPU within the shared memory
   at moe-4b's largest linear and Qwen3-1.7B's o projection; lowering needs no GPU."""
-  import pathlib
-  import sys
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
-  import bench_fp8_linear
   s = jax.ShapeDtypeStruct
   args = (s((m, k), jnp.float8_e4m3fn), s((m,), jnp.float32), s((n, k), jnp.float8_e4m3fn),
           s((n,), jnp.float32))

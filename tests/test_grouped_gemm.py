@@ -191,14 +191,20 @@ def _route(key, tokens, top_k, experts, zipf):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tokens,n,zipf", [(16384, 2816, False), (16384, 1408, True),
-                                           (32, 2816, False)])
-def test_fp8_benchmark_shapes_gpu(tokens, n, zipf):
+@pytest.mark.parametrize("tokens,n,zipf,schedule", [
+    (16384, 2816, False, "default"), (16384, 1408, True, "default"),
+    (32, 2816, False, "default"), (16384, 2816, False, "pingpong"),
+    (16384, 2816, True, "pingpong"), (16384, 1408, False, "pingpong")])
+def test_fp8_benchmark_shapes_gpu(tokens, n, zipf, schedule):
+  """The default tiling and the benchmark's ping-pong candidates at moe-4b's shapes."""
   k, e = 1408, 53
   gs = _route(jax.random.key(tokens + n), tokens, 3, e, zipf)
   m = tokens * 3
   ops = _fp8_operands(jax.random.key(n), m, n, k, e)
-  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32))
+  cfg = default_config(m, n, k, fp8=True)
+  if schedule != "default":
+    cfg = bench_grouped_gemm.pingpong_config(cfg)
+  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32, config=cfg))
   out = testing.poisoned_call(lambda: f(*ops, gs), (m, n), jnp.float32)
   ref = fp8_grouped_gemm_reference(*ops, gs, out_dtype=jnp.float32)
   testing.assert_within(out, ref, testing.fp8_grouped_error_bound(*ops, gs),
