@@ -445,6 +445,43 @@ def qwen3_table(args) -> None:
   print("summary:", json.dumps(rows[:2]), "...")
 
 
+def _ladder_result(args, ladder: list[dict], sweep: list[dict]) -> dict:
+  """The result of the rungs and sweep points run so far: header, summary, rows."""
+  by = {r["rung"]: r for r in ladder if "latency_ms_median" in r}
+  ms = lambda name: by[name]["latency_ms_median"] if name in by else None
+  summary = {"smoke": args.smoke, "preset": args.preset, "layers": args.layers or None,
+             "batch": args.batch,
+             "beam": args.beam, "xla_bf16_ms": ms("xla_bf16"), "bf16_ms": ms("kernels_bf16"),
+             "fp8_ms": ms("fp8")}
+  if ms("fp8") and ms("kernels_bf16"):
+    summary["fp8_vs_bf16"] = ms("kernels_bf16") / ms("fp8")
+  if ms("fp8") and ms("xla_bf16"):
+    summary["fp8_vs_xla_bf16"] = ms("xla_bf16") / ms("fp8")
+  if ms("fp8") and ms("fp8_constrained"):
+    summary["constrained_over_unconstrained"] = ms("fp8_constrained") / ms("fp8")
+  if args.devices > 1:
+    rps = lambda name: by[name]["requests_per_s"] if name in by else None
+    summary.update(gpus=args.devices, batch_per_gpu=args.batch,
+                   one_gpu_rps=rps("fp8"), dp_rps=rps("fp8_dp"), dp_ep_rps=rps("fp8_dp_ep"),
+                   moe_layer_ms={name: by[name].get("moe_layer_ms") for name in by})
+    if rps("fp8"):
+      summary.update(dp_speedup=rps("fp8_dp") and rps("fp8_dp") / rps("fp8"),
+                     ep_speedup=rps("fp8_dp_ep") and rps("fp8_dp_ep") / rps("fp8"))
+    if rps("fp8_dp") and rps("fp8_dp_ep"):
+      summary["ep_over_dp"] = rps("fp8_dp_ep") / rps("fp8_dp")
+  if "fp8" in by and "breakdown" in by["fp8"]:
+    b = by["fp8"]["breakdown"]
+    summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]
+    summary["fp8_idle_fraction"] = b["idle_ms"] / ms("fp8")
+  import jax
+  result = {**header("wall clock around block_until_ready, after 2 warm-ups; breakdown "
+                     "by CUPTI over one search"), "summary": summary, "ladder": ladder,
+            "sweep": sweep}
+  result["summary"]["device"] = result["device"] = jax.devices()[0].device_kind
+  result["summary"]["commit"] = result["git_commit"]
+  return result
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", help="JSON result (default: bench/results/e2e.json, with "
@@ -498,6 +535,7 @@ def main() -> None:
       raise SystemExit(f"--rungs: {rung} runs over --devices N >= 2 GPUs")
     ladder.append(_child(rung, args))
     print(json.dumps({k: v for k, v in ladder[-1].items() if k != "breakdown"}), flush=True)
+    write_json(args.out, _ladder_result(args, ladder, []))  # if cut off later
   sweep = []
   if args.sweep:
     points = ([("batch", b) for b in (1, 8, 64)] + [("beam", w) for w in (64, 1024)]
@@ -506,38 +544,7 @@ def main() -> None:
       row = _child("fp8", args, breakdown=False, runs=max(3, args.runs // 2), **{axis: value})
       sweep.append({"sweep_axis": axis, **row})
       print(json.dumps(sweep[-1]), flush=True)
-  by = {r["rung"]: r for r in ladder if "latency_ms_median" in r}
-  ms = lambda name: by[name]["latency_ms_median"] if name in by else None
-  summary = {"smoke": args.smoke, "preset": args.preset, "layers": args.layers or None,
-             "batch": args.batch,
-             "beam": args.beam, "xla_bf16_ms": ms("xla_bf16"), "bf16_ms": ms("kernels_bf16"),
-             "fp8_ms": ms("fp8")}
-  if ms("fp8") and ms("kernels_bf16"):
-    summary["fp8_vs_bf16"] = ms("kernels_bf16") / ms("fp8")
-  if ms("fp8") and ms("xla_bf16"):
-    summary["fp8_vs_xla_bf16"] = ms("xla_bf16") / ms("fp8")
-  if ms("fp8") and ms("fp8_constrained"):
-    summary["constrained_over_unconstrained"] = ms("fp8_constrained") / ms("fp8")
-  if scaling:
-    rps = lambda name: by[name]["requests_per_s"] if name in by else None
-    summary.update(gpus=args.devices, batch_per_gpu=args.batch,
-                   one_gpu_rps=rps("fp8"), dp_rps=rps("fp8_dp"), dp_ep_rps=rps("fp8_dp_ep"),
-                   moe_layer_ms={name: by[name].get("moe_layer_ms") for name in by})
-    if rps("fp8"):
-      summary.update(dp_speedup=rps("fp8_dp") and rps("fp8_dp") / rps("fp8"),
-                     ep_speedup=rps("fp8_dp_ep") and rps("fp8_dp_ep") / rps("fp8"))
-    if rps("fp8_dp") and rps("fp8_dp_ep"):
-      summary["ep_over_dp"] = rps("fp8_dp_ep") / rps("fp8_dp")
-  if "fp8" in by and "breakdown" in by["fp8"]:
-    b = by["fp8"]["breakdown"]
-    summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]
-    summary["fp8_idle_fraction"] = b["idle_ms"] / ms("fp8")
-  result = {**header("wall clock around block_until_ready, after 2 warm-ups; breakdown "
-                     "by CUPTI over one search"), "summary": summary, "ladder": ladder,
-            "sweep": sweep}
-  import jax
-  result["summary"]["device"] = result["device"] = jax.devices()[0].device_kind
-  result["summary"]["commit"] = result["git_commit"]
+  result = _ladder_result(args, ladder, sweep)
   write_json(args.out, result)
   if any("breakdown" in r for r in ladder) or sweep:
     _figure(result, os.path.splitext(args.out)[0] + ".png")
@@ -553,7 +560,7 @@ def main() -> None:
           f"{r['latency_ms_min']:7.2f} {r['latency_ms_max']:7.2f} {r['requests_per_s']:7.0f} "
           f"{b['kernel_ms']:7.2f} {b['idle_ms']:6.2f} {b['ms']['gemm']:6.2f} "
           f"{b['ms']['quantize']:6.2f} {b['ms']['attention']:6.2f}")
-  print("summary:", json.dumps(summary))
+  print("summary:", json.dumps(result["summary"]))
 
 
 if __name__ == "__main__":
