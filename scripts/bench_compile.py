@@ -1,11 +1,15 @@
 """Start-up time: cold and warm compiles of one bucket through the command a user runs.
 
 Writes random-weight converted checkpoints of the preset (FP8 and bf16) once, then for each
-runs `onerec-jax generate CKPT --random B --batch-size B --beam-width W` in a fresh process
-twice with one persistent compilation cache folder, first empty (cold), then filled
-(warm). Reports the compile time the command measured (tracing, lowering and XLA; a
-persistent cache hit included) and the warm process's wall time from its start to its
-exit: loading the converted weights, the cache hit, and the first batch's result.
+runs `onerec-jax generate CKPT --random R --batch-size B --beam-width W` in a fresh process
+twice with one persistent compilation cache folder, first empty (cold: the search traced,
+lowered and compiled), then filled (warm: the stored program and XLA's cached
+executable). Reports the compile time the command measured, the warm process's time from
+its start to its first batch's result (the start-up a user waits through: imports,
+loading the converted weights with the compile overlapping it, the first batch) and its
+wall time to exit, and each process's median batch latency over R / B batches: the warm
+process runs the stored (exported) program, the cold one the program it traced, so their
+ratio is the latency change of the start-up path in the same run.
 Writes JSON (--out) with a top-level "summary"; prints a table last.
 
   python scripts/bench_compile.py --out bench/results/compile_h200.json
@@ -46,9 +50,11 @@ def write_checkpoints(preset: str, layers: int, folder: str) -> dict[str, str]:
   return paths
 
 
-def run_command(ckpt: str, cache: str, batch: int, beam: int, out: str) -> dict:
-  """One `onerec-jax generate` process: its wall time and the timing it reports."""
-  cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt, "--random", str(batch),
+def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
+                out: str) -> dict:
+  """One `onerec-jax generate` process over `batches` batches: its wall time and the
+  timing it reports."""
+  cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt, "--random", str(batch * batches),
          "--batch-size", str(batch), "--beam-width", str(beam), "--compile-cache", cache,
          "--print-requests", "1", "--output", out]
   t0 = time.perf_counter()
@@ -59,8 +65,9 @@ def run_command(ckpt: str, cache: str, batch: int, beam: int, out: str) -> dict:
   timing = json.load(open(out))["timing"]
   return {"wall_s": wall, "first_result_s": timing["first_result_s"],
           "load_s": timing["load_s"], "compile_s": timing["compile_s"],
-          "compile_cache_hit": timing["compile_cache_hit"],
-          "batch_ms": 1e3 * timing["total_s"]}
+          "compile_cache_hit": timing["compile_cache_hit"], "program": timing["program"],
+          "batches": timing["batches"],
+          "latency_ms_median": timing.get("latency_ms_median", 1e3 * timing["total_s"])}
 
 
 def main() -> None:
@@ -71,10 +78,11 @@ def main() -> None:
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--beam", type=int, default=512)
   ap.add_argument("--precisions", default="fp8,bf16")
+  ap.add_argument("--batches", type=int, default=8, help="batches each process runs")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
   args = ap.parse_args()
   if args.smoke:
-    args.preset, args.batch, args.beam = "tiny", 2, 8
+    args.preset, args.batch, args.beam, args.batches = "tiny", 2, 8, 2
   work = tempfile.mkdtemp(prefix="onerec-compile-")
   try:
     t0 = time.perf_counter()
@@ -86,31 +94,42 @@ def main() -> None:
       row = {"precision": precision}
       for start in ("cold", "warm"):
         row[start] = run_command(paths[precision], cache, args.batch, args.beam,
+                                 args.batches,
                                  os.path.join(work, f"{precision}-{start}.json"))
         print(json.dumps({"precision": precision, start: row[start]}), flush=True)
       rows.append(row)
   finally:
     shutil.rmtree(work, ignore_errors=True)
   get = lambda p, s, k: next((r[s].get(k) for r in rows if r["precision"] == p), None)
+
+  def change(p):  # the warm process's median batch latency over the cold one's, minus 1
+    cold, warm = get(p, "cold", "latency_ms_median"), get(p, "warm", "latency_ms_median")
+    return warm / cold - 1 if cold and warm else None
+
   summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
              "beam": args.beam, "fp8_cold_s": get("fp8", "cold", "compile_s"),
              "bf16_cold_s": get("bf16", "cold", "compile_s"),
              "fp8_warm_compile_s": get("fp8", "warm", "compile_s"),
-             "warm_start_s": get("fp8", "warm", "wall_s"),
              # the issue's measure: from the process's start to its first result
-             "warm_first_result_s": get("fp8", "warm", "first_result_s"),
+             "warm_start_s": get("fp8", "warm", "first_result_s"),
+             "warm_wall_s": get("fp8", "warm", "wall_s"),
              "warm_load_s": get("fp8", "warm", "load_s"),
-             "warm_cache_hit": get("fp8", "warm", "compile_cache_hit")}
+             "warm_cache_hit": get("fp8", "warm", "compile_cache_hit"),
+             "warm_program": get("fp8", "warm", "program"),
+             # the stored program (warm) against the one traced in the cold process
+             "latency_change": change("fp8"), "bf16_latency_change": change("bf16")}
   result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
             "summary": summary, "checkpoint_write_s": write_s, "rows": rows}
   write_json(args.out, result)
-  print(f"\n{'precision':9} {'cold compile s':>14} {'cold wall s':>11} {'warm compile s':>14} "
-        f"{'warm wall s':>11} {'hit':>4}")
+  print(f"\n{'precision':9} {'cold compile s':>14} {'cold ms':>8} {'warm compile s':>14} "
+        f"{'warm first s':>12} {'warm wall s':>11} {'warm ms':>8} {'hit':>4}")
+  nan = float("nan")
   for r in rows:
     c, w = r["cold"], r["warm"]
-    print(f"{r['precision']:9} {c.get('compile_s', float('nan')):14.1f} {c['wall_s']:11.1f} "
-          f"{w.get('compile_s', float('nan')):14.1f} {w['wall_s']:11.1f} "
-          f"{str(w.get('compile_cache_hit')):>4}")
+    print(f"{r['precision']:9} {c.get('compile_s', nan):14.1f} "
+          f"{c.get('latency_ms_median', nan):8.2f} {w.get('compile_s', nan):14.1f} "
+          f"{w.get('first_result_s', nan):12.1f} {w['wall_s']:11.1f} "
+          f"{w.get('latency_ms_median', nan):8.2f} {str(w.get('compile_cache_hit')):>4}")
   print("summary:", json.dumps(summary))
 
 
