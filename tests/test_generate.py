@@ -147,28 +147,6 @@ def test_constrained_small_width_after_warmup_needs_no_compile(tiny):
     assert res.item_ids[i].tolist() == [item_of[tuple(t)] for t in res.semantic_ids[i].tolist()]
 
 
-def test_warmup_from_the_weights_shapes_compiles_what_generate_runs(tiny):
-  """warmup on the weights' ShapeDtypeStructs (as the command compiles while they load)
-  compiles without running; generate on the weights then compiles nothing and ranks as
-  brute force does. Over a mesh the weights themselves are needed."""
-  cfg, params = tiny
-  shapes = checkpoint.abstract_params(cfg)
-  assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(
-      lambda x: (x.shape, x.dtype), params)
-  before = len(_compiles)
-  seconds = gen.warmup(shapes, cfg, beam_width=9, batch_buckets=(2,))
-  assert set(seconds) == {2} and len(_compiles) > before
-  feats, mask = _requests(cfg, 2, seed=7)
-  before = len(_compiles)
-  res = gen.generate(params, cfg, feats, mask=mask, beam_width=9, batch_buckets=(2,))
-  assert len(_compiles) == before
-  for i in range(2):
-    _check(res, i, *_beam_reference(_logp(cfg, params, feats, mask, i), 9))
-  mesh = gen.sharding.make_mesh(1)
-  with pytest.raises(ValueError, match="over a mesh needs the weights themselves"):
-    gen.warmup(shapes, cfg, beam_width=9, batch_buckets=(2,), mesh=mesh)
-
-
 def test_padding_keeps_results_and_a_bucket_compiles_once(tiny):
   cfg, params = tiny
   feats, mask = _requests(cfg, 6, seed=4)

@@ -23,10 +23,9 @@ def _generate(cache, out):
   wall = time.perf_counter() - t0
   assert done.returncode == 0, done.stderr[-3000:]
   timing = json.loads(out.read_text())["timing"]
-  # The first result comes after the weights and the compile (which overlap: the search
-  # compiles from the weights' shapes while they load), within the process's life.
-  assert 0 < timing["load_s"] < timing["first_result_s"] < wall, (timing, wall)
-  assert 0 < timing["compile_s"] < timing["first_result_s"], timing
+  # The first result comes after the weights and the compile, within the process's life.
+  assert 0 < timing["load_s"] and timing["load_s"] + timing["compile_s"] < (
+      timing["first_result_s"]) < wall, (timing, wall)
   return timing, done.stderr
 
 

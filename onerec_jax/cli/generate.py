@@ -14,10 +14,8 @@ second run with the same model, batch and beam width compiles nothing.
 from __future__ import annotations
 
 import argparse
-import contextvars
 import json
 import sys
-import threading
 import time
 
 import numpy as np
@@ -137,40 +135,6 @@ def _weights(args, config):
   return ckpt.params, ckpt.rules, ckpt.source
 
 
-def _weights_known_early(args, config):
-  """(known, rules): whether the weights' shapes and dtypes are known before they load,
-  exactly as checkpoint.abstract_params(config, rules) gives them (a preset's random
-  weights, a converted checkpoint's stored tree; not a PyTorch-format source or the
-  demo, converted on load), and the FP8 rules (or None) they will run under."""
-  from onerec_jax import checkpoint
-  from onerec_jax.model import default_rules
-  if args.preset:
-    rules = None
-  elif args.checkpoint is not None and checkpoint.store.is_converted(args.checkpoint):
-    rules = checkpoint.load_rules(args.checkpoint)
-  else:
-    return False, None
-  return True, default_rules(config) if args.fp8 and rules is None else rules
-
-
-def _in_background(fn):
-  """Starts fn() on a daemon thread (so that a load that fails exits without waiting
-  for it); -> a function that waits for it and returns its result, or None where it
-  raised (the foreground then does that work again and reports the error)."""
-  out = {}
-  context = contextvars.copy_context()  # the kernel mode and FP8 scopes in force
-
-  def target():
-    try:
-      out["value"] = context.run(fn)
-    except Exception:  # noqa: BLE001 (redone, and reported, in the foreground)
-      out["value"] = None
-
-  thread = threading.Thread(target=target, daemon=True, name="onerec-compile-ahead")
-  thread.start()
-  return lambda: (thread.join(), out["value"])[1]
-
-
 def _results(res, request_ids) -> list[dict]:
   """Per request, its non-empty slots best first."""
   from onerec_jax import generate as gen
@@ -232,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
   _hosts(args)
   mesh = _mesh(args, config)
   features, mask, request_ids, valid_items = _requests(args, config)
-  from onerec_jax import checkpoint
   from onerec_jax import generate as gen
   from onerec_jax import quant
   from onerec_jax.model import default_rules
@@ -241,27 +204,6 @@ def run(args: argparse.Namespace) -> int:
     gen.compile_cache.enable(args.compile_cache)
   import jax
 
-  per_batch = min(args.batch_size, batch)
-  (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
-  kw = dict(beam_width=args.beam_width, valid_items=valid_items,
-            batch_buckets=(bucket,), mesh=mesh)
-  lead = jax.process_index() == 0  # prints and writes; the others compute
-
-  def log(*parts, **kw):
-    if lead:
-      print(*parts, **kw, file=sys.stderr)
-
-  programs = {}
-  note = lambda b, s, how: programs.setdefault(b, how)  # the first compile's source
-  before = gen.compile_cache.compile_events()
-  known, early = _weights_known_early(args, config)
-  ahead = None
-  if mesh is None and known:
-    # Compile from the weights' shapes while they load (on a restart, reading the stored
-    # program and XLA's cached executable overlaps reading the weights).
-    ahead = _in_background(lambda: gen.warmup(
-        checkpoint.abstract_params(config, early), config, rules=early, progress=note,
-        **kw)[bucket])
   t_load = time.perf_counter()
   params, rules, source = _weights(args, config)
   if args.fp8 and rules is None:
@@ -271,24 +213,32 @@ def run(args: argparse.Namespace) -> int:
     params = gen.sharding.place_params(params, mesh)
   jax.block_until_ready(params)
   load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
-  log("compiling ...", end="", flush=True)  # after the load: its errors stand alone
-  compile_s = (ahead() or 0.0) if ahead else 0.0
-  # Runs the search once; compiles here only what the shapes could not (none when the
-  # early guess holds).
-  compile_s += gen.warmup(params, config, rules=rules, progress=note, **kw)[bucket]
-  hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
+  per_batch = min(args.batch_size, batch)
+  (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
+  kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
+            batch_buckets=(bucket,), mesh=mesh)
+  lead = jax.process_index() == 0  # prints and writes; the others compute
+
+  def log(*parts, **kw):
+    if lead:
+      print(*parts, **kw, file=sys.stderr)
+
   devices = ("1 x " if mesh is None else f"{mesh.size} x ") + jax.devices()[0].device_kind
   if mesh is not None and gen.sharding.expert_shards(mesh) > 1:
     devices += f" (experts split over {gen.sharding.expert_shards(mesh)})"
-  how = {"exported": ", the stored program: nothing traced",
-         "traced": "", "process": ""}[programs[bucket]]
-  log(f"\rloaded in {load_s:.2f} s, compiled in {compile_s:.2f} s"
-      f"{' (from the persistent compilation cache' + how + ')' if hits else ''}"
-      f"{', overlapping' if ahead else ''}")
   log(f"{source}: {devices}, {batch} requests, beam width {args.beam_width}, batch "
       f"{per_batch}, dtype {config.dtype}{', FP8' if rules else ''}"
       f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}")
-  kw["rules"] = rules
+  before = gen.compile_cache.compile_events()
+  log("compiling ...", end="", flush=True)
+  programs = {}
+  compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
+                         **kw)[bucket]
+  hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
+  how = {"exported": ", the stored program: nothing traced",
+         "traced": "", "process": ""}[programs[bucket]]
+  log(f"\rcompiled in {compile_s:.2f} s"
+      f"{' (from the persistent compilation cache' + how + ')' if hits else ''}")
 
   parts, latencies = [], []
   spans = gen.chunks(batch, (per_batch,))

@@ -164,16 +164,8 @@ def warmup(params: Any, config: Config, *, beam_width: int,
   (rounded as generate rounds them for the mesh, which is generate's), and calls
   progress(bucket, seconds, how) after each (how: compile_cache.program's).
   Later generate calls in these buckets do not compile; with the persistent compilation
-  cache on, a restarted process's warmup neither traces nor compiles them.
-
-  params may be the weights' jax.ShapeDtypeStructs (checkpoint.abstract_params) instead,
-  to compile while the weights load (one device only): nothing runs then, and generate
-  with the loaded weights of those shapes and dtypes reuses the programs."""
+  cache on, a restarted process's warmup neither traces nor compiles them."""
   mesh = sharding.resolve(mesh, config)
-  abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
-  if abstract and mesh is not None:
-    raise ValueError("warmup over a mesh needs the weights themselves (they are placed "
-                     "on its devices), not their shapes")
   if mesh is not None:
     params = sharding.place_params(params, mesh)
   seconds = {}
@@ -185,8 +177,7 @@ def warmup(params: Any, config: Config, *, beam_width: int,
     run, how = compiled_search(params, f, m, valid_items, config=config,
                                beam_width=beam_width, rules=rules, mesh=mesh)
     seconds[bucket] = time.perf_counter() - t0
-    if not abstract:
-      jax.block_until_ready(run(params, f, m, valid_items))
+    jax.block_until_ready(run(params, f, m, valid_items))
     if progress:
       progress(bucket, seconds[bucket], how)
   return seconds
