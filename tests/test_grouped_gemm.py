@@ -3,9 +3,6 @@ references. On the CPU in Mosaic GPU interpret mode at small shapes with small t
 GPU tests (marked) run the benchmark shapes."""
 
 import dataclasses
-import functools
-import pathlib
-import sys
 
 import chex
 import jax
@@ -29,11 +26,7 @@ from onerec_kernels.grouped_gemm import (
     grouped_gemm_reference,
     sort_by_expert,
 )
-from onerec_kernels.grouped_gemm.pallas import default_config
 from onerec_kernels.quantize import quantize_blocks
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
-import bench_grouped_gemm  # noqa: E402  (the benchmark's candidate tilings)
 
 FP8_SMALL = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2)
 FP8_THREE = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_steps=2,
@@ -134,9 +127,7 @@ def test_default_configs_lower_for_hopper(m, n, k, e):
   fp8_args = (s((m, k), fp8), s((m, k // 128), f32), s((e, n, k), fp8),
               s((e, n // 128, k // 128), f32), s((e,), jnp.int32))
   bf16_args = (s((m, k), jnp.bfloat16), s((e, n, k), jnp.bfloat16), s((e,), jnp.int32))
-  pingpong = bench_grouped_gemm.pingpong_config(default_config(m, n, k, fp8=True))
-  for fn, args in [(fp8_grouped_gemm_pallas, fp8_args), (grouped_gemm_pallas, bf16_args),
-                   (functools.partial(fp8_grouped_gemm_pallas, config=pingpong), fp8_args)]:
+  for fn, args in [(fp8_grouped_gemm_pallas, fp8_args), (grouped_gemm_pallas, bf16_args)]:
     jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
 
 
@@ -191,20 +182,14 @@ def _route(key, tokens, top_k, experts, zipf):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tokens,n,zipf,schedule", [
-    (16384, 2816, False, "default"), (16384, 1408, True, "default"),
-    (32, 2816, False, "default"), (16384, 2816, False, "pingpong"),
-    (16384, 2816, True, "pingpong"), (16384, 1408, False, "pingpong")])
-def test_fp8_benchmark_shapes_gpu(tokens, n, zipf, schedule):
-  """The default tiling and the benchmark's ping-pong candidates at moe-4b's shapes."""
+@pytest.mark.parametrize("tokens,n,zipf", [(16384, 2816, False), (16384, 1408, True),
+                                           (32, 2816, False)])
+def test_fp8_benchmark_shapes_gpu(tokens, n, zipf):
   k, e = 1408, 53
   gs = _route(jax.random.key(tokens + n), tokens, 3, e, zipf)
   m = tokens * 3
   ops = _fp8_operands(jax.random.key(n), m, n, k, e)
-  cfg = default_config(m, n, k, fp8=True)
-  if schedule != "default":
-    cfg = bench_grouped_gemm.pingpong_config(cfg)
-  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32, config=cfg))
+  f = jax.jit(lambda *a: fp8_grouped_gemm_pallas(*a, out_dtype=jnp.float32))
   out = testing.poisoned_call(lambda: f(*ops, gs), (m, n), jnp.float32)
   ref = fp8_grouped_gemm_reference(*ops, gs, out_dtype=jnp.float32)
   testing.assert_within(out, ref, testing.fp8_grouped_error_bound(*ops, gs),
@@ -250,19 +235,3 @@ def test_sort_by_expert_and_combine_against_numpy(counting, monkeypatch):
   got = combine(jnp.asarray(y), order, jnp.asarray(gates))
   chex.assert_shape(got, (t, n))
   chex.assert_trees_all_close(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("sms", [1, 2])
-def test_fp8_pallas_pingpong_interpret(sms, monkeypatch):
-  """Ping-pong: the SM's tiles dealt to two warpgroups in turn, each through its own ring
-  of stages (one SM: every tile in one CTA; K of four blocks through two stages)."""
-  monkeypatch.setattr(backend, "num_sms", lambda: sms)
-  cfg = dataclasses.replace(FP8_SMALL, pingpong=True)
-  _check_fp8(200, 128, 456, [70, 0, 100, 30], cfg=cfg)
-
-
-def test_pingpong_takes_two_warpgroups():
-  ops = _fp8_operands(jax.random.key(0), 64, 64, 128, 1)
-  cfg = dataclasses.replace(FP8_SMALL, pingpong=True, compute_wgs=3)
-  with pytest.raises(ValueError, match="two compute warpgroups"):
-    fp8_grouped_gemm_pallas(*ops, jnp.array([64], jnp.int32), config=cfg)

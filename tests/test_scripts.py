@@ -66,9 +66,11 @@ def test_script_parses_help(name):
 
 
 def _gemm_row(shape, m, ours, xla, **extra):
-  return {"shape": shape, "m": m, "times_ms": {"pallas_fp8": ours, **extra},
+  times = {"pallas_fp8": ours, **extra}
+  return {"shape": shape, "m": m, "times_ms": times,
           "fp8_vs_xla_fp8": xla / ours, "vs_xla_fp8": xla / ours,
-          "best_vs_xla_fp8": xla / min(ours, *extra.values()) if extra else xla / ours}
+          "best_vs_xla_fp8": xla / min(times.values()),
+          "best_config": min(times, key=times.get)}
 
 
 def test_gemm_benchmark_summaries_name_the_issue_figures():
@@ -93,3 +95,9 @@ def test_gemm_benchmark_summaries_name_the_issue_figures():
   assert set(s["linear_vs_xla_fp8"]) == {"moe4b.qkv", "moe4b.o"}
   assert s["linear_vs_xla_fp8_min"] == pytest.approx(0.8)
   assert not any(k.startswith("moe4b_layer") for k in s)  # no full layer ran
+  # Rows below 1024: the default against the fastest tiling timed at that shape.
+  few = _gemm_row("qwen3.o", 256, 0.009, 0.008, alt_64x64_n=0.0075)
+  small = bench_fp8_linear.summarize([few])["small_m_default_vs_best"]
+  assert small == {"qwen3.o@256": {"best_config": "alt_64x64_n",
+                                   "default_over_best": pytest.approx(1.2),
+                                   "default_vs_xla_fp8": pytest.approx(0.8 / 0.9)}}

@@ -10,10 +10,7 @@ transposed operands (docs/kernels_gemm.md). Variants, chosen statically:
 - scaling: none, "rowcol" (y = s_a[m] * s_b[g, n] * acc in the epilogue: per-token x
   per-channel FP8 or INT8, dense or ragged), or "block" (each 128-wide K block's product scaled by
   s_a[m, kb] * s_b[g, kb, n] and added into the FP32 accumulator: 1x128 / 128x128 FP8;
-  a warpgroup's columns lie in one 128-block, so s_b is one scalar per step);
-- schedule: the compute warpgroups split each CTA tile (cooperative), or take the SM's
-  tiles in turn through a ring of stages each (Config.pingpong, two warpgroups), so that
-  one's epilogue and promotions overlap the other's wgmmas (CUTLASS's ping-pong).
+  a warpgroup's columns lie in one 128-block, so s_b is one scalar per step).
 Callers pad M, N and K to the tiles; padding rows and columns are sliced off outside.
 """
 
@@ -51,21 +48,14 @@ class Config:
   grid_tile_width: int = 4
   k_splits: int = 1  # dense only: K cut into this many ranges, FP32 partials summed after
   compute_wgs: int = 2  # 2 or 3: more hide each other's waits but get fewer registers
-  # Ping-pong: each compute warpgroup computes whole output tiles (tile_m x tile_n), the
-  # SM's tiles dealt to them in turn, each through its own ring of stages, so that one
-  # warpgroup's promotions and epilogue overlap another's main loop. Otherwise they split
-  # each CTA tile along wg_dimension.
-  pingpong: bool = False
 
   @property
   def cta_m(self) -> int:
-    split = self.wg_dimension == "m" and not self.pingpong
-    return self.tile_m * (self.compute_wgs if split else 1)
+    return self.tile_m * (self.compute_wgs if self.wg_dimension == "m" else 1)
 
   @property
   def cta_n(self) -> int:
-    split = self.wg_dimension == "n" and not self.pingpong
-    return self.tile_n * (self.compute_wgs if split else 1)
+    return self.tile_n * (self.compute_wgs if self.wg_dimension == "n" else 1)
 
   @property
   def compute_registers(self) -> int:
@@ -165,22 +155,19 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
   split_m = cfg.wg_dimension == "m"
   block = scaling == "block"
   num_copies = 4 if block else 2  # TMA copies landing on a stage's barrier
-  rings = wgs if cfg.pingpong else 1  # rings of `stages` stages: slot = ring * stages + i
-  slots = rings * stages
 
   scoped = dict(
-      a_smem=plgpu.SMEM((slots, cfg.cta_m, tk), dtype, transforms=transforms),
-      b_smem=plgpu.SMEM((slots, cfg.cta_n, tk), dtype, transforms=transforms),
-      produced=plgpu.Barrier(num_arrivals=num_copies, num_barriers=slots),
-      # A stage is released by the warpgroups that read it: one in ping-pong, else all.
-      consumed=plgpu.Barrier(num_arrivals=1 if cfg.pingpong else wgs, num_barriers=slots),
+      a_smem=plgpu.SMEM((stages, cfg.cta_m, tk), dtype, transforms=transforms),
+      b_smem=plgpu.SMEM((stages, cfg.cta_n, tk), dtype, transforms=transforms),
+      produced=plgpu.Barrier(num_arrivals=num_copies, num_barriers=stages),
+      consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
       # Ragged stores slice rows at any offset: no tiled (swizzled) layout there (an
       # 8-row aligned swizzled path for aligned tiles measured no faster).
       out_smem=plgpu.SMEM((wgs, 2, tm, epi_n), out_dtype,
                           transforms=() if ragged else out_transforms))
   if block:  # one K block's scales per stage: s_a [Kb, M], s_b [G + 1, Kb, N]
-    scoped.update(sa_smem=plgpu.SMEM((slots, cfg.cta_m), jnp.float32),
-                  sb_smem=plgpu.SMEM((slots, cfg.cta_n), jnp.float32))
+    scoped.update(sa_smem=plgpu.SMEM((stages, cfg.cta_m), jnp.float32),
+                  sb_smem=plgpu.SMEM((stages, cfg.cta_n), jnp.float32))
   if scaling == "rowcol":
     scoped.update(sa_smem=plgpu.SMEM((wgs, tm), jnp.float32),
                   sb_smem=plgpu.SMEM((wgs, tn), jnp.float32),
@@ -206,18 +193,14 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
     def memory():
       plgpu.set_max_registers(MEMORY_REGISTERS, action="decrease")
 
-      init = tuple(jnp.int32(0) for _ in range(rings))
-
-      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=init)
-      def _tiles(info, carry):  # carry: each ring's pipeline steps so far
+      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=jnp.int32(0))
+      def _tiles(info, carry):  # carry: the SM's pipeline steps so far
         split, row_start, grp, _, _, ni = tile_at(info.index[0])
         expert = jnp.minimum(grp, num_groups - 1)  # the zero tail group reads any weights
         rows, cols = pl.ds(row_start, cfg.cta_m), pl.ds(ni * cfg.cta_n, cfg.cta_n)
-        ring = lax.rem(info.local_index, rings) if rings > 1 else 0
-        start = sum(jnp.where(ring == r, c, 0) for r, c in enumerate(carry))
 
         def k_step(kk, step):
-          stage = ring * stages + lax.rem(step, stages)
+          stage = lax.rem(step, stages)
 
           @pl.when(step >= stages)
           def _():  # the compute warpgroups are done with this stage's last contents
@@ -233,31 +216,24 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
             plgpu.copy_gmem_to_smem(sb_gmem.at[grp, kb, cols], sb_smem.at[stage], bar)
           return step + 1
 
-        end = lax.fori_loop(0, k_iters, k_step, start)
-        return tuple(jnp.where(ring == r, end, c) for r, c in enumerate(carry))
+        return lax.fori_loop(0, k_iters, k_step, carry)
 
-      for r, total in enumerate(_tiles):  # each ring's last releases, observed before exit
-        for j in range(stages):
-          @pl.when(total > j)
-          def _():
-            plgpu.barrier_wait(consumed.at[r * stages + lax.rem(total - 1 - j, stages)])
+      for j in range(stages):  # the last stages' releases, observed before the exit
+        @pl.when(_tiles > j)
+        def _():
+          plgpu.barrier_wait(consumed.at[lax.rem(_tiles - 1 - j, stages)])
 
     def compute():
       plgpu.set_max_registers(cfg.compute_registers, action="increase")
-      m_wg = wg * tm if split_m and not cfg.pingpong else 0
-      n_wg = wg * tn if not split_m and not cfg.pingpong else 0
+      m_wg = wg * tm if split_m else 0
+      n_wg = 0 if split_m else wg * tn
       a_rows, b_cols = pl.ds(m_wg, tm), pl.ds(n_wg, tn)
-      ring = wg if cfg.pingpong else 0
-
-      def slot(step):  # the shared-memory stage of this warpgroup's pipeline step
-        return ring * stages + lax.rem(step, stages)
 
       def wgmma(acc_ref, stage):
         plgpu.wgmma(acc_ref, a_smem.at[stage].at[a_rows], b_smem.at[stage].at[b_cols].T)
 
-      def tile(info, carry):
-        """Computes and stores this warpgroup's part of tile info.index (pipeline steps
-        carry on); -> the steps after it."""
+      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=jnp.int32(0))
+      def _tiles(info, carry):  # carry: the SM's pipeline steps so far
         split, row_start, grp, lo, hi, ni = tile_at(info.index[0])
         row0 = row_start + m_wg  # first row of this warpgroup's tile
         out_row0 = split * num_rows + row0  # split s writes its partial at s * num_rows
@@ -292,7 +268,7 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
         if block:
           def k_step(_, state):
             step, acc = state
-            stage = slot(step)
+            stage = lax.rem(step, stages)
             plgpu.barrier_wait(produced.at[stage])
 
             def product(part_ref):  # this K block's product in a fresh accumulator
@@ -320,34 +296,23 @@ def _kernel(*refs, cfg: Config, scaling: str, ragged: bool, num_groups: int,
           # Each step's wgmma overlaps the wait for the next stage; a stage is released
           # once the wgmma after it is issued (the one reading it has completed).
           def k_step(kk, step):
-            stage = slot(step)
+            stage = lax.rem(step, stages)
             plgpu.barrier_wait(produced.at[stage])
             wgmma(acc_ref, stage)
             plgpu.wgmma_wait(1)
 
             @pl.when(kk > 0)
             def _():
-              plgpu.barrier_arrive(consumed.at[slot(step - 1)])
+              plgpu.barrier_arrive(consumed.at[lax.rem(step - 1, stages)])
             return step + 1
 
           step = lax.fori_loop(0, k_iters, k_step, carry)
           acc = acc_ref[...]  # waits for the last wgmma
-          plgpu.barrier_arrive(consumed.at[slot(step - 1)])
+          plgpu.barrier_arrive(consumed.at[lax.rem(step - 1, stages)])
           epilogue(acc)
           return step
 
         return pl.run_scoped(accumulate, plgpu.ACC((tm, tn), acc_dtype))
-
-      @plgpu.nd_loop((num_tiles,), collective_axes="sm", init_carry=jnp.int32(0))
-      def _tiles(info, carry):  # carry: this warpgroup's pipeline steps so far
-        if not cfg.pingpong:
-          return tile(info, carry)
-        mine = lax.rem(info.local_index, wgs) == wg
-
-        @pl.when(mine)
-        def _():
-          tile(info, carry)
-        return carry + jnp.where(mine, k_iters, 0)
 
       plgpu.wait_smem_to_gmem(0)  # the last stores complete before the kernel exits
 
@@ -393,9 +358,6 @@ def gemm(a: jax.Array, b: jax.Array, a_scale: jax.Array | None = None,
     raise ValueError(f"an int8 split of K = {k // cfg.k_splits} (K = {k} in "
                      f"{cfg.k_splits}) could sum past 2^24, where FP32 partials stop being "
                      f"exact: at most {INT8_SPLIT_K} a split")
-  if cfg.pingpong and cfg.compute_wgs != 2:
-    raise ValueError(f"ping-pong deals tiles to two compute warpgroups, each with its own "
-                     f"ring of stages, not {cfg.compute_wgs}")
   if cfg.compute_wgs not in (2, 3):
     raise ValueError(f"compute_wgs={cfg.compute_wgs}: 2 or 3 (one would take more "
                      f"registers than setmaxnreg's 256, four get 112 a thread)")
