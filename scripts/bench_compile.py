@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import header, write_json  # noqa: E402
 
 
-def write_checkpoints(preset: str, layers: int, folder: str) -> dict[str, str]:
+def write_checkpoints(preset: str, layers: int, folder: str) -> None:
   """Random bf16 weights of the preset saved as converted checkpoints, unquantized and
-  FP8 (the paper's rules): {precision: path}."""
+  FP8 (the paper's rules), in folder/bf16 and folder/fp8."""
   import jax
   from onerec_jax import checkpoint, quant
   from onerec_jax.config import preset as get_preset
@@ -44,10 +44,9 @@ def write_checkpoints(preset: str, layers: int, folder: str) -> dict[str, str]:
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   rules = default_rules(cfg)
   qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  paths = {"bf16": os.path.join(folder, "bf16"), "fp8": os.path.join(folder, "fp8")}
-  checkpoint.save(paths["bf16"], cfg, params, source=f"random {preset}")
-  checkpoint.save(paths["fp8"], cfg, qparams, rules=rules, source=f"random {preset}")
-  return paths
+  checkpoint.save(os.path.join(folder, "bf16"), cfg, params, source=f"random {preset}")
+  checkpoint.save(os.path.join(folder, "fp8"), cfg, qparams, rules=rules,
+                  source=f"random {preset}")
 
 
 def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
@@ -80,13 +79,21 @@ def main() -> None:
   ap.add_argument("--precisions", default="fp8,bf16")
   ap.add_argument("--batches", type=int, default=8, help="batches each process runs")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
+  ap.add_argument("--write-checkpoints", metavar="DIR", help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.write_checkpoints:
+    write_checkpoints(args.preset, args.layers, args.write_checkpoints)
+    return
   if args.smoke:
     args.preset, args.batch, args.beam, args.batches = "tiny", 2, 8, 2
   work = tempfile.mkdtemp(prefix="onerec-compile-")
   try:
     t0 = time.perf_counter()
-    paths = write_checkpoints(args.preset, args.layers, work)
+    # In a process of its own: this one never starts the GPU, so the timed processes
+    # start on a device no other process holds.
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", args.preset,
+                    "--layers", str(args.layers), "--write-checkpoints", work], check=True)
+    paths = {p: os.path.join(work, p) for p in ("bf16", "fp8")}
     write_s = time.perf_counter() - t0
     rows = []
     for precision in filter(None, args.precisions.split(",")):

@@ -8,7 +8,6 @@ Layout of CHECKPOINT/:
                            marks a complete checkpoint
 """
 
-import concurrent.futures
 import datetime
 import json
 import os
@@ -17,7 +16,6 @@ import shutil
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from onerec_jax import quant
@@ -157,23 +155,9 @@ def restore(path: str | os.PathLike) -> tuple[ModelConfig, Any]:
     raise CheckpointError(f"{path / 'config.json'}: {e}") from None
   target = abstract_params(config, rules)
   try:
-    host = ocp.PyTreeCheckpointer().restore(
-        path / "params", item=target,
-        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                  target))
+    params = ocp.StandardCheckpointer().restore(path / "params", target)
   except Exception as e:  # orbax/tensorstore raise ValueError, OSError and their own
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"{path / 'params'}: cannot restore the parameters "
                           f"({first[:300]}); convert the checkpoint again") from None
-  return config, _place(host)
-
-
-PLACING_THREADS = 8
-
-
-def _place(tree: Any) -> Any:
-  """The tree's host arrays on the default device, several copied at once: one
-  thread's copy from pageable host memory runs well below the host-to-device link."""
-  leaves, treedef = jax.tree.flatten(tree)
-  with concurrent.futures.ThreadPoolExecutor(PLACING_THREADS) as pool:
-    return jax.tree.unflatten(treedef, list(pool.map(jax.device_put, leaves)))
+  return config, params
