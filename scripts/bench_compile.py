@@ -6,7 +6,7 @@ twice with one persistent compilation cache folder, first empty (cold: the searc
 lowered and compiled), then filled (warm: the stored program and XLA's cached
 executable). Reports the compile time the command measured, the warm process's time from
 its start to its first batch's result (the start-up a user waits through: imports,
-loading the converted weights with the compile overlapping it, the first batch) and its
+loading the converted weights, the compile, the first batch) and its
 wall time to exit, and each process's median batch latency over R / B batches: the warm
 process runs the stored (exported) program, the cold one the program it traced, so their
 ratio is the latency change of the start-up path in the same run.
@@ -53,8 +53,9 @@ def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
                 out: str) -> dict:
   """One `onerec-jax generate` process over `batches` batches: its wall time and the
   timing it reports."""
-  cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt, "--random", str(batch * batches),
-         "--batch-size", str(batch), "--beam-width", str(beam), "--compile-cache", cache,
+  cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt,
+         "--random", str(batch * batches), "--batch-size", str(batch),
+         "--beam-width", str(beam), "--compile-cache", cache,
          "--print-requests", "1", "--output", out]
   t0 = time.perf_counter()
   done = subprocess.run(cmd, text=True, capture_output=True)
