@@ -18,6 +18,7 @@ Writes JSON (--out) with a top-level "summary"; prints a table last.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -49,24 +50,42 @@ def write_checkpoints(preset: str, layers: int, folder: str) -> None:
                   source=f"random {preset}")
 
 
+def _folder_bytes(folder: str) -> dict[str, int]:
+  """Bytes in the compilation cache folder: the stored (exported) programs, and all."""
+  sizes = {"exported": 0, "all": 0}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      size = os.path.getsize(os.path.join(root, name))
+      sizes["all"] += size
+      sizes["exported"] += size if name.endswith(".jaxexport") else 0
+  return sizes
+
+
 def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
-                out: str) -> dict:
-  """One `onerec-jax generate` process over `batches` batches: its wall time and the
-  timing it reports."""
+                out: str, xla_flags: str) -> dict:
+  """One `onerec-jax generate` process over `batches` batches (xla_flags added to its
+  XLA_FLAGS): its wall time and the timing it reports."""
   cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt,
          "--random", str(batch * batches), "--batch-size", str(batch),
          "--beam-width", str(beam), "--compile-cache", cache,
          "--print-requests", "1", "--output", out]
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), xla_flags]))
   t0 = time.perf_counter()
-  done = subprocess.run(cmd, text=True, capture_output=True)
+  done = subprocess.run(cmd, text=True, capture_output=True, env=env)
   wall = time.perf_counter() - t0
   if done.returncode:
     return {"error": done.stderr.strip().splitlines()[-3:], "wall_s": wall}
-  timing = json.load(open(out))["timing"]
+  report = json.load(open(out))
+  timing = report["timing"]
   return {"wall_s": wall, "first_result_s": timing["first_result_s"],
           "load_s": timing["load_s"], "compile_s": timing["compile_s"],
           "compile_cache_hit": timing["compile_cache_hit"], "program": timing["program"],
-          "batches": timing["batches"],
+          "batches": timing["batches"], "phases_s": timing["phases_s"],
+          "cache_bytes": _folder_bytes(cache),
+          # equal digests: the processes returned the same items and scores
+          "results_sha256": hashlib.sha256(
+              json.dumps(report["results"], sort_keys=True).encode()).hexdigest(),
           "latency_ms_median": timing.get("latency_ms_median", 1e3 * timing["total_s"])}
 
 
@@ -79,6 +98,10 @@ def main() -> None:
   ap.add_argument("--beam", type=int, default=512)
   ap.add_argument("--precisions", default="fp8,bf16")
   ap.add_argument("--batches", type=int, default=8, help="batches each process runs")
+  ap.add_argument("--xla-flags", default="", help="added to the timed processes' XLA_FLAGS")
+  ap.add_argument("--checkpoints", metavar="DIR",
+                  help="keep the written checkpoints in DIR and reuse those found there "
+                       "(written for the same --preset and --layers)")
   ap.add_argument("--smoke", action="store_true", help="tiny preset, any backend")
   ap.add_argument("--write-checkpoints", metavar="DIR", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -88,13 +111,16 @@ def main() -> None:
   if args.smoke:
     args.preset, args.batch, args.beam, args.batches = "tiny", 2, 8, 2
   work = tempfile.mkdtemp(prefix="onerec-compile-")
+  ckpts = args.checkpoints or work
   try:
     t0 = time.perf_counter()
-    # In a process of its own: this one never starts the GPU, so the timed processes
-    # start on a device no other process holds.
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", args.preset,
-                    "--layers", str(args.layers), "--write-checkpoints", work], check=True)
-    paths = {p: os.path.join(work, p) for p in ("bf16", "fp8")}
+    paths = {p: os.path.join(ckpts, p) for p in ("bf16", "fp8")}
+    if not all(os.path.exists(p) for p in paths.values()):
+      # In a process of its own: this one never starts the GPU, so the timed processes
+      # start on a device no other process holds.
+      subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", args.preset,
+                      "--layers", str(args.layers), "--write-checkpoints", ckpts],
+                     check=True)
     write_s = time.perf_counter() - t0
     rows = []
     for precision in filter(None, args.precisions.split(",")):
@@ -103,7 +129,8 @@ def main() -> None:
       for start in ("cold", "warm"):
         row[start] = run_command(paths[precision], cache, args.batch, args.beam,
                                  args.batches,
-                                 os.path.join(work, f"{precision}-{start}.json"))
+                                 os.path.join(work, f"{precision}-{start}.json"),
+                                 args.xla_flags)
         print(json.dumps({"precision": precision, start: row[start]}), flush=True)
       rows.append(row)
   finally:
@@ -115,7 +142,7 @@ def main() -> None:
     return warm / cold - 1 if cold and warm else None
 
   summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
-             "beam": args.beam, "fp8_cold_s": get("fp8", "cold", "compile_s"),
+             "beam": args.beam, "xla_flags": args.xla_flags, "fp8_cold_s": get("fp8", "cold", "compile_s"),
              "bf16_cold_s": get("bf16", "cold", "compile_s"),
              "fp8_warm_compile_s": get("fp8", "warm", "compile_s"),
              # the issue's measure: from the process's start to its first result
@@ -125,7 +152,10 @@ def main() -> None:
              "warm_cache_hit": get("fp8", "warm", "compile_cache_hit"),
              "warm_program": get("fp8", "warm", "program"),
              # the stored program (warm) against the one traced in the cold process
-             "latency_change": change("fp8"), "bf16_latency_change": change("bf16")}
+             "latency_change": change("fp8"), "bf16_latency_change": change("bf16"),
+             "same_results": all(r["cold"].get("results_sha256") is not None and
+                                 r["cold"].get("results_sha256") ==
+                                 r["warm"].get("results_sha256") for r in rows)}
   result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
             "summary": summary, "checkpoint_write_s": write_s, "rows": rows}
   write_json(args.out, result)

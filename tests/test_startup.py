@@ -26,6 +26,13 @@ def _generate(cache, out):
   # The first result comes after the weights and the compile, within the process's life.
   assert 0 < timing["load_s"] and timing["load_s"] + timing["compile_s"] < (
       timing["first_result_s"]) < wall, (timing, wall)
+  # The start-up phases end in order; the load and the compile each lie within theirs.
+  phases = timing["phases_s"]
+  assert list(phases) == ["inputs", "loaded", "warmed", "first_result"], phases
+  assert 0 < phases["inputs"] < phases["loaded"] < phases["warmed"] < phases["first_result"]
+  assert phases["first_result"] == timing["first_result_s"]
+  assert phases["loaded"] - phases["inputs"] >= timing["load_s"], (phases, timing)
+  assert phases["warmed"] - phases["loaded"] >= timing["compile_s"], (phases, timing)
   return timing, done.stderr
 
 
@@ -55,6 +62,10 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   result = json.loads(out.read_text())
   assert {"device", "jax_version", "git_commit", "summary"} <= set(result)
   assert "summary:" in done.stdout.splitlines()[-1]
+  if script == "bench_compile.py":  # the warm process ran the stored program, alike
+    assert result["summary"]["same_results"] is True and result["summary"]["warm_cache_hit"]
+    (row,) = result["rows"]
+    assert 0 < row["warm"]["cache_bytes"]["exported"] < row["warm"]["cache_bytes"]["all"]
   if "--qwen3-table" in args:
     (row,) = result["summary"]
     assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]

@@ -188,6 +188,9 @@ def _mesh(args, config):
 
 
 def run(args: argparse.Namespace) -> int:
+  # Seconds from the command's start at which each start-up phase ended.
+  phases = {}
+  mark = lambda name: phases.setdefault(name, time.perf_counter() - STARTED)
   # Everything the user typed is checked before the weights load or the device works.
   _positive(args, "beam_width", "batch_size", "top", "print_requests", "random",
             "random_items", "devices", "expert_parallel", "num_processes")
@@ -203,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
   import jax
+  mark("inputs")  # imports done, inputs read and checked, the devices set up
 
   t_load = time.perf_counter()
   params, rules, source = _weights(args, config)
@@ -213,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     params = gen.sharding.place_params(params, mesh)
   jax.block_until_ready(params)
   load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
+  mark("loaded")
   per_batch = min(args.batch_size, batch)
   (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
   kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
@@ -234,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
   programs = {}
   compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
                          **kw)[bucket]
+  mark("warmed")  # compiled (or read from the cache) and run once
   hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
   how = {"exported": ", the stored program: nothing traced",
          "traced": "", "process": ""}[programs[bucket]]
@@ -248,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     parts.append(gen.generate(params, config, take(features), mask=take(mask), **kw))
     latencies.append(time.perf_counter() - t0)
     if i == 0:  # from the command's start: the start-up a user waits through
-      first_result_s = time.perf_counter() - STARTED
+      first_result_s = mark("first_result")
     if len(spans) > 3:
       log(f"\rbatch {i + 1}/{len(spans)}", end="", flush=True)
   if len(spans) > 3:
@@ -257,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                      for i in range(3)))
   total = sum(latencies)
   timing = {"load_s": load_s, "compile_s": compile_s, "compile_cache_hit": bool(hits),
-            "first_result_s": first_result_s,
+            "first_result_s": first_result_s, "phases_s": phases,
             "program": programs[bucket],
             "batches": len(latencies), "batch_size": per_batch, "total_s": total,
             "throughput_rps": batch / total, "device": jax.devices()[0].device_kind,
