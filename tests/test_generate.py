@@ -316,3 +316,24 @@ def test_cli_demo_defaults_to_its_sample_users_and_valid_items(tmp_path, capsys)
   printed = capsys.readouterr().out.splitlines()
   assert len(printed) == 1 + 5 * len(requests)  # the header, then 5 items of every user
   assert {int(line.split()[0]) for line in printed[1:]} == set(requests)
+
+
+@pytest.mark.parametrize("name", ["tiny", "qwen3-tiny"])
+def test_random_contexts_are_drawn_per_request(name):
+  cfg = preset(name)
+  whole = gen.random_contexts(cfg, 6, seed=4)
+  for p in cfg.pathways:  # full length; normal features, or token ids in the vocabulary
+    x = whole[p.name]
+    if p.width:
+      chex.assert_shape(x, (6, p.max_len, p.width))
+      assert x.dtype == np.float32 and abs(x.mean()) < 0.2 and 0.8 < x.std() < 1.2
+    else:
+      chex.assert_shape(x, (6, p.max_len))
+      assert x.dtype == np.int32 and 0 <= x.min() and x.max() < cfg.vocab_size
+  part = gen.random_contexts(cfg, 3, seed=4, start=2)  # requests 2, 3, 4 on their own
+  chex.assert_trees_all_equal(part, {k: v[2:5] for k, v in whole.items()})
+  other = gen.random_contexts(cfg, 6, seed=5)
+  assert not any(np.array_equal(whole[k][i], other[k][i]) for k in whole for i in range(6))
+  assert not np.array_equal(whole[cfg.pathways[0].name][0], whole[cfg.pathways[0].name][1])
+  empty = gen.random_contexts(cfg, 0)
+  assert all(v.shape[0] == 0 for v in empty.values())

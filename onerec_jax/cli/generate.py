@@ -98,29 +98,43 @@ def _config(args):
 
 
 def _requests(args, config):
-  """(features, mask or None, request_ids, valid_items or None): the demo's sample users
-  and valid items when the demo runs with no inputs named."""
+  """(count, contexts, request_ids, valid_items or None), where contexts(start, stop) gives
+  those requests' (features, mask or None), checked against the model: the demo's sample
+  users and valid items when the demo runs with no inputs named. Random contexts are drawn
+  batch by batch (request i from the seed and i), so the first batch waits only for its
+  own."""
   from onerec_jax import checkpoint
   from onerec_jax import generate as gen
   demo = args.checkpoint is None and args.preset is None
-  contexts = args.contexts
-  if demo and contexts is None and args.random is None:
-    contexts = checkpoint.DEMO_SOURCE / "contexts.npz"
-  if contexts is not None:
-    features, mask, request_ids = gen.load_contexts(contexts, config)
+  path = args.contexts
+  if demo and path is None and args.random is None:
+    path = checkpoint.DEMO_SOURCE / "contexts.npz"
+  if path is not None:
+    features, mask, request_ids = gen.load_contexts(path, config)
+    count = len(request_ids)
+    take = lambda d, start, stop: None if d is None else {k: v[start:stop]
+                                                          for k, v in d.items()}
+    contexts = lambda start, stop: (take(features, start, stop), take(mask, start, stop))
   else:
-    n = 8 if args.random is None else args.random
-    features, mask, request_ids = gen.random_contexts(config, n, args.seed), None, np.arange(n)
+    count = 8 if args.random is None else args.random
+    request_ids = np.arange(count)
+    contexts = lambda start, stop: (
+        gen.random_contexts(config, stop - start, args.seed, start=start), None)
   items = args.valid_items
   if demo and items is None and args.random_items is None:
     items = checkpoint.DEMO_SOURCE / "valid_items.npz"
   if items is not None:
     ids, sem = gen.load_valid_items(items)
+    valid_items = gen.build_item_table(ids, sem, config.codebook_sizes)
   elif args.random_items:
-    ids, sem = gen.random_items(config, args.random_items, args.seed)
+    valid_items = gen.build_item_table(*gen.random_items(config, args.random_items,
+                                                         args.seed), config.codebook_sizes)
   else:
-    return features, mask, request_ids, None
-  return features, mask, request_ids, gen.build_item_table(ids, sem, config.codebook_sizes)
+    valid_items = None
+  # A file's requests are checked whole; random ones are well formed, one stands for all.
+  gen.check_inputs(config, *contexts(0, count if path is not None else 1),
+                   args.beam_width, valid_items)
+  return count, contexts, request_ids, valid_items
 
 
 def _weights(args, config):
@@ -198,11 +212,10 @@ def run(args: argparse.Namespace) -> int:
   config = _config(args)
   _hosts(args)
   mesh = _mesh(args, config)
-  features, mask, request_ids, valid_items = _requests(args, config)
+  batch, contexts, request_ids, valid_items = _requests(args, config)
   from onerec_jax import generate as gen
   from onerec_jax import quant
   from onerec_jax.model import default_rules
-  batch = gen.check_inputs(config, features, mask, args.beam_width, valid_items)
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
   import jax
@@ -249,9 +262,9 @@ def run(args: argparse.Namespace) -> int:
   parts, latencies = [], []
   spans = gen.chunks(batch, (per_batch,))
   for i, (start, stop, _) in enumerate(spans):
-    take = lambda d: None if d is None else {k: v[start:stop] for k, v in d.items()}
+    features, mask = contexts(start, stop)
     t0 = time.perf_counter()
-    parts.append(gen.generate(params, config, take(features), mask=take(mask), **kw))
+    parts.append(gen.generate(params, config, features, mask=mask, **kw))
     latencies.append(time.perf_counter() - t0)
     if i == 0:  # from the command's start: the start-up a user waits through
       first_result_s = mark("first_result")

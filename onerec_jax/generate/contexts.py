@@ -74,14 +74,22 @@ def save_contexts(path: str | os.PathLike, features: dict[str, Any],
   np.savez(path, **arrays)
 
 
-def random_contexts(config: Config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Full-length random inputs for every pathway: standard-normal features
-  [batch, max_len, width], or token ids [batch, max_len] uniform over the vocabulary where
-  the width is 0."""
-  rng = np.random.default_rng(seed)
-  return {p.name: rng.integers(0, config.vocab_size, (batch, p.max_len), dtype=np.int32)
-          if p.width == 0 else rng.standard_normal((batch, p.max_len, p.width), np.float32)
-          for p in config.pathways}
+def random_contexts(config: Config, batch: int, seed: int = 0, start: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """Full-length random inputs for requests start .. start + batch - 1 of every pathway:
+  standard-normal features [batch, max_len, width], or token ids [batch, max_len] uniform
+  over the vocabulary where the width is 0. Request i is drawn from (seed, i) alone, so a
+  slice of requests can be drawn on its own and equals those rows of a larger draw."""
+  rngs = [np.random.default_rng((seed, i)) for i in range(start, start + batch)]
+  out = {p.name: np.empty((batch, p.max_len) + ((p.width,) if p.width else ()),
+                          np.int32 if p.width == 0 else np.float32) for p in config.pathways}
+  for rng, *rows in zip(rngs, *out.values()):  # one request's pathways, in config order
+    for p, row in zip(config.pathways, rows):
+      if p.width == 0:
+        row[:] = rng.integers(0, config.vocab_size, p.max_len, dtype=np.int32)
+      else:
+        rng.standard_normal(dtype=np.float32, out=row)
+  return out
 
 
 def random_items(config: Config, count: int, seed: int = 0):
