@@ -1,6 +1,9 @@
 """The user cache folder: converted copies of the shipped demo and jax's persistent
-compilation cache live here, never in the source tree or site-packages."""
+compilation cache live here, never in the source tree or site-packages. Derived data kept
+across processes is keyed on source_fingerprint, so other code never reads it."""
 
+import functools
+import hashlib
 import os
 import pathlib
 
@@ -13,3 +16,18 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ[ENV]).expanduser()
   base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
   return pathlib.Path(base).expanduser() / "onerec-jax"
+
+
+@functools.cache
+def source_fingerprint() -> str:
+  """sha256 of the product's Python sources (onerec_jax and onerec_kernels): what one
+  version of the code stored (a compiled program, a parameter tree) is reused only by
+  that version."""
+  import onerec_kernels
+  digest = hashlib.sha256()
+  for root in (pathlib.Path(__file__).resolve().parent,  # onerec_jax
+               pathlib.Path(onerec_kernels.__file__).resolve().parent):
+    for path in sorted(root.rglob("*.py")):
+      digest.update(str(path.relative_to(root)).encode())
+      digest.update(path.read_bytes())
+  return digest.hexdigest()

@@ -226,3 +226,51 @@ def test_make_random_checkpoint_script_writes_what_convert_reads(tmp_path):
   config, params, *_ = load(convert(tmp_path / "rnd", tmp_path / "jax", progress=False))
   assert config == CFG
   assert params["layer_3"]["mlp"]["router"]["weight"].dtype == np.float16
+
+
+@pytest.fixture
+def compile_cache_dir(tmp_path):
+  """jax's persistent compilation cache folder set to a fresh one for the test only."""
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
+  yield tmp_path / "cc"
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("name", ["tiny-moe", "qwen3-moe-tiny"])
+def test_parameter_tree_is_kept_in_the_compile_cache(compile_cache_dir, monkeypatch, name):
+  import jax
+  from onerec_jax.checkpoint import store
+  from onerec_jax.model import default_rules
+  cfg = preset(name)
+  files = lambda: set((compile_cache_dir / "onerec-param-trees").glob("*.json"))
+  for rules in (None, default_rules(cfg)):
+    before = files() if compile_cache_dir.exists() else set()
+    traced = store.abstract_params(cfg, rules)  # traced, and written to the folder
+    (stored,) = files() - before
+    with monkeypatch.context() as m:  # read back without tracing anything
+      m.setattr(store, "init_params", lambda *a: pytest.fail("traced again"))
+      read = store.abstract_params(cfg, rules)
+    assert jax.tree.structure(read) == jax.tree.structure(traced)
+    assert [(x.shape, x.dtype) for x in jax.tree.leaves(read)] == [
+        (x.shape, x.dtype) for x in jax.tree.leaves(traced)]
+    stored.write_text("{not json")  # a damaged file is traced again and rewritten
+    assert jax.tree.structure(store.abstract_params(cfg, rules)) == jax.tree.structure(traced)
+    assert json.loads(stored.read_text())
+  assert len(files()) == 2
+  other = store.abstract_params(cfg.replace(n_layers=cfg.n_layers + 1))  # another file
+  assert len(files()) == 3
+  assert jax.tree.structure(other) != jax.tree.structure(traced)
+
+
+def test_parameter_tree_is_not_kept_with_the_cache_off(tmp_path, monkeypatch):
+  import jax
+  from onerec_jax.checkpoint import store
+  assert not jax.config.jax_compilation_cache_dir
+  calls = []
+  real = store.init_params
+  monkeypatch.setattr(store, "init_params", lambda *a: calls.append(1) or real(*a))
+  store.abstract_params(preset("tiny"))
+  store.abstract_params(preset("tiny"))
+  assert len(calls) == 2

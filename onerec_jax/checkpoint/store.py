@@ -9,6 +9,7 @@ Layout of CHECKPOINT/:
 """
 
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -16,9 +17,11 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from onerec_jax import quant
+from onerec_jax.cache import source_fingerprint
 from onerec_jax.checkpoint.source import CheckpointError
 from onerec_jax.config import ConfigError, ModelConfig, config_from_json
 from onerec_jax.model import init_params
@@ -29,11 +32,56 @@ PRECISIONS = ("fp16", "fp8")
 
 
 def abstract_params(config: ModelConfig, rules: "quant.Rules | None" = None):
-  """Shapes and dtypes of the parameter tree, FP8-quantized by `rules` when given."""
+  """Shapes and dtypes of the parameter tree, FP8-quantized by `rules` when given.
+
+  They come from tracing the model's init (and the quantizer), which takes a second or
+  more for a large model; with jax's persistent compilation cache on, the tree is also
+  kept in its folder, keyed on the config, the rules and the source version, so that a
+  restarted process reads it instead (a restore of the weights waits on it)."""
+  path = _tree_file(config, rules)
+  if path is not None:
+    try:
+      return _decode(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: traced again
+      pass
   tree = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   if rules is not None:
     tree = jax.eval_shape(lambda t: quant.quantize_params(t, rules), tree)
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".partial-{os.getpid()}")
+    tmp.write_text(json.dumps(_encode(tree)))
+    tmp.replace(path)  # whole or not at all
   return tree
+
+
+def _tree_file(config: ModelConfig, rules: "quant.Rules | None") -> pathlib.Path | None:
+  """Where abstract_params keeps this tree; None while the persistent cache is off."""
+  folder = jax.config.jax_compilation_cache_dir
+  if not folder:
+    return None
+  key = hashlib.sha256(json.dumps([
+      config.to_json(), None if rules is None else rules.to_json(), jax.__version__,
+      source_fingerprint()]).encode()).hexdigest()
+  return pathlib.Path(folder) / "onerec-param-trees" / f"{key}.json"
+
+
+def _encode(node) -> dict:
+  if isinstance(node, dict):
+    return {"dict": {k: _encode(v) for k, v in node.items()}}
+  if isinstance(node, quant.QArray):
+    return {"qarray": [_encode(node.value), _encode(node.scale)]}
+  if isinstance(node, jax.ShapeDtypeStruct):
+    return {"shape": list(node.shape), "dtype": node.dtype.name}
+  raise TypeError(f"no encoding for a {type(node).__name__} in the parameter tree")
+
+
+def _decode(node: dict):
+  if "dict" in node:
+    return {k: _decode(v) for k, v in node["dict"].items()}
+  if "qarray" in node:
+    return quant.QArray(*map(_decode, node["qarray"]))
+  return jax.ShapeDtypeStruct(tuple(node["shape"]), jnp.dtype(node["dtype"]))
 
 
 def is_converted(path: str | os.PathLike) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import jax
 
-from onerec_jax.cache import cache_dir
+from onerec_jax.cache import cache_dir, source_fingerprint
 
 ENV = "ONEREC_JAX_COMPILE_CACHE"
 OFF = "off"
@@ -90,20 +90,6 @@ def compile_events() -> dict[str, float]:
 EXPORT_FORMAT = 2  # bump when the key or the stored layout changes
 _programs: dict[tuple, Callable] = {}
 _programs_lock = threading.Lock()
-
-
-@functools.cache
-def source_fingerprint() -> str:
-  """sha256 of the product's Python sources (onerec_jax and onerec_kernels): a stored
-  program is reused only by the code that exported it."""
-  import onerec_kernels
-  digest = hashlib.sha256()
-  for root in (pathlib.Path(__file__).resolve().parents[1],  # onerec_jax
-               pathlib.Path(onerec_kernels.__file__).resolve().parent):
-    for path in sorted(root.rglob("*.py")):
-      digest.update(str(path.relative_to(root)).encode())
-      digest.update(path.read_bytes())
-  return digest.hexdigest()
 
 
 def _exported_dir() -> pathlib.Path | None:
