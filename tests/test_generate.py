@@ -337,3 +337,50 @@ def test_random_contexts_are_drawn_per_request(name):
   assert not np.array_equal(whole[cfg.pathways[0].name][0], whole[cfg.pathways[0].name][1])
   empty = gen.random_contexts(cfg, 0)
   assert all(v.shape[0] == 0 for v in empty.values())
+
+
+def test_warmup_from_shapes_runs_on_zeros_and_generate_compiles_nothing(tiny, monkeypatch):
+  from onerec_jax.checkpoint import abstract_params
+  from onerec_jax.generate import api
+  cfg, params = tiny
+  shapes = abstract_params(cfg)
+  made = []
+  real_zeros = api._zeros
+  monkeypatch.setattr(api, "_zeros", lambda s: made.append(s) or real_zeros(s))
+  feats, mask = _requests(cfg, 3, seed=6)
+  gen.warmup(shapes, cfg, beam_width=5, batch_buckets=(4,), run=False)
+  assert not made  # compiled from the shapes, nothing run
+  gen.warmup(shapes, cfg, beam_width=5, batch_buckets=(4,))
+  assert len(made) == 1  # the run went on zeros of the weights' shapes
+  zeros = real_zeros(shapes)
+  assert all(float(jax.numpy.abs(x).max()) == 0 and x.dtype == s.dtype and x.shape == s.shape
+             for x, s in zip(jax.tree.leaves(zeros), jax.tree.leaves(shapes)))
+  before = len(_compiles)
+  res = gen.generate(params, cfg, feats, mask=mask, beam_width=5, batch_buckets=(4,))
+  assert len(_compiles) == before  # the weights' program is the shapes' one
+  for i in range(3):
+    _check(res, i, *_beam_reference(_logp(cfg, params, feats, mask, i), 5))
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_cli_first_run_with_and_without_room_for_zeros(tmp_path, monkeypatch, room):
+  """Where the devices cannot hold a second copy of the weights, the first run waits for
+  them and uses them; the results are the same either way."""
+  from onerec_jax.cli import generate as cli_generate
+  monkeypatch.setattr(cli_generate, "_room_for_zeros", lambda shapes: room)
+  ran = []
+  real_warmup = gen.warmup
+  monkeypatch.setattr(gen, "warmup", lambda params, *a, **k: ran.append(
+      (k.get("run", True), all(isinstance(x, jax.ShapeDtypeStruct)
+                               for x in jax.tree.leaves(params)))) or real_warmup(params, *a, **k))
+  out = tmp_path / f"{room}.json"
+  assert _cli("--preset", "tiny", "--fp8", "--random", "3", "--beam-width", "4", "--seed", "2",
+              "--no-compile-cache", "--output", str(out)) == 0
+  # compiled from the shapes; then run once: on zeros in the background, or on the weights
+  assert ran == [(False, True), (True, room)]
+  results = json.loads(out.read_text())["results"]
+  reference = tmp_path / "reference.json"
+  monkeypatch.setattr(gen, "warmup", real_warmup)
+  assert _cli("--preset", "tiny", "--fp8", "--random", "3", "--beam-width", "4", "--seed", "2",
+              "--no-compile-cache", "--output", str(reference)) == 0
+  assert results == json.loads(reference.read_text())["results"]
