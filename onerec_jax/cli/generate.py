@@ -137,62 +137,16 @@ def _requests(args, config):
   return count, contexts, request_ids, valid_items
 
 
-def _converted(args) -> bool:
-  """Whether the weights are read as they are stored (a converted checkpoint) or made (a
-  preset), not converted from a PyTorch-format source (the demo's included), whose
-  tensors are checked as they are read."""
-  from onerec_jax import checkpoint
-  return args.preset is not None or (args.checkpoint is not None and
-                                     checkpoint.store.is_converted(args.checkpoint))
-
-
-def _rules(args, config):
-  """The FP8 rules the weights will run under, known before they load: a converted
-  checkpoint's own, else the paper's with --fp8, else None."""
-  from onerec_jax import checkpoint
-  from onerec_jax.model import default_rules
-  stored = (checkpoint.load_rules(args.checkpoint)
-            if args.preset is None and _converted(args) else None)
-  return default_rules(config) if stored is None and args.fp8 else stored
-
-
-def _weights(args, config, rules):
-  """(params, source): the chosen weights, quantized with rules where they are not yet."""
+def _weights(args, config):
+  """(params, rules, source) for the chosen weights."""
   import jax
-  from onerec_jax import checkpoint, quant
+  from onerec_jax import checkpoint
   from onerec_jax.model import init_params
   if args.preset:
-    params, stored, source = (jax.jit(init_params, static_argnums=0)(
-        config, jax.random.key(args.seed)), None, f"random weights of preset {args.preset}")
-  else:
-    ckpt = checkpoint.load(args.checkpoint)
-    params, stored, source = ckpt.params, ckpt.rules, ckpt.source
-  if rules is not None and stored is None:
-    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  return params, source
-
-
-def _room_for_zeros(shapes) -> bool:
-  """Whether every device holds a second copy of the weights (the zeros of the first
-  run) beside them, where the devices report their memory."""
-  import jax
-  need = 2 * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-  for device in jax.local_devices():
-    stats = device.memory_stats() or {}
-    if "bytes_limit" in stats and stats["bytes_limit"] - stats.get("bytes_in_use", 0) < need:
-      return False
-  return True
-
-
-def _in_background(fn):
-  """Starts fn() on a thread, in this context (the kernel mode and FP8 scopes in force);
-  -> a function that waits for it and returns its result or raises its error."""
-  import concurrent.futures
-  import contextvars
-  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onerec-first-run")
-  future = pool.submit(contextvars.copy_context().run, fn)
-  pool.shutdown(wait=False)
-  return future.result
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
+    return params, None, f"random weights of preset {args.preset}"
+  ckpt = checkpoint.load(args.checkpoint)
+  return ckpt.params, ckpt.rules, ckpt.source
 
 
 def _results(res, request_ids) -> list[dict]:
@@ -260,13 +214,23 @@ def run(args: argparse.Namespace) -> int:
   mesh = _mesh(args, config)
   batch, contexts, request_ids, valid_items = _requests(args, config)
   from onerec_jax import generate as gen
+  from onerec_jax import quant
+  from onerec_jax.model import default_rules
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
   import jax
-  from onerec_jax import checkpoint
   mark("inputs")  # imports done, inputs read and checked, the devices set up
 
-  rules = _rules(args, config)
+  t_load = time.perf_counter()
+  params, rules, source = _weights(args, config)
+  if args.fp8 and rules is None:
+    rules = default_rules(config)
+    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  if mesh is not None:
+    params = gen.sharding.place_params(params, mesh)
+  jax.block_until_ready(params)
+  load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
+  mark("loaded")
   per_batch = min(args.batch_size, batch)
   (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
   kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
@@ -280,50 +244,20 @@ def run(args: argparse.Namespace) -> int:
   devices = ("1 x " if mesh is None else f"{mesh.size} x ") + jax.devices()[0].device_kind
   if mesh is not None and gen.sharding.expert_shards(mesh) > 1:
     devices += f" (experts split over {gen.sharding.expert_shards(mesh)})"
+  log(f"{source}: {devices}, {batch} requests, beam width {args.beam_width}, batch "
+      f"{per_batch}, dtype {config.dtype}{', FP8' if rules else ''}"
+      f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}")
   before = gen.compile_cache.compile_events()
+  log("compiling ...", end="", flush=True)
   programs = {}
-
-  def compile_from(tree) -> tuple[float, int]:  # (seconds, persistent cache hits)
-    log(f"{devices}, {batch} requests, beam width {args.beam_width}, batch "
-        f"{per_batch}, dtype {config.dtype}{', FP8' if rules else ''}"
-        f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}")
-    log("compiling ...", end="", flush=True)
-    seconds = gen.warmup(tree, config, run=False,
-                         progress=lambda b, s, how: programs.update({b: how}), **kw)[bucket]
-    hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
-    how = {"exported": ", the stored program: nothing traced",
-           "traced": "", "process": ""}[programs[bucket]]
-    log(f"\rcompiled in {seconds:.2f} s"
-        f"{' (from the persistent compilation cache' + how + ')' if hits else ''}")
-    mark("compiled")
-    return seconds, hits
-
-  # Weights read as stored: the search compiles from their shapes before they load (a
-  # damaged tensor file is then reported after the compile), and its first run, which
-  # sets up the kernels (about 2 s on a GPU), goes on zeros while they load, where the
-  # devices hold both. A PyTorch-format source is converted, and checked, first.
-  shapes = checkpoint.abstract_params(config, rules) if _converted(args) else None
-  first_run = None
-  if shapes is not None:
-    compile_s, hits = compile_from(shapes)
-    if _room_for_zeros(shapes):
-      first_run = _in_background(lambda: gen.warmup(shapes, config, **kw))
-
-  t_load = time.perf_counter()
-  params, source = _weights(args, config, rules)
-  if mesh is not None:
-    params = gen.sharding.place_params(params, mesh)
-  jax.block_until_ready(params)
-  load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
-  mark("loaded")
-  log(f"loaded {source} in {load_s:.2f} s")
-  if shapes is None:
-    compile_s, hits = compile_from(params)
-  if first_run is not None:
-    first_run()
-  else:
-    gen.warmup(params, config, **kw)  # compiled already: runs once
-  mark("warmed")  # run once
+  compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
+                         **kw)[bucket]
+  mark("warmed")  # compiled (or read from the cache) and run once
+  hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
+  how = {"exported": ", the stored program: nothing traced",
+         "traced": "", "process": ""}[programs[bucket]]
+  log(f"\rcompiled in {compile_s:.2f} s"
+      f"{' (from the persistent compilation cache' + how + ')' if hits else ''}")
 
   parts, latencies = [], []
   spans = gen.chunks(batch, (per_batch,))

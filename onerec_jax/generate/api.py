@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -159,43 +158,26 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
 def warmup(params: Any, config: Config, *, beam_width: int,
            valid_items: ItemTable | None = None, rules=None,
            batch_buckets: Sequence[int] = DEFAULT_BUCKETS, mesh: Mesh | None = None,
-           run: bool = True,
            progress: Callable[[int, float, str], None] | None = None) -> dict[int, float]:
-  """Compiles the beam search for every bucket ahead of traffic and (run) runs it once,
-  so that the first request pays no one-time set-up either (the fast dispatch path, the
-  kernels' loading: about 2 s on a GPU); returns the compile seconds per bucket (rounded
-  as generate rounds them for the mesh, which is generate's), and calls
+  """Compiles the beam search for every bucket ahead of traffic and runs it once (the
+  first call also sets up the fast dispatch path); returns the compile seconds per bucket
+  (rounded as generate rounds them for the mesh, which is generate's), and calls
   progress(bucket, seconds, how) after each (how: compile_cache.program's).
-
-  params: the weights, or their shapes and dtypes (jax.ShapeDtypeStructs, as
-  checkpoint.abstract_params gives them); with shapes the runs use zeros of them, so
-  warmup need not wait for the weights to load. Later generate calls in these buckets do
-  not compile; with the persistent compilation cache on, a restarted process's warmup
-  neither traces nor compiles them."""
+  Later generate calls in these buckets do not compile; with the persistent compilation
+  cache on, a restarted process's warmup neither traces nor compiles them."""
   mesh = sharding.resolve(mesh, config)
-  shapes_only = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
-  if mesh is not None and not shapes_only:
+  if mesh is not None:
     params = sharding.place_params(params, mesh)
-  runnable = None
   seconds = {}
   for bucket in sharding.round_buckets(batch_buckets, mesh):
     empty = {p.name: np.zeros((0, 1) if p.width == 0 else (0, 1, p.width), np.float32)
              for p in config.pathways}
     f, m = pad_batch(config, empty, None, 0, 0, bucket)
     t0 = time.perf_counter()
-    search, how = compiled_search(params, f, m, valid_items, config=config,
-                                  beam_width=beam_width, rules=rules, mesh=mesh)
+    run, how = compiled_search(params, f, m, valid_items, config=config,
+                               beam_width=beam_width, rules=rules, mesh=mesh)
     seconds[bucket] = time.perf_counter() - t0
-    if run:
-      runnable = runnable or (_zeros(params) if shapes_only else params)
-      jax.block_until_ready(search(runnable, f, m, valid_items))
+    jax.block_until_ready(run(params, f, m, valid_items))
     if progress:
       progress(bucket, seconds[bucket], how)
   return seconds
-
-
-def _zeros(shapes: Any) -> Any:
-  """Device zeros of a tree of jax.ShapeDtypeStructs, made by one program."""
-  leaves, treedef = jax.tree.flatten(shapes)
-  make = jax.jit(lambda: [jnp.zeros(x.shape, x.dtype) for x in leaves])
-  return jax.tree.unflatten(treedef, make())
