@@ -53,6 +53,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
     ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2", "--jobs", "2"]),
     ("bench_compile.py", ["--precisions", "fp8"]),
     ("bench_frontier.py", []),
+    ("profile_startup.py", []),
 ])
 def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   out = tmp_path / "r.json"
@@ -62,10 +63,6 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   result = json.loads(out.read_text())
   assert {"device", "jax_version", "git_commit", "summary"} <= set(result)
   assert "summary:" in done.stdout.splitlines()[-1]
-  if script == "bench_compile.py":  # the warm process ran the stored program, alike
-    assert result["summary"]["same_results"] is True and result["summary"]["warm_cache_hit"]
-    (row,) = result["rows"]
-    assert 0 < row["warm"]["cache_bytes"]["exported"] < row["warm"]["cache_bytes"]["all"]
   if "--qwen3-table" in args:
     (row,) = result["summary"]
     assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]
@@ -83,9 +80,16 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert result["moe_layer"]["config"] == "tiny-moe" and result["moe_layer"]["tokens"] == 32
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
+  elif script == "profile_startup.py":  # the warm process read what the cold one compiled
+    summary = result["summary"]
+    assert summary["warm_compile_s"] < summary["cold_compile_s"]
+    assert summary["warm_executable_read_s"] > 0 and result["runs"]["warm"]["host_events_ms"]
   else:
     summary = result["summary"]
     assert summary["warm_cache_hit"] is True
+    assert summary["same_results"] is True  # the stored program returned the same items
+    (row,) = result["rows"]
+    assert 0 < row["warm"]["cache_bytes"]["exported"] < row["warm"]["cache_bytes"]["all"]
     assert 0 < summary["warm_start_s"] < summary["warm_wall_s"]  # exit comes later
     assert summary["warm_program"] == "exported"  # the stored program: nothing traced
     assert summary["latency_change"] > -1 and summary["bf16_latency_change"] is None
