@@ -1,6 +1,7 @@
 """The user cache folder: converted copies of the shipped demo and jax's persistent
-compilation cache live here, never in the source tree or site-packages. Derived data kept
-across processes is keyed on source_fingerprint, so other code never reads it."""
+compilation cache live here, never in the source tree or site-packages. The compiled
+programs and parameter trees kept across processes are keyed on source_fingerprint, so
+another version of the code never reads them."""
 
 import functools
 import hashlib

@@ -33,7 +33,8 @@ from bench_common import header, write_json  # noqa: E402
 
 def write_checkpoints(preset: str, layers: int, folder: str) -> None:
   """Random bf16 weights of the preset saved as converted checkpoints, unquantized and
-  FP8 (the paper's rules), in folder/bf16 and folder/fp8."""
+  FP8 (the paper's rules), in folder/bf16 and folder/fp8; one already there is kept when
+  it holds this config, and refused when it holds another."""
   import jax
   from onerec_jax import checkpoint, quant
   from onerec_jax.config import preset as get_preset
@@ -42,12 +43,24 @@ def write_checkpoints(preset: str, layers: int, folder: str) -> None:
   if layers:
     cfg = cfg.replace(n_layers=layers, moe_layers=tuple(i for i in cfg.moe_layers
                                                          if i < layers))
+  missing = []
+  for name in ("bf16", "fp8"):
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+      missing.append(name)
+    elif checkpoint.read_config(path) != cfg:
+      sys.exit(f"{path}: a checkpoint of another config than {preset} "
+               f"(--layers {layers}); remove it or name another --checkpoints folder")
+  if not missing:
+    return
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
-  rules = default_rules(cfg)
-  qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  checkpoint.save(os.path.join(folder, "bf16"), cfg, params, source=f"random {preset}")
-  checkpoint.save(os.path.join(folder, "fp8"), cfg, qparams, rules=rules,
-                  source=f"random {preset}")
+  if "bf16" in missing:
+    checkpoint.save(os.path.join(folder, "bf16"), cfg, params, source=f"random {preset}")
+  if "fp8" in missing:
+    rules = default_rules(cfg)
+    qparams = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+    checkpoint.save(os.path.join(folder, "fp8"), cfg, qparams, rules=rules,
+                    source=f"random {preset}")
 
 
 def _folder_bytes(folder: str) -> dict[str, int]:
@@ -115,12 +128,11 @@ def main() -> None:
   try:
     t0 = time.perf_counter()
     paths = {p: os.path.join(ckpts, p) for p in ("bf16", "fp8")}
-    if not all(os.path.exists(p) for p in paths.values()):
-      # In a process of its own: this one never starts the GPU, so the timed processes
-      # start on a device no other process holds.
-      subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", args.preset,
-                      "--layers", str(args.layers), "--write-checkpoints", ckpts],
-                     check=True)
+    reused = [p for p, path in paths.items() if os.path.exists(path)]
+    # In a process of its own: this one never starts the GPU, so the timed processes
+    # start on a device no other process holds.
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", args.preset,
+                    "--layers", str(args.layers), "--write-checkpoints", ckpts], check=True)
     write_s = time.perf_counter() - t0
     rows = []
     for precision in filter(None, args.precisions.split(",")):
@@ -153,11 +165,12 @@ def main() -> None:
              "warm_program": get("fp8", "warm", "program"),
              # the stored program (warm) against the one traced in the cold process
              "latency_change": change("fp8"), "bf16_latency_change": change("bf16"),
-             "same_results": all(r["cold"].get("results_sha256") is not None and
+             "same_results": bool(rows) and all(r["cold"].get("results_sha256") is not None and
                                  r["cold"].get("results_sha256") ==
                                  r["warm"].get("results_sha256") for r in rows)}
   result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
-            "summary": summary, "checkpoint_write_s": write_s, "rows": rows}
+            "summary": summary, "checkpoint_write_s": write_s,
+            "checkpoints_reused": reused, "rows": rows}
   write_json(args.out, result)
   print(f"\n{'precision':9} {'cold compile s':>14} {'cold ms':>8} {'warm compile s':>14} "
         f"{'warm first s':>12} {'warm wall s':>11} {'warm ms':>8} {'hit':>4}")

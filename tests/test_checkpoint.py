@@ -274,3 +274,13 @@ def test_parameter_tree_is_not_kept_with_the_cache_off(tmp_path, monkeypatch):
   store.abstract_params(preset("tiny"))
   store.abstract_params(preset("tiny"))
   assert len(calls) == 2
+
+
+def test_parameter_tree_unkept_where_the_folder_cannot_be_written(compile_cache_dir):
+  import jax
+  from onerec_jax.checkpoint import store
+  compile_cache_dir.mkdir(parents=True)
+  (compile_cache_dir / "onerec-param-trees").write_text("a file where the folder goes")
+  tree = store.abstract_params(preset("tiny"))  # traced; the keeping fails quietly
+  assert jax.tree.leaves(tree) and sorted(p.name for p in compile_cache_dir.iterdir()) == [
+      "onerec-param-trees"]

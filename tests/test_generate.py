@@ -337,3 +337,24 @@ def test_random_contexts_are_drawn_per_request(name):
   assert not np.array_equal(whole[cfg.pathways[0].name][0], whole[cfg.pathways[0].name][1])
   empty = gen.random_contexts(cfg, 0)
   assert all(v.shape[0] == 0 for v in empty.values())
+  p = cfg.pathways[0]  # request 0's stream is not the seed's own (random_items draws that)
+  plain = np.random.default_rng(4)
+  own = (plain.integers(0, cfg.vocab_size, p.max_len, dtype=np.int32) if p.width == 0
+         else plain.standard_normal((p.max_len, p.width), np.float32))
+  assert not np.array_equal(whole[p.name][0], own)
+
+
+def test_cli_random_contexts_batch_by_batch(tmp_path):
+  """--random requests drawn batch by batch are the ones random_contexts draws at once."""
+  cfg = preset("tiny")
+  out = tmp_path / "r.json"
+  assert _cli("--preset", "tiny", "--random", "5", "--batch-size", "2", "--seed", "2",
+              "--beam-width", "4", "--no-compile-cache", "--output", str(out)) == 0
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(2))
+  res = gen.generate(params, cfg, gen.random_contexts(cfg, 5, seed=2), beam_width=4,
+                     batch_buckets=(2,))
+  results = json.loads(out.read_text())["results"]
+  assert [r["request_id"] for r in results] == list(range(5))
+  for i, r in enumerate(results):
+    assert [it["semantic_ids"] for it in r["items"]] == res.semantic_ids[i].tolist()
+    assert [it["log_prob"] for it in r["items"]] == [float(x) for x in res.scores[i]]

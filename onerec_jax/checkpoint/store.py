@@ -14,8 +14,10 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -36,7 +38,8 @@ def abstract_params(config: ModelConfig, rules: "quant.Rules | None" = None):
 
   They come from tracing the model's init (and the quantizer), which takes a second or
   more for a large model; with jax's persistent compilation cache on, the tree is also
-  kept in its folder, keyed on the config, the rules and the source version, so that a
+  kept in its folder, keyed on the config, the rules and the versions of jax, flax and
+  the sources, so that a
   restarted process reads it instead (a restore of the weights waits on it)."""
   path = _tree_file(config, rules)
   if path is not None:
@@ -48,11 +51,23 @@ def abstract_params(config: ModelConfig, rules: "quant.Rules | None" = None):
   if rules is not None:
     tree = jax.eval_shape(lambda t: quant.quantize_params(t, rules), tree)
   if path is not None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".partial-{os.getpid()}")
-    tmp.write_text(json.dumps(_encode(tree)))
-    tmp.replace(path)  # whole or not at all
+    _keep(path, json.dumps(_encode(tree)))
   return tree
+
+
+def _keep(path: pathlib.Path, text: str) -> None:
+  """Writes text at path whole or not at all; a folder that cannot be written leaves the
+  tree unkept (the next process traces it again), never a failed restore."""
+  tmp = None
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError:
+    if tmp is not None:
+      pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def _tree_file(config: ModelConfig, rules: "quant.Rules | None") -> pathlib.Path | None:
@@ -60,9 +75,9 @@ def _tree_file(config: ModelConfig, rules: "quant.Rules | None") -> pathlib.Path
   folder = jax.config.jax_compilation_cache_dir
   if not folder:
     return None
-  key = hashlib.sha256(json.dumps([
+  key = hashlib.sha256(json.dumps([  # flax names the init's parameters
       config.to_json(), None if rules is None else rules.to_json(), jax.__version__,
-      source_fingerprint()]).encode()).hexdigest()
+      flax.__version__, source_fingerprint()]).encode()).hexdigest()
   return pathlib.Path(folder) / "onerec-param-trees" / f"{key}.json"
 
 

@@ -79,13 +79,14 @@ def random_contexts(config: Config, batch: int, seed: int = 0, start: int = 0
                     ) -> dict[str, np.ndarray]:
   """Full-length random inputs for requests start .. start + batch - 1 of every pathway:
   standard-normal features [batch, max_len, width], or token ids [batch, max_len] uniform
-  over the vocabulary where the width is 0. Request i is drawn from (seed, i) alone, so a
-  slice of requests can be drawn on its own and equals those rows of a larger draw."""
+  over the vocabulary where the width is 0. Request i is drawn from its own stream (the
+  seed's i-th spawned one), so a slice of requests can be drawn on its own and equals
+  those rows of a larger draw."""
   out = {p.name: np.empty((batch, p.max_len) + ((p.width,) if p.width else ()),
                           np.int32 if p.width == 0 else np.float32) for p in config.pathways}
 
   def draw(row: int) -> None:  # one request's pathways, in config order
-    rng = np.random.default_rng((seed, start + row))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(start + row,)))
     for p in config.pathways:
       if p.width == 0:
         out[p.name][row] = rng.integers(0, config.vocab_size, p.max_len, dtype=np.int32)
