@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import tempfile
 
 ENV = "ONEREC_JAX_CACHE"
 
@@ -32,3 +33,21 @@ def source_fingerprint() -> str:
       digest.update(str(path.relative_to(root)).encode())
       digest.update(path.read_bytes())
   return digest.hexdigest()
+
+
+def write_whole(path: pathlib.Path, data: bytes) -> bool:
+  """Writes data at path whole or not at all: a temporary file of its own renamed into
+  place, so that no reader, in any process or thread, sees part of it. False, leaving
+  nothing behind, where the folder cannot be written (a cache then stays unfilled)."""
+  tmp = None
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+    return True
+  except OSError:
+    if tmp is not None:
+      pathlib.Path(tmp).unlink(missing_ok=True)
+    return False

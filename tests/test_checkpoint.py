@@ -284,3 +284,19 @@ def test_parameter_tree_unkept_where_the_folder_cannot_be_written(compile_cache_
   tree = store.abstract_params(preset("tiny"))  # traced; the keeping fails quietly
   assert jax.tree.leaves(tree) and sorted(p.name for p in compile_cache_dir.iterdir()) == [
       "onerec-param-trees"]
+
+
+def test_write_whole(tmp_path):
+  import concurrent.futures
+  from onerec_jax.cache import write_whole
+  path = tmp_path / "deeper" / "f.json"
+  assert write_whole(path, b"one") and path.read_bytes() == b"one"  # folder made
+  datas = [bytes([65 + i]) * 200_000 for i in range(8)]  # threads racing for one path
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    assert all(pool.map(lambda d: write_whole(path, d), datas))
+  assert path.read_bytes() in datas  # one of them whole, never a mix
+  assert [p.name for p in path.parent.iterdir()] == ["f.json"]  # no temporary left
+  blocked = tmp_path / "file"
+  blocked.write_text("x")
+  assert not write_whole(blocked / "f.json", b"y")  # its folder is a file: not written
+  assert blocked.read_text() == "x"

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
 import flax
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from onerec_jax import quant
-from onerec_jax.cache import source_fingerprint
+from onerec_jax.cache import source_fingerprint, write_whole
 from onerec_jax.checkpoint.source import CheckpointError
 from onerec_jax.config import ConfigError, ModelConfig, config_from_json
 from onerec_jax.model import init_params
@@ -51,23 +50,8 @@ def abstract_params(config: ModelConfig, rules: "quant.Rules | None" = None):
   if rules is not None:
     tree = jax.eval_shape(lambda t: quant.quantize_params(t, rules), tree)
   if path is not None:
-    _keep(path, json.dumps(_encode(tree)))
+    write_whole(path, json.dumps(_encode(tree)).encode())  # unkept where it cannot be
   return tree
-
-
-def _keep(path: pathlib.Path, text: str) -> None:
-  """Writes text at path whole or not at all; a folder that cannot be written leaves the
-  tree unkept (the next process traces it again), never a failed restore."""
-  tmp = None
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except OSError:
-    if tmp is not None:
-      pathlib.Path(tmp).unlink(missing_ok=True)
 
 
 def _tree_file(config: ModelConfig, rules: "quant.Rules | None") -> pathlib.Path | None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import jax
 
-from onerec_jax.cache import cache_dir, source_fingerprint
+from onerec_jax.cache import cache_dir, source_fingerprint, write_whole
 
 ENV = "ONEREC_JAX_COMPILE_CACHE"
 OFF = "off"
@@ -169,10 +169,9 @@ def _export(jitted: Callable, structs: list, path: pathlib.Path):
     warnings.warn(f"the compiled search cannot be stored for the next process ({e}); "
                   f"a restart will trace it again", stacklevel=3)
     return None
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f".partial-{os.getpid()}")
-  tmp.write_bytes(data)
-  tmp.replace(path)
+  if not write_whole(path, data):
+    warnings.warn(f"the compiled search cannot be stored in {path.parent} (not writable); "
+                  f"a restart will trace it again", stacklevel=3)
   return exported
 
 
