@@ -117,3 +117,27 @@ def test_next_save_removes_partials_of_dead_processes_only(tmp_path, state):
   finally:
     live.kill()
     live.wait()
+
+
+def test_failed_restore_drops_only_the_late_reads_reports(tmp_path, state, monkeypatch):
+  """After a failed restore, tensorstore's reads still in flight report "Event loop is
+  closed" into orbax's closed loop at random moments; those reports are dropped (they
+  would follow the one-line error), any other unraisable error still reaches the hook."""
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  dest = convert(_source(tmp_path, state), tmp_path / "jax", progress=False)
+  data = _largest_file(dest / "params")
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  with pytest.raises(CheckpointError):
+    load(dest)
+  late = sys.unraisablehook
+  for _ in range(2):  # a second failure does not wrap the hook again
+    with pytest.raises(CheckpointError):
+      load(dest)
+    assert sys.unraisablehook is late
+  seen.clear()
+  report = lambda e: type("U", (), {"exc_value": e, "exc_type": type(e)})()
+  late(report(RuntimeError("Event loop is closed")))
+  other = report(RuntimeError("something else"))
+  late(other)
+  assert seen == [other]

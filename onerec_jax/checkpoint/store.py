@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 from typing import Any
 
 import flax
@@ -204,7 +205,25 @@ def restore(path: str | os.PathLike) -> tuple[ModelConfig, Any]:
   try:
     params = ocp.StandardCheckpointer().restore(path / "params", target)
   except Exception as e:  # orbax/tensorstore raise ValueError, OSError and their own
+    _drop_late_reads()
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise CheckpointError(f"{path / 'params'}: cannot restore the parameters "
                           f"({first[:300]}); convert the checkpoint again") from None
   return config, params
+
+
+def _drop_late_reads() -> None:
+  """After a failed restore, tensorstore's reads still in flight complete into orbax's
+  closed event loop and their callbacks raise "Event loop is closed", which Python
+  would print, unasked, after the restore's own error: those alone are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_late_reads", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook._drops_late_reads = True
+  sys.unraisablehook = hook
