@@ -358,3 +358,54 @@ def test_cli_random_contexts_batch_by_batch(tmp_path):
   for i, r in enumerate(results):
     assert [it["semantic_ids"] for it in r["items"]] == res.semantic_ids[i].tolist()
     assert [it["log_prob"] for it in r["items"]] == [float(x) for x in res.scores[i]]
+
+
+def test_warmup_from_shapes_compiles_only_and_generate_compiles_nothing(tiny):
+  from onerec_jax.checkpoint import abstract_params
+  cfg, params = tiny
+  shapes = abstract_params(cfg)
+  feats, mask = _requests(cfg, 3, seed=6)
+  before = len(_compiles)
+  seconds = gen.warmup(shapes, cfg, beam_width=5, batch_buckets=(4,))
+  assert set(seconds) == {4} and len(_compiles) > before  # compiled, from shapes alone
+  before = len(_compiles)
+  res = gen.generate(params, cfg, feats, mask=mask, beam_width=5, batch_buckets=(4,))
+  assert len(_compiles) == before  # the weights' program is the shapes' one
+  for i in range(3):
+    _check(res, i, *_beam_reference(_logp(cfg, params, feats, mask, i), 5))
+  mixed = jax.tree.map(lambda x: x, params)
+  mixed["embed"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                mixed["embed"])
+  with pytest.raises(TypeError, match="mixes them"):
+    gen.warmup(mixed, cfg, beam_width=5, batch_buckets=(4,))
+
+
+def test_cli_compiles_while_a_converted_checkpoint_loads(tmp_path, monkeypatch):
+  """A converted checkpoint's search compiles from its shapes while it loads; its source
+  converts (and is checked) first, then compiles; both give the same results."""
+  import threading
+  from helpers import state_dict_numpy, torch_model
+  from safetensors.numpy import save_file
+  from onerec_jax import checkpoint
+  cfg = preset("tiny")
+  src = tmp_path / "src"
+  src.mkdir()
+  save_file(state_dict_numpy(torch_model(cfg, seed=3)), str(src / "model.safetensors"))
+  (src / "config.json").write_text(cfg.to_json())
+  converted = checkpoint.convert(src, tmp_path / "jax", precision="fp8", progress=False)
+  compiling_during = []  # per load: whether the compile's thread was running
+  real_load = checkpoint.load
+  monkeypatch.setattr(checkpoint, "load", lambda *a, **k: compiling_during.append(any(
+      t.name.startswith("onerec-compile") for t in threading.enumerate())) or real_load(*a, **k))
+  reports = {}
+  for name, path in [("converted", converted), ("source", src)]:
+    out = tmp_path / f"{name}.json"
+    assert _cli(str(path), "--random", "3", "--beam-width", "4", "--seed", "1",
+                *(["--fp8"] if name == "source" else []), "--no-compile-cache",
+                "--output", str(out)) == 0
+    reports[name] = json.loads(out.read_text())
+  assert compiling_during == [True, False]
+  conv, plain = reports["converted"], reports["source"]
+  assert conv["fp8"] and plain["fp8"] and conv["results"] == plain["results"]
+  phases = plain["timing"]["phases_s"]  # the source: converted and checked, then compiled
+  assert phases["loaded"] < phases["compiled"] < phases["warmed"]
