@@ -107,22 +107,6 @@ def test_generate_bad_inputs(tmp_path, source, capsys):
   _fails(capsys, ["generate", "--preset", "nope"], "unknown preset 'nope'")
 
 
-def test_generate_damaged_converted_checkpoint(tmp_path, source, capsys):
-  """A converted checkpoint's damaged data file is found while it loads, with the search
-  compiling from its shapes beside it: one line naming the params folder, exit 2, and
-  the command ends with its compile (no thread left running)."""
-  import threading
-  dest = checkpoint.convert(source, tmp_path / "jax", progress=False)
-  data = max((p for p in (dest / "params").rglob("*") if p.is_file()),
-             key=lambda p: p.stat().st_size)
-  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
-  assert main(["generate", str(dest), "--random", "2", "--beam-width", "4",
-               "--no-compile-cache"]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert err[-1].startswith("onerec-jax generate: error: ") and str(dest / "params") in err[-1]
-  assert not [t for t in threading.enumerate() if t.name.startswith("onerec-compile")]
-
-
 def test_generate_bad_device_options(capsys):
   tiny = ["generate", "--preset", "tiny", "--random", "2", "--beam-width", "4"]
   _fails(capsys, [*tiny, "--devices", "2"], "devices=2: this run has 1")

@@ -24,15 +24,12 @@ def _generate(cache, out):
   assert done.returncode == 0, done.stderr[-3000:]
   timing = json.loads(out.read_text())["timing"]
   # The first result comes after the weights and the compile, within the process's life.
-  assert 0 < timing["load_s"] and max(timing["load_s"], timing["compile_s"]) < (
+  assert 0 < timing["load_s"] and timing["load_s"] + timing["compile_s"] < (
       timing["first_result_s"]) < wall, (timing, wall)
-  # The start-up phases, in the order they ended: the compile (from the weights' shapes)
-  # runs while the weights load, and both end before the first run.
+  # The start-up phases end in this order.
   phases = timing["phases_s"]
-  assert set(phases) == {"inputs", "compiled", "loaded", "warmed", "first_result"}, phases
-  assert list(phases.values()) == sorted(phases.values()), phases
-  assert 0 < phases["inputs"] < min(phases["loaded"], phases["compiled"])
-  assert max(phases["loaded"], phases["compiled"]) < phases["warmed"] < phases["first_result"]
+  assert list(phases) == ["inputs", "loaded", "warmed", "first_result"], phases
+  assert 0 < phases["inputs"] < phases["loaded"] < phases["warmed"] < phases["first_result"]
   return timing, done.stderr
 
 

@@ -137,51 +137,16 @@ def _requests(args, config):
   return count, contexts, request_ids, valid_items
 
 
-def _read_as_stored(args) -> bool:
-  """Whether the weights are read as they are stored (a converted checkpoint, whose tensors
-  were checked when it was converted) or made (a preset), not converted from a
-  PyTorch-format source (the demo's included), whose tensors are checked as they are read,
-  before anything compiles."""
-  from onerec_jax import checkpoint
-  return args.preset is not None or (args.checkpoint is not None and
-                                     checkpoint.store.is_converted(args.checkpoint))
-
-
-def _rules(args, config):
-  """The FP8 rules the search runs under, known before the weights load: a converted
-  checkpoint's own, else the paper's with --fp8, else None."""
-  from onerec_jax import checkpoint
-  from onerec_jax.model import default_rules
-  stored = (checkpoint.load_rules(args.checkpoint)
-            if args.preset is None and _read_as_stored(args) else None)
-  return default_rules(config) if stored is None and args.fp8 else stored
-
-
-def _weights(args, config, rules):
-  """(params, source): the chosen weights, quantized with rules where they are not yet."""
+def _weights(args, config):
+  """(params, rules, source) for the chosen weights."""
   import jax
-  from onerec_jax import checkpoint, quant
+  from onerec_jax import checkpoint
   from onerec_jax.model import init_params
   if args.preset:
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
-    stored, source = None, f"random weights of preset {args.preset}"
-  else:
-    ckpt = checkpoint.load(args.checkpoint)
-    params, stored, source = ckpt.params, ckpt.rules, ckpt.source
-  if rules is not None and stored is None:
-    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
-  return params, source
-
-
-def _in_background(fn):
-  """Starts fn() on a thread, in this context (the kernel mode and FP8 scopes in force);
-  -> a function that waits for it and returns its result or raises its error."""
-  import concurrent.futures
-  import contextvars
-  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onerec-compile")
-  future = pool.submit(contextvars.copy_context().run, fn)
-  pool.shutdown(wait=False)
-  return future.result
+    return params, None, f"random weights of preset {args.preset}"
+  ckpt = checkpoint.load(args.checkpoint)
+  return ckpt.params, ckpt.rules, ckpt.source
 
 
 def _results(res, request_ids) -> list[dict]:
@@ -249,13 +214,23 @@ def run(args: argparse.Namespace) -> int:
   mesh = _mesh(args, config)
   batch, contexts, request_ids, valid_items = _requests(args, config)
   from onerec_jax import generate as gen
+  from onerec_jax import quant
+  from onerec_jax.model import default_rules
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
   import jax
-  from onerec_jax import checkpoint
-  rules = _rules(args, config)
   mark("inputs")  # imports done, inputs read and checked, the devices set up
 
+  t_load = time.perf_counter()
+  params, rules, source = _weights(args, config)
+  if args.fp8 and rules is None:
+    rules = default_rules(config)
+    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  if mesh is not None:
+    params = gen.sharding.place_params(params, mesh)
+  jax.block_until_ready(params)
+  load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
+  mark("loaded")
   per_batch = min(args.batch_size, batch)
   (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
   kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
@@ -269,52 +244,25 @@ def run(args: argparse.Namespace) -> int:
   devices = ("1 x " if mesh is None else f"{mesh.size} x ") + jax.devices()[0].device_kind
   if mesh is not None and gen.sharding.expert_shards(mesh) > 1:
     devices += f" (experts split over {gen.sharding.expert_shards(mesh)})"
-  before = gen.compile_cache.compile_events()
-
-  def compile_from(shapes) -> tuple[float, str]:  # (seconds, how the program came)
-    got = {}
-    seconds = gen.warmup(shapes, config, progress=lambda b, s, how: got.update(how=how),
-                         **kw)[bucket]
-    mark("compiled")
-    return seconds, got["how"]
-
-  # Weights read as stored: the search compiles from their shapes while they load.
-  compiling = (_in_background(lambda: compile_from(checkpoint.abstract_params(config, rules)))
-               if _read_as_stored(args) else None)
-  t_load = time.perf_counter()
-  try:
-    params, source = _weights(args, config, rules)
-    if mesh is not None:
-      params = gen.sharding.place_params(params, mesh)
-    jax.block_until_ready(params)
-  except BaseException:
-    if compiling:  # the process ends with its compile, not behind its back
-      try:
-        compiling()
-      except Exception:  # the load's error is the one reported
-        pass
-    raise
-  load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
-  mark("loaded")
   log(f"{source}: {devices}, {batch} requests, beam width {args.beam_width}, batch "
       f"{per_batch}, dtype {config.dtype}{', FP8' if rules else ''}"
       f"{'' if valid_items is None else f', {valid_items.num_items} valid items'}")
-  spans = gen.chunks(batch, (per_batch,))
-  first = contexts(*spans[0][:2])  # while the compile may still run
+  before = gen.compile_cache.compile_events()
   log("compiling ...", end="", flush=True)
-  compile_s, program = (compiling() if compiling else compile_from(
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)))
-  gen.warmup(params, config, **kw)  # compiled: runs once (sets up the kernels)
-  mark("warmed")
+  programs = {}
+  compile_s = gen.warmup(params, config, progress=lambda b, s, how: programs.update({b: how}),
+                         **kw)[bucket]
+  mark("warmed")  # compiled (or read from the cache) and run once
   hits = gen.compile_cache.compile_events()["hits"] - before["hits"]
-  how = {"exported": ", the stored program: nothing traced", "traced": "",
-         "process": ""}[program]
+  how = {"exported": ", the stored program: nothing traced",
+         "traced": "", "process": ""}[programs[bucket]]
   log(f"\rcompiled in {compile_s:.2f} s"
       f"{' (from the persistent compilation cache' + how + ')' if hits else ''}")
 
   parts, latencies = [], []
+  spans = gen.chunks(batch, (per_batch,))
   for i, (start, stop, _) in enumerate(spans):
-    features, mask = first if i == 0 else contexts(start, stop)
+    features, mask = contexts(start, stop)
     t0 = time.perf_counter()
     parts.append(gen.generate(params, config, features, mask=mask, **kw))
     latencies.append(time.perf_counter() - t0)
@@ -329,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
   total = sum(latencies)
   timing = {"load_s": load_s, "compile_s": compile_s, "compile_cache_hit": bool(hits),
             "first_result_s": first_result_s, "phases_s": phases,
-            "program": program,
+            "program": programs[bucket],
             "batches": len(latencies), "batch_size": per_batch, "total_s": total,
             "throughput_rps": batch / total, "device": jax.devices()[0].device_kind,
             "devices": 1 if mesh is None else mesh.size,

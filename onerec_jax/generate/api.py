@@ -164,19 +164,9 @@ def warmup(params: Any, config: Config, *, beam_width: int,
   (rounded as generate rounds them for the mesh, which is generate's), and calls
   progress(bucket, seconds, how) after each (how: compile_cache.program's).
   Later generate calls in these buckets do not compile; with the persistent compilation
-  cache on, a restarted process's warmup neither traces nor compiles them.
-
-  params may be the weights' shapes and dtypes instead (jax.ShapeDtypeStruct leaves, as
-  checkpoint.abstract_params gives them): then warmup only compiles, so it can run while
-  the weights load; the one-time set-up of the first run comes with the first call on
-  the weights (a warmup on them, or generate)."""
+  cache on, a restarted process's warmup neither traces nor compiles them."""
   mesh = sharding.resolve(mesh, config)
-  kinds = {isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params)}
-  if kinds == {True, False}:
-    raise TypeError("warmup takes the weights or their shapes (jax.ShapeDtypeStruct), not "
-                    "a tree that mixes them")
-  shapes_only = kinds == {True}
-  if mesh is not None and not shapes_only:
+  if mesh is not None:
     params = sharding.place_params(params, mesh)
   seconds = {}
   for bucket in sharding.round_buckets(batch_buckets, mesh):
@@ -187,8 +177,7 @@ def warmup(params: Any, config: Config, *, beam_width: int,
     run, how = compiled_search(params, f, m, valid_items, config=config,
                                beam_width=beam_width, rules=rules, mesh=mesh)
     seconds[bucket] = time.perf_counter() - t0
-    if not shapes_only:
-      jax.block_until_ready(run(params, f, m, valid_items))
+    jax.block_until_ready(run(params, f, m, valid_items))
     if progress:
       progress(bucket, seconds[bucket], how)
   return seconds
