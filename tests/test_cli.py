@@ -107,6 +107,17 @@ def test_generate_bad_inputs(tmp_path, source, capsys):
   _fails(capsys, ["generate", "--preset", "nope"], "unknown preset 'nope'")
 
 
+def test_generate_damaged_converted_checkpoint(tmp_path, source, capsys):
+  """A converted checkpoint's data file cut short: one line naming its params folder,
+  exit 2, nothing compiled (the restore's late reads print nothing after it)."""
+  dest = checkpoint.convert(source, tmp_path / "jax", progress=False)
+  data = max((p for p in (dest / "params").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  _fails(capsys, ["generate", str(dest), "--random", "2", "--beam-width", "4"],
+         dest / "params", "cannot restore the parameters")
+
+
 def test_generate_bad_device_options(capsys):
   tiny = ["generate", "--preset", "tiny", "--random", "2", "--beam-width", "4"]
   _fails(capsys, [*tiny, "--devices", "2"], "devices=2: this run has 1")
