@@ -4,12 +4,13 @@ Writes random-weight converted checkpoints of the preset (FP8 and bf16) once, th
 runs `onerec-jax generate CKPT --random R --batch-size B --beam-width W` in fresh processes
 with one persistent compilation cache folder, first empty (cold: the search traced,
 lowered and compiled), then filled (warm, --warm-runs times: the stored program and XLA's
-cached executable; the warm figures are the median run's). Reports the compile time the command measured, the warm process's time from
-its start to its first batch's result (the start-up a user waits through: imports,
-loading the converted weights, the compile, the first batch) and its
-wall time to exit, and each process's median batch latency over R / B batches: the warm
-process runs the stored (exported) program, the cold one the program it traced, so their
-ratio is the latency change of the start-up path in the same run.
+cached executable; the warm figures are the median run's). Reports the compile time the
+command measured, the warm process's time from its start to its first batch's result (the
+start-up a user waits through: imports, loading the converted weights, the compile, the
+first batch) and its wall time to exit, and each process's median batch latency over
+R / B batches: the warm process runs the stored (exported) program, the cold one the
+program it traced, so their ratio is the latency change of the start-up path in the same
+run.
 Writes JSON (--out) with a top-level "summary"; prints a table last.
 
   python scripts/bench_compile.py --out bench/results/compile_h200.json
@@ -168,7 +169,8 @@ def main() -> None:
     return warm / cold - 1 if cold and warm else None
 
   summary = {"preset": args.preset, "layers": args.layers or None, "batch": args.batch,
-             "beam": args.beam, "xla_flags": args.xla_flags, "fp8_cold_s": get("fp8", "cold", "compile_s"),
+             "beam": args.beam, "xla_flags": args.xla_flags,
+             "fp8_cold_s": get("fp8", "cold", "compile_s"),
              "bf16_cold_s": get("bf16", "cold", "compile_s"),
              "fp8_warm_compile_s": get("fp8", "warm", "compile_s"),
              # the measure: from the process's start to its first result
@@ -182,9 +184,10 @@ def main() -> None:
              "warm_runs": args.warm_runs,
              "warm_start_s_all": [r.get("first_result_s") for row in rows
                                   if row["precision"] == "fp8" for r in row["warm_runs"]],
-             "same_results": bool(rows) and all(r["cold"].get("results_sha256") is not None and
-                                 all(r["cold"]["results_sha256"] == w.get("results_sha256")
-                                     for w in r["warm_runs"]) for r in rows)}
+             "same_results": bool(rows) and all(
+                 r["cold"].get("results_sha256") is not None and
+                 all(r["cold"]["results_sha256"] == w.get("results_sha256")
+                     for w in r["warm_runs"]) for r in rows)}
   result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
             "summary": summary, "checkpoint_write_s": write_s,
             "checkpoints_reused": reused, "rows": rows}
