@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
+import gzip
 import json
 import os
 import re
@@ -111,24 +113,96 @@ def categorize(kernel: str, scopes: dict[str, str]) -> str:
 
 
 def _breakdown(compiled, args, wall_ms: float) -> dict:
-  """CUPTI: every kernel of one search, summed by category (ms), the top kernels, and idle
-  = wall - kernel time."""
+  """CUPTI: every kernel of one search, summed by category (ms) and by name (with its
+  launches and HLO scope), idle = wall - kernel time, and where the gaps are
+  (timeline_gaps, from a profiler trace of another search)."""
   from jax.experimental.mosaic.gpu import profiler
   _, timings = profiler.measure(compiled, aggregate=False)(*args)
   scopes = _hlo_scopes(compiled.as_text())
   by_cat = collections.Counter()
-  by_kernel = collections.Counter()
+  by_kernel, count = collections.Counter(), collections.Counter()
   launches = collections.Counter()
   for name, ms in timings or []:
     by_cat[categorize(name, scopes)] += ms
     by_kernel[name] += ms
     launches[categorize(name, scopes)] += 1
+    count[name] += 1
   kernel_ms = sum(by_cat.values())
   return {"ms": {c: by_cat[c] for c in CATEGORIES}, "launches": dict(launches),
           "kernel_ms": kernel_ms, "idle_ms": max(wall_ms - kernel_ms, 0.0),
           "kernels": len(timings or []),
-          "top_kernels": [{"name": n, "ms": t, "category": categorize(n, scopes)}
-                          for n, t in by_kernel.most_common(40)]}
+          "by_kernel": [{"name": n, "ms": t, "launches": count[n],
+                         "category": categorize(n, scopes),
+                         "scope": scopes.get(n.replace(".", "_").replace("-", "_"), "")[-120:]}
+                        for n, t in by_kernel.most_common()],
+          "timeline": _trace_gaps(compiled, args, scopes)}
+
+
+def timeline_gaps(events: list[dict], category) -> dict | None:
+  """Where the GPU waits, from a jax.profiler (perfetto) trace's events of one search:
+  the kernels on the GPU's streams in start order and the gap before each (its start
+  minus the latest end so far, when positive), summed by the category of the kernel
+  that follows it, bucketed by length, and the largest pairs (kernel before, kernel
+  after) by total gap. None without GPU stream events (a CPU run)."""
+  procs = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  kernels = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+                   if e.get("ph") == "X" and "GPU" in procs.get(e.get("pid"), "")
+                   and threads.get((e["pid"], e.get("tid")), "").startswith("Stream"))
+  if not kernels:
+    return None
+  by_next, pairs, pair_count = collections.Counter(), collections.Counter(), collections.Counter()
+  buckets = collections.Counter()
+  edges = ((0, 2, "<2us"), (2, 5, "2-5us"), (5, 10, "5-10us"), (10, 50, "10-50us"),
+           (50, float("inf"), ">=50us"))
+  end, before = kernels[0][1], kernels[0][2]
+  for start, stop, name in kernels[1:]:
+    gap = start - end  # us
+    if gap > 0:
+      by_next[category(name)] += gap / 1e3
+      pairs[(before, name)] += gap / 1e3
+      pair_count[(before, name)] += 1
+      buckets[next(label for lo, hi, label in edges if lo <= gap < hi)] += gap / 1e3
+    if stop > end:
+      end, before = stop, name
+  return {"span_ms": (end - kernels[0][0]) / 1e3, "kernels": len(kernels),
+          "gap_ms": sum(by_next.values()), "gap_ms_by_next_category": dict(by_next),
+          "gap_ms_by_length": {label: buckets[label] for _, _, label in edges},
+          "top_gap_pairs": [{"before": a[:80], "after": b[:80], "ms": ms,
+                             "count": pair_count[(a, b)]}
+                            for (a, b), ms in pairs.most_common(25)]}
+
+
+def _trace_gaps(compiled, args, scopes: dict[str, str]) -> dict | None:
+  """timeline_gaps of one search run under jax's profiler (after a warm-up)."""
+  import jax
+  jax.block_until_ready(compiled(*args))
+  trace_dir = tempfile.mkdtemp(prefix="onerec-e2e-trace-")
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
+    jax.block_until_ready(compiled(*args))
+  paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not paths:
+    return None
+  events = json.load(gzip.open(paths[0]))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  return timeline_gaps(events, lambda name: categorize(name, scopes))
+
+
+def _enqueue_ms(call, runs: int) -> float:
+  """Median ms until a call returns, before its result is waited for: the host's time to
+  launch one search (the GPU waits on the host where this nears the latency)."""
+  import jax
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    out = call()
+    times.append(1e3 * (time.perf_counter() - t0))
+    jax.block_until_ready(out)
+  return statistics.median(times)
 
 
 def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
@@ -275,6 +349,7 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
                 context=cfg.max_context_len, init_s=init_s, **compile_times)
   times = _times(call, runs)
   med = statistics.median(times)
+  enqueue_ms = _enqueue_ms(call, runs)
   res = call()
   used = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
   row = dict(rung=name, kernels=mode, fp8=fp8, constrained=constrained, xla_flags=xla_flags,
@@ -284,7 +359,7 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
              expert_parallel=1 if mesh is None else gen.sharding.expert_shards(mesh),
              context=cfg.max_context_len, init_s=init_s, **compile_times,
              latency_ms_median=med, latency_ms_min=min(times), latency_ms_max=max(times),
-             runs=runs, requests_per_s=1e3 * requests / med,
+             host_enqueue_ms=enqueue_ms, runs=runs, requests_per_s=1e3 * requests / med,
              scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
              empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)),
              beams=np.asarray(res.semantic_ids).tolist())  # [B, W, L]

@@ -94,22 +94,23 @@ def test_reference_gathers_rows():
   chex.assert_trees_all_equal((q, s), (q2, s2))
 
 
-def _run_kernel(mod, kind, x, w, rows, block, fp8=False):
-  """The Triton kernel in the interpreter on torch CPU tensors: (values as float32, or
-  as float8_e4m3fn with fp8, scales)."""
+def _run_kernel(mod, kind, x, w, rows, block, fp8=False, config=None):
+  """The Triton kernel in the interpreter on torch CPU tensors, launched as the JAX
+  wrapper launches it (config: rows a program): (values as float32, or as
+  float8_e4m3fn with fp8, scales)."""
   import torch
   k = activation_shape(_source(kind, x, w))[-1]
   r = x.shape[0] if rows is None else len(rows)
   kb = -(-k // 128)
-  q = torch.empty((r, k), dtype=torch.float8_e4m3fn)
-  s = torch.empty((r, kb) if block else (r,), dtype=torch.float32)
+  q = torch.full((r, k), float("nan"), dtype=torch.float8_e4m3fn)  # unwritten shows
+  s = torch.full((r, kb) if block else (r,), float("nan"), dtype=torch.float32)
   none = torch.zeros(1, dtype=torch.int32)
-  mod._quantize_kernel[(r,)](
+  grid, _, meta = mod.launch_meta(
+      x.shape, r, k=k, mode={"plain": 0, "rmsnorm": 1, "swiglu": 2}[kind], eps=1e-6,
+      gather=rows is not None, per_block=block is not None, config=config)
+  mod._quantize_kernel[grid](
       torch.from_numpy(x), none if w is None else torch.from_numpy(w),
-      none if rows is None else torch.from_numpy(np.asarray(rows, np.int32)), q, s,
-      K=k, SRC_STRIDE=x.shape[1], NB=mod._pow2(kb), KB=kb, EPS=1e-6, QMAX=448.0,
-      MODE={"plain": 0, "rmsnorm": 1, "swiglu": 2}[kind], GATHER=rows is not None,
-      PER_BLOCK=block is not None)
+      none if rows is None else torch.from_numpy(np.asarray(rows, np.int32)), q, s, **meta)
   values = q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn) if fp8 else q.float().numpy()
   return values, s.numpy()
 
@@ -118,12 +119,20 @@ def _run_kernel(mod, kind, x, w, rows, block, fp8=False):
                                     ("rmsnorm", 100)])
 @pytest.mark.parametrize("block", [None, 128])
 @pytest.mark.parametrize("gather", [False, True])
-def test_triton_kernel_matches_reference_interpret(kind, k, block, gather):
+@pytest.mark.parametrize("rows_per_program", [1, 4])
+def test_triton_kernel_matches_reference_interpret(kind, k, block, gather,
+                                                   rows_per_program):
+  """At 12 rows (gathered: 8 rows, repeats among them) 4 a program splits them into
+  whole programs, every output row written once by the program it belongs to."""
   mod = interpreted("onerec_kernels.quantize.triton_gpu")
-  x = _x((5, 2 * k if kind == "swiglu" else k))
+  x = _x((12, 2 * k if kind == "swiglu" else k))
   w = rng.uniform(0.5, 2.0, k).astype(np.float32) if kind == "rmsnorm" else None
-  rows = np.array([4, 1, 1, 0, 3, 2]) if gather else None
-  q, s = _run_kernel(mod, kind, x, w, rows, block)
+  rows = np.array([11, 1, 1, 0, 3, 2, 7, 5]) if gather else None
+  config = mod.Config(rows=rows_per_program)
+  assert mod.launch_meta(x.shape, 12 if rows is None else 8, k=k, mode=0, eps=0.0,
+                         gather=gather, per_block=False,
+                         config=config)[2]["ROWS"] == rows_per_program
+  q, s = _run_kernel(mod, kind, x, w, rows, block, config=config)
   q_ref, s_ref = quantize_activations_reference(
       _source(kind, x, w) if rows is None else RowsOf(_source(kind, x, w), jnp.asarray(rows)),
       block=block)

@@ -123,6 +123,39 @@ def test_breakdown_categories():
   assert bench_e2e.categorize("some_copy", scopes) == "other"
 
 
+def test_timeline_gaps():
+  """Gaps between a trace's GPU stream kernels, by the kernel after each, from the
+  latest end so far (a kernel on a second stream that overlaps is no gap); host events
+  and non-stream GPU lines are ignored; no GPU events reads as None."""
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench_e2e
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7,
+           "args": {"name": "Stream #7(Compute)"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 8,
+           "args": {"name": "Stream #8(MemcpyD2H)"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "XLA Ops"}}]
+  x = lambda pid, tid, ts, dur, name: {"ph": "X", "pid": pid, "tid": tid, "ts": ts,
+                                       "dur": dur, "name": name}
+  events = meta + [x(1, 7, 100, 10, "gemm_a"), x(1, 7, 113, 4, "_quantize_kernel"),
+                   x(1, 8, 115, 20, "copy"),  # overlaps: ends at 135
+                   x(1, 7, 140, 5, "gemm_a"), x(1, 7, 205, 5, "_quantize_kernel"),
+                   x(1, 9, 0, 500, "op"), x(2, 3, 0, 900, "host")]
+  kind = lambda name: "quantize" if "quant" in name else "gemm"
+  got = bench_e2e.timeline_gaps(events, kind)
+  assert got["kernels"] == 5 and got["span_ms"] == pytest.approx(0.110)
+  assert got["gap_ms"] == pytest.approx((3 + 5 + 60) / 1e3)
+  assert got["gap_ms_by_next_category"] == pytest.approx({"quantize": 0.063, "gemm": 0.005})
+  assert got["gap_ms_by_length"]["2-5us"] == pytest.approx(0.003)
+  assert got["gap_ms_by_length"]["5-10us"] == pytest.approx(0.005)
+  assert got["gap_ms_by_length"][">=50us"] == pytest.approx(0.060)
+  top = got["top_gap_pairs"][0]
+  assert (top["before"], top["after"], top["count"]) == ("gemm_a", "_quantize_kernel", 2)
+  assert top["ms"] == pytest.approx(0.063)
+  assert bench_e2e.timeline_gaps(meta[1:2] + [x(2, 3, 0, 9, "host")], kind) is None
+
+
 def test_bench_compile_reuses_checkpoints_of_its_config_only(tmp_path):
   write = lambda *extra: subprocess.run(
       [sys.executable, str(ROOT / "scripts" / "bench_compile.py"), "--preset", "tiny",

@@ -1,12 +1,16 @@
-"""GPU backend of quantize_activations: one Triton kernel, one program per row.
+"""GPU backend of quantize_activations: one Triton kernel, a few whole rows a program.
 
-The row's source (plain, RMSNorm or SwiGLU; optionally gathered through a row index) is
+A row's source (plain, RMSNorm or SwiGLU; optionally gathered through a row index) is
 read once, computed in FP32 in registers, and written as FP8 with its per-row or 1x128
 scales: 3 bytes an element of traffic for a 16-bit RMSNorm input where XLA's norm plus
 quantize moves 7. Triton, not Pallas Mosaic GPU: a row of K = 1408 or 5632 is a plain
 masked vector load here, while Mosaic GPU's TMA boxes (<= 256 elements a dimension) and
-layout inference made the same kernel a tiling exercise that did not lower.
+layout inference made the same kernel a tiling exercise that did not lower. Rows are
+independent; a program takes Config.rows of them so that each SM keeps enough bytes in
+flight (one 2.8 KB row a program left the pass at about twice its HBM time).
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -59,59 +63,94 @@ def _divide(x, scale, smallest):
 @triton.jit
 def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexpr,
                      SRC_STRIDE: tl.constexpr, NB: tl.constexpr, KB: tl.constexpr,
-                     EPS: tl.constexpr, QMAX: tl.constexpr, MODE: tl.constexpr,
-                     GATHER: tl.constexpr, PER_BLOCK: tl.constexpr):
+                     ROWS: tl.constexpr, EPS: tl.constexpr, QMAX: tl.constexpr,
+                     MODE: tl.constexpr, GATHER: tl.constexpr, PER_BLOCK: tl.constexpr):
   """MODE 0: plain, 1: RMSNorm (weight, EPS), 2: SwiGLU of [gate; up] (SRC_STRIDE = 2K).
-  Writes q [R, K] fp8 and s [R] (PER_BLOCK: [R, KB]) f32 for output row r, which reads
-  source row rows[r] (GATHER) or r."""
-  r = tl.program_id(0).to(tl.int64)
+  Writes q [R, K] fp8 and s [R] (PER_BLOCK: [R, KB]) f32 for output rows
+  ROWS * program_id + [0, ROWS) (ROWS divides R); output row r reads source row rows[r]
+  (GATHER) or r."""
+  r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)  # [ROWS]
   src = tl.load(rows_ptr + r).to(tl.int64) if GATHER else r
   offs = tl.arange(0, NB)[:, None] * 128 + tl.arange(0, 128)[None, :]  # [NB, 128]
-  inb = offs < K
-  x = tl.load(src_ptr + src * SRC_STRIDE + offs, mask=inb, other=0.0).to(tl.float32)
+  inb = (offs < K)[None]  # [1, NB, 128], broadcast over the rows
+  at = src[:, None, None] * SRC_STRIDE + offs[None]
+  x = tl.load(src_ptr + at, mask=inb, other=0.0).to(tl.float32)
   if MODE == 1:
-    inv = tl.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / K + EPS)
-    x = x * inv * tl.load(weight_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+    inv = tl.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / K + EPS)  # [ROWS]
+    w = tl.load(weight_ptr + offs, mask=offs < K, other=0.0).to(tl.float32)
+    x = x * inv[:, None, None] * w[None]
   elif MODE == 2:
-    up = tl.load(src_ptr + src * SRC_STRIDE + K + offs, mask=inb,
-                 other=0.0).to(tl.float32)
+    up = tl.load(src_ptr + at + K, mask=inb, other=0.0).to(tl.float32)
     x = x * tl.sigmoid(x) * up
-  amax = tl.reduce(tl.abs(x), 1, _max_nan)  # [NB]
-  if not PER_BLOCK:
-    amax = tl.reduce(amax, 0, _max_nan)
-  scale = _scale_from_amax(amax, QMAX)
+  amax = tl.reduce(tl.abs(x), 2, _max_nan)  # [ROWS, NB]
   if PER_BLOCK:
+    scale = _scale_from_amax(amax, QMAX)  # [ROWS, NB]
     kb = tl.arange(0, NB)
-    tl.store(s_ptr + r * KB + kb, scale, mask=kb < KB)
+    tl.store(s_ptr + r[:, None] * KB + kb[None], scale, mask=(kb < KB)[None])
     # The smallest finite scale picks the division (a NaN block divides to NaN either way).
-    smallest = tl.min(tl.where(scale == scale, scale, 1.0), axis=0)
-    y = _divide(x, scale[:, None], smallest)
+    smallest = tl.min(tl.min(tl.where(scale == scale, scale, 1.0), axis=1), axis=0)
+    y = _divide(x, scale[:, :, None], smallest)
   else:
+    scale = _scale_from_amax(tl.reduce(amax, 1, _max_nan), QMAX)  # [ROWS]
     tl.store(s_ptr + r, scale)
-    y = _divide(x, scale, scale)
+    smallest = tl.min(tl.where(scale == scale, scale, 1.0), axis=0)
+    y = _divide(x, scale[:, None, None], smallest)
   y = tl.clamp(y, -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
-  tl.store(q_ptr + r * K + offs, y.to(q_ptr.dtype.element_ty), mask=inb)
+  tl.store(q_ptr + r[:, None, None] * K + offs[None], y.to(q_ptr.dtype.element_ty),
+           mask=inb)
 
 
 def _pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Rows a program quantizes (a power of two) and its warps."""
+
+  rows: int = 1
+  num_warps: int = 4
+
+  def __post_init__(self):
+    if self.rows < 1 or self.rows & (self.rows - 1):
+      raise ValueError(f"Config.rows must be a power of two, got {self.rows}")
+
+
+def default_config(k: int) -> Config:
+  """About 4096 source elements a program, 4 warps up to 2048 and 8 beyond."""
+  width = _pow2(-(-k // BLOCK)) * BLOCK
+  rows = max(1, 4096 // width)
+  return Config(rows=rows, num_warps=4 if rows * width <= 2048 else 8)
+
+
+def launch_meta(src_shape: tuple[int, int], r: int, *, k: int, mode: int, eps: float,
+                gather: bool, per_block: bool, config: Config | None = None
+                ) -> tuple[tuple[int], int, dict]:
+  """(grid, num_warps, constexprs) of one _quantize_kernel launch over r output rows of
+  a [R0, SRC_STRIDE] source: shared by the JAX launch and the interpreter tests. A
+  program's rows are config's, capped by the largest power of two dividing r."""
+  cfg = config or default_config(k)
+  rows = min(cfg.rows, r & -r) if r else 1
+  kb = -(-k // BLOCK)
+  meta = dict(K=k, SRC_STRIDE=src_shape[1], NB=_pow2(kb), KB=kb, ROWS=rows,
+              EPS=float(eps), QMAX=FP8_MAX, MODE=mode, GATHER=gather, PER_BLOCK=per_block)
+  return (r // rows,), cfg.num_warps, meta
+
+
 def quantize(src: jax.Array, weight: jax.Array | None, rows: jax.Array | None, *,
-             k: int, mode: int, eps: float, per_block: bool) -> tuple[jax.Array, jax.Array]:
+             k: int, mode: int, eps: float, per_block: bool, config: Config | None = None
+             ) -> tuple[jax.Array, jax.Array]:
   """src [R0, SRC_STRIDE] (16/32-bit) -> (q [R, k] fp8, scale [R] or [R, ceil(k/128)]);
   R = len(rows) when rows are given, else R0."""
   r = src.shape[0] if rows is None else rows.shape[0]
-  nb = _pow2(-(-k // BLOCK))
-  kb = -(-k // BLOCK)
   none = jnp.zeros((1,), jnp.int32)
-  scale_shape = (r, kb) if per_block else (r,)
+  grid, num_warps, meta = launch_meta(src.shape, r, k=k, mode=mode, eps=eps,
+                                      gather=rows is not None, per_block=per_block,
+                                      config=config)
+  scale_shape = (r, meta["KB"]) if per_block else (r,)
   return triton_launch.triton_call(
       _quantize_kernel, src, none if weight is None else weight,
       none if rows is None else rows.astype(jnp.int32),
       out=(triton_launch.shape((r, k), FP8_DTYPE),
            triton_launch.shape(scale_shape, jnp.float32)),
-      grid=(r,), num_warps=4 if nb * BLOCK <= 2048 else 8, K=k, SRC_STRIDE=src.shape[1],
-      NB=nb, KB=kb, EPS=float(eps), QMAX=FP8_MAX, MODE=mode, GATHER=rows is not None,
-      PER_BLOCK=per_block)
-
+      grid=grid, num_warps=num_warps, **meta)
