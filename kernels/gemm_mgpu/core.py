@@ -100,7 +100,10 @@ def tile_schedule(group_sizes: jax.Array, num_rows: int, tile: int) -> jax.Array
   # sum_e ceil((size_e + ROW_ALIGN - 1) / tile) over the G + 1 groups bounds the slots.
   num_slots = pl.cdiv(num_rows + (ROW_ALIGN - 1) * (g + 1), tile) + g + 1
   slots = jnp.arange(num_slots, dtype=jnp.int32)
-  grp = jnp.minimum(jnp.searchsorted(cum, slots, side="right"), g).astype(jnp.int32)
+  # compare_all: one fused comparison of the few slots against the G + 1 ends; the
+  # default binary search is a while loop, a host round trip an iteration on the GPU.
+  grp = jnp.minimum(jnp.searchsorted(cum, slots, side="right", method="compare_all"),
+                    g).astype(jnp.int32)
   used = slots < cum[-1]
   row0 = base[grp] + (slots - (cum - count)[grp]) * tile
   row_start = jnp.minimum(row0, round_up(num_rows, tile) - tile)
