@@ -396,7 +396,9 @@ def _child(rung: str, args, beams: bool = False, env: dict | None = None,
            out.name, "--child-spec", json.dumps(spec)]
     done = subprocess.run(cmd, text=True, capture_output=True, env=env)
     if done.returncode:
-      return {"rung": rung, **spec, "error": done.stderr.strip().splitlines()[-1:]}
+      lines = [line for line in done.stderr.splitlines() if line.strip()]
+      return {"rung": rung, **{k: v for k, v in spec.items() if k != "breakdown"},
+              "error": [f"exit status {done.returncode}", *lines[-12:]]}
     row = json.load(open(out.name))
   if not beams:
     row.pop("beams", None)
@@ -407,7 +409,7 @@ def _figure(result: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  rows = [r for r in result["ladder"] if "breakdown" in r]
+  rows = [r for r in result["ladder"] if isinstance(r.get("breakdown"), dict)]
   sweep = result.get("sweep") or []
   fig, axes = plt.subplots(1, 1 + (1 if sweep else 0), figsize=(13 if sweep else 8, 4.5))
   axes = list(axes) if sweep else [axes]
