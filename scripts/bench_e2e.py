@@ -419,6 +419,13 @@ def _figure(result: dict, path: str) -> None:
             for r in rows]
     axes[0].bar([r["rung"] for r in rows], vals, bottom=bottom, label=cat)
     bottom = [b + v for b, v in zip(bottom, vals)]
+  small = [b for b in bottom if b <= 4 * min(bottom)] if bottom else []
+  if small and len(small) < len(bottom):  # plain XLA's bar would flatten the others
+    axes[0].set_ylim(0, 1.3 * max(small))
+    for i, b in enumerate(bottom):
+      if b > 1.3 * max(small):
+        axes[0].text(i, 1.25 * max(small), f"{b:.0f} ms (clipped)", ha="center", va="top",
+                     fontsize=8)
   axes[0].set_ylabel("ms per batch")
   axes[0].set_title("device time by category (CUPTI), idle = wall - kernels")
   axes[0].legend(fontsize=7)
