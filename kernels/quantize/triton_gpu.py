@@ -7,7 +7,7 @@ quantize moves 7. Triton, not Pallas Mosaic GPU: a row of K = 1408 or 5632 is a 
 masked vector load here, while Mosaic GPU's TMA boxes (<= 256 elements a dimension) and
 layout inference made the same kernel a tiling exercise that did not lower. Rows are
 independent; a program takes Config.rows of them so that each SM keeps enough bytes in
-flight (one 2.8 KB row a program left the pass at about twice its HBM time).
+flight.
 """
 
 import dataclasses
@@ -119,8 +119,8 @@ class Config:
 def default_config(k: int) -> Config:
   """About 8192 source elements a program (64 a thread), 4 warps; 8 past 8192 a row.
 
-  The fastest of rows 1-8 x warps 4, 8 at every moe-4b pass (K = 1408: 4 rows, 4 warps,
-  0.79x the time of one row a program; bench/results/quantize_h200.json)."""
+  The fastest of rows 1-8 x warps 4, 8 at every moe-4b pass (K = 1408: 4 rows, 4 warps;
+  bench/results/quantize_h200.json)."""
   width = _pow2(-(-k // BLOCK)) * BLOCK
   return Config(rows=max(1, 8192 // width), num_warps=4 if width <= 8192 else 8)
 
