@@ -385,3 +385,21 @@ def test_triton_kernel_nan_and_inf_gpu(kind, block):
     codes, scales = _spec_bytes(x, block)
     np.testing.assert_array_equal(np.asarray(s), scales)
     np.testing.assert_array_equal(fp8_spec.fp8_bytes(np.asarray(q)), codes)
+
+
+def test_kernel_config_default_and_launch():
+  """About 8192 source elements a program; a program's rows capped by the largest power of
+  two dividing the row count (no partial program); rows a power of two."""
+  mod = interpreted("onerec_kernels.quantize.triton_gpu")
+  assert mod.default_config(1408) == mod.Config(rows=4, num_warps=4)  # 11 blocks -> 16
+  assert mod.default_config(5632) == mod.Config(rows=1, num_warps=4)
+  assert mod.default_config(16384) == mod.Config(rows=1, num_warps=8)
+  grid, warps, meta = mod.launch_meta((96, 1408), 96, k=1408, mode=0, eps=0.0, gather=False,
+                                      per_block=True)
+  assert (grid, warps, meta["ROWS"], meta["NB"], meta["KB"]) == ((24,), 4, 4, 16, 11)
+  assert mod.launch_meta((6, 1408), 6, k=1408, mode=0, eps=0.0, gather=False,
+                         per_block=False)[0] == (3,)  # 2 rows a program
+  assert mod.launch_meta((7, 300), 7, k=300, mode=0, eps=0.0, gather=False,
+                         per_block=False)[2]["ROWS"] == 1
+  with pytest.raises(ValueError, match="power of two"):
+    mod.Config(rows=3)

@@ -77,6 +77,7 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert result["moe_layer"]["config"] == "tiny-moe" and result["moe_layer"]["tokens"] == 32
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
+    assert all(0 < r["host_enqueue_ms"] for r in result["ladder"])
   elif script == "profile_startup.py":  # the warm process read what the cold one compiled
     summary = result["summary"]
     assert summary["warm_compile_s"] < summary["cold_compile_s"]
