@@ -1,13 +1,18 @@
 """What every benchmark script shares: the result header (device, jax version, commit,
-how it was timed), device timing by CUPTI, and the JSON writer."""
+how it was timed), device timing by CUPTI, a profiler trace's events, and the JSON
+writer."""
 
 import argparse
+import contextlib
+import glob
+import gzip
 import json
 import math
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 L2_BYTES = 50 << 20  # H100 / H200 L2: timed inputs rotate through at least twice this
 
@@ -39,6 +44,23 @@ def device_ms(f, sets, iterations=30):
   fn = jax.jit(lambda ss: [f(*s) for s in ss])
   _, times = profiler.measure(fn, iterations=iterations)(sets)
   return statistics.median(times) / len(sets)
+
+
+@contextlib.contextmanager
+def perfetto_trace():
+  """Runs the block under jax's profiler (its Python tracer off) and then fills the
+  yielded list with the trace's perfetto events (host and GPU timelines)."""
+  import jax
+  trace_dir = tempfile.mkdtemp(prefix="onerec-trace-")
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0
+  events = []
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
+    yield events
+  (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                      recursive=True)
+  trace = json.load(gzip.open(path))
+  events.extend(trace["traceEvents"] if isinstance(trace, dict) else trace)
 
 
 def num_sets(bytes_per_set):

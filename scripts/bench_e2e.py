@@ -6,11 +6,13 @@ kernels_bf16 (our kernels, 16-bit weights), fp8 (our kernels under the paper's F
 and the fusions this project added, each taken away once: fp8_attention_xla (the fused
 attention kernel pinned to its XLA reference), fp8_constrained (constrained decoding over
 --items valid items). For every rung: compile time (tracing and lowering, XLA's compile),
-latency median/min/max over --runs runs with inputs on the device, requests/s, peak device
-memory, and a device-time breakdown from CUPTI (every kernel of one search, by category:
-gemm, quantize, attention, norms/residual, routing/combine, top-k, beam/past, other; idle
-= wall minus kernel time). --sweep adds the best FP8 rung at other batch sizes, beam
-widths and context lengths. --qwen3-table runs the Qwen3 family instead: the published
+latency median/min/max over --runs runs with inputs on the device, the host's time to
+enqueue one search, requests/s, peak device memory, and a device-time breakdown from
+CUPTI (every kernel of one search, by category: gemm, quantize, attention,
+norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
+kernel time), with the gaps between kernels on the GPU's timeline from a profiler trace
+of one more search (by length, by the kernel after each, the largest pairs). --sweep
+adds the best FP8 rung at other batch sizes, beam widths and context lengths. --qwen3-table runs the Qwen3 family instead: the published
 serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
 bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
 bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts.
@@ -34,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import re
@@ -46,7 +46,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, moe_block, write_json  # noqa: E402
+from bench_common import header, moe_block, perfetto_trace, write_json  # noqa: E402
 
 RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     "xla_bf16": ("reference", False, False, ""),
@@ -179,16 +179,8 @@ def _trace_gaps(compiled, args, scopes: dict[str, str]) -> dict | None:
   """timeline_gaps of one search run under jax's profiler (after a warm-up)."""
   import jax
   jax.block_until_ready(compiled(*args))
-  trace_dir = tempfile.mkdtemp(prefix="onerec-e2e-trace-")
-  options = jax.profiler.ProfileOptions()
-  options.python_tracer_level = 0
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
+  with perfetto_trace() as events:
     jax.block_until_ready(compiled(*args))
-  paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-  if not paths:
-    return None
-  events = json.load(gzip.open(paths[0]))
-  events = events["traceEvents"] if isinstance(events, dict) else events
   return timeline_gaps(events, lambda name: categorize(name, scopes))
 
 

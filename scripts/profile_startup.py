@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, parse_args, write_json  # noqa: E402
+from bench_common import header, parse_args, perfetto_trace, write_json  # noqa: E402
 
 
 def _timed(log: list, name: str, fn):
@@ -38,12 +37,8 @@ def _timed(log: list, name: str, fn):
   return wrap
 
 
-def _host_events(trace_dir: str, top: int) -> list:
+def _host_events(events: list, top: int) -> list:
   """[(name, total ms, count)] of the trace's complete events, largest first."""
-  (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
-                      recursive=True)
-  events = json.load(gzip.open(path))
-  events = events["traceEvents"] if isinstance(events, dict) else events
   total, count = collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X":
@@ -72,11 +67,7 @@ def child(args, start: str) -> dict:
   stages.Lowered.compile = _timed(calls, "XLA compile or cache read", stages.Lowered.compile)
   compilation_cache.get_executable_and_time = _timed(
       calls, "executable read from the cache", compilation_cache.get_executable_and_time)
-  trace_dir = tempfile.mkdtemp(prefix="onerec-trace-")
-  options = jax.profiler.ProfileOptions()
-  options.python_tracer_level = 0
-  with (jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options)
-        if start == "warm" else open(os.devnull)):
+  with (perfetto_trace() if start == "warm" else contextlib.nullcontext([])) as events:
     t0 = time.perf_counter()
     seconds = gen.warmup(params, cfg, beam_width=args.beam, rules=rules,
                          batch_buckets=(args.batch,))
@@ -89,7 +80,7 @@ def child(args, start: str) -> dict:
   out = {"compile_s": seconds[args.batch], "first_run_s": warmup_s - seconds[args.batch],
          "next_batch_s": batch_s, "calls": calls}
   if start == "warm":
-    out["host_events_ms"] = _host_events(trace_dir, args.top)
+    out["host_events_ms"] = _host_events(events, args.top)
   return out
 
 
