@@ -12,8 +12,8 @@ CUPTI (every kernel of one search, by category: gemm, quantize, attention,
 norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
 kernel time), with the gaps between kernels on the GPU's timeline from a profiler trace
 of one more search (by length, by the kernel after each, the largest pairs). --sweep
-adds the best FP8 rung at other batch sizes, beam widths and context lengths. --qwen3-table runs the Qwen3 family instead: the published
-serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
+adds the best FP8 rung at other batch sizes, beam widths and context lengths.
+--qwen3-table runs the Qwen3 family instead: the published serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
 bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
 bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts.
 Writes JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a
@@ -184,19 +184,6 @@ def _trace_gaps(compiled, args, scopes: dict[str, str]) -> dict | None:
   return timeline_gaps(events, lambda name: categorize(name, scopes))
 
 
-def _enqueue_ms(call, runs: int) -> float:
-  """Median ms until a call returns, before its result is waited for: the host's time to
-  launch one search (the GPU waits on the host where this nears the latency)."""
-  import jax
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    out = call()
-    times.append(1e3 * (time.perf_counter() - t0))
-    jax.block_until_ready(out)
-  return statistics.median(times)
-
-
 def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
   """Median ms of the model's first MoE layer (router, routed and shared experts) on
   `tokens` rows per device: on one device (mesh None) or over the mesh, its experts
@@ -226,15 +213,20 @@ def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
   return statistics.median(_times(lambda: fn(*args), runs))
 
 
-def _times(call, runs: int) -> list[float]:
-  """ms of `runs` calls, each waited for, after 2 warm-ups."""
+def _times(call, runs: int, returned: list | None = None) -> list[float]:
+  """ms of `runs` calls, each waited for, after 2 warm-ups; `returned` gets the ms until
+  each call returned, before it was waited for (the host's time to launch it: the GPU
+  waits on the host where this nears the latency)."""
   import jax
   for _ in range(2):
     jax.block_until_ready(call())
   times = []
   for _ in range(runs):
     t0 = time.perf_counter()
-    jax.block_until_ready(call())
+    out = call()
+    if returned is not None:
+      returned.append(1e3 * (time.perf_counter() - t0))
+    jax.block_until_ready(out)
     times.append(1e3 * (time.perf_counter() - t0))
   return times
 
@@ -339,9 +331,9 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
       _prefill_ms(cfg, params, rules, f, m, 0)
     return dict(rung=name, preset=preset, batch=requests, beam=beam,
                 context=cfg.max_context_len, init_s=init_s, **compile_times)
-  times = _times(call, runs)
+  returned = []
+  times = _times(call, runs, returned)
   med = statistics.median(times)
-  enqueue_ms = _enqueue_ms(call, runs)
   res = call()
   used = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
   row = dict(rung=name, kernels=mode, fp8=fp8, constrained=constrained, xla_flags=xla_flags,
@@ -351,7 +343,8 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
              expert_parallel=1 if mesh is None else gen.sharding.expert_shards(mesh),
              context=cfg.max_context_len, init_s=init_s, **compile_times,
              latency_ms_median=med, latency_ms_min=min(times), latency_ms_max=max(times),
-             host_enqueue_ms=enqueue_ms, runs=runs, requests_per_s=1e3 * requests / med,
+             host_enqueue_ms=statistics.median(returned), runs=runs,
+             requests_per_s=1e3 * requests / med,
              scores_descending=bool(np.all(np.diff(np.asarray(res.scores), axis=1) <= 0)),
              empty_slots=int(np.sum(np.asarray(res.semantic_ids)[..., 0] < 0)),
              beams=np.asarray(res.semantic_ids).tolist())  # [B, W, L]
