@@ -32,6 +32,7 @@ def test_every_triton_call_matches_its_kernel():
           "_rank_kernel", "_beam_stats_kernel", "_beam_filter_kernel", "_beam_scores_kernel",
           "_router_kernel"} <= set(names["top_k"]), names["top_k"]
   assert names["dequant_gemm"] == ["_dequant_gemm_kernel"]
+  assert names["exported"] == ["_quantize_kernel"]
 
 
 def test_a_grid_without_programs_gives_zeros_and_no_launch():

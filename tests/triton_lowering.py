@@ -129,11 +129,30 @@ def dequant_gemm_calls() -> list[str]:
 
 
 
+def exported_calls() -> list[str]:
+  """The kernels in a program with a Triton call that the search's store exported (and
+  read back): jax.export lists XLA's Triton call as unstable, the store accepts it."""
+  import pathlib
+  import tempfile
+  import warnings
+
+  from onerec_jax.generate import compile_cache
+  x = jax.ShapeDtypeStruct((32, 1408), jnp.bfloat16)
+  with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    warnings.simplefilter("error")
+    path = pathlib.Path(folder) / "quantize.jaxexport"
+    compile_cache._export(jax.jit(lambda x: quantize.quantize(
+        x, None, None, k=1408, mode=0, eps=0.0, per_block=False)), [x], path)
+    back = jax.export.deserialize(bytearray(path.read_bytes()))
+  return re.findall(r'custom_call @__gpu\$xla\.gpu\.triton\(.*?name = "(\w+)"',
+                    back.mlir_module())
+
+
 def main():
   triton_launch.compute_capability = lambda: 90  # sm_90, as on the GPU
   print(json.dumps({"quantize": quantize_calls(), "attention_one_split": attention_calls(40),
                     "attention_splits": attention_calls(4000), "top_k": top_k_calls(),
-                    "dequant_gemm": dequant_gemm_calls()}))
+                    "dequant_gemm": dequant_gemm_calls(), "exported": exported_calls()}))
 
 
 if __name__ == "__main__":
