@@ -176,7 +176,5 @@ def _export(jitted: Callable, structs: list, path: pathlib.Path):
 
 
 # Custom calls jax.export does not list as stable but that carry their whole kernel in
-# the call: XLA's Triton call (onerec_kernels.triton_launch) holds the kernel's Triton IR,
-# which this jaxlib's XLA compiles; the stored program is read back by the same versions
-# only (its key names them). Pallas Mosaic GPU's call is listed.
-_UNLISTED_CALLS = ("__gpu$xla.gpu.triton",)
+# the call (jax-triton embeds the compiled Triton kernel); Pallas Mosaic GPU's is listed.
+_UNLISTED_CALLS = ("triton_kernel_call",)
