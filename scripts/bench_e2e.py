@@ -143,7 +143,9 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
   the kernels on the GPU's streams in start order and the gap before each (its start
   minus the latest end so far, when positive), summed by the category of the kernel
   that follows it, bucketed by length, and the largest pairs (kernel before, kernel
-  after) by total gap. None without GPU stream events (a CPU run)."""
+  after) by total gap; the longest single gaps (50 us or more) with the host events
+  that overlap each, longest overlap first (what the host did while the GPU waited).
+  None without GPU stream events (a CPU run)."""
   procs = {e["pid"]: e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
@@ -158,6 +160,7 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
   edges = ((0, 2, "<2us"), (2, 5, "2-5us"), (5, 10, "5-10us"), (10, 50, "10-50us"),
            (50, float("inf"), ">=50us"))
   end, before = kernels[0][1], kernels[0][2]
+  long_gaps = []  # (gap us, gap start, kernel before, kernel after)
   for start, stop, name in kernels[1:]:
     gap = start - end  # us
     if gap > 0:
@@ -165,14 +168,28 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
       pairs[(before, name)] += gap / 1e3
       pair_count[(before, name)] += 1
       buckets[next(label for lo, hi, label in edges if lo <= gap < hi)] += gap / 1e3
+      if gap >= 50:
+        long_gaps.append((gap, end, before, name))
     if stop > end:
       end, before = stop, name
+  host = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"],
+           threads.get((e["pid"], e.get("tid")), str(e.get("tid"))))
+          for e in events if e.get("ph") == "X" and "GPU" not in procs.get(e.get("pid"), "")]
+
+  def while_waiting(lo, hi):
+    overlap = [(min(b, hi) - max(a, lo), b - a, name, thread)
+               for a, b, name, thread in host if a < hi and b > lo]
+    return [{"name": name[:80], "thread": thread[:40], "overlap_us": o, "dur_us": d}
+            for o, d, name, thread in sorted(overlap, reverse=True)[:8]]
   return {"span_ms": (end - kernels[0][0]) / 1e3, "kernels": len(kernels),
           "gap_ms": sum(by_next.values()), "gap_ms_by_next_category": dict(by_next),
           "gap_ms_by_length": {label: buckets[label] for _, _, label in edges},
           "top_gap_pairs": [{"before": a[:80], "after": b[:80], "ms": ms,
                              "count": pair_count[(a, b)]}
-                            for (a, b), ms in pairs.most_common(25)]}
+                            for (a, b), ms in pairs.most_common(25)],
+          "longest_gaps": [{"us": gap, "before": a[:80], "after": b[:80],
+                            "host": while_waiting(at, at + gap)}
+                           for gap, at, a, b in sorted(long_gaps, reverse=True)[:6]]}
 
 
 def _trace_gaps(compiled, args, scopes: dict[str, str]) -> dict | None:
