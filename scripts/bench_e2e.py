@@ -11,10 +11,11 @@ enqueue one search, requests/s, peak device memory, and a device-time breakdown 
 CUPTI (every kernel of one search, by category: gemm, quantize, attention,
 norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
 kernel time), with the gaps between kernels on the GPU's timeline from a profiler trace
-of one more search (by length, by the kernel after each, the largest pairs). --sweep
-adds the best FP8 rung at other batch sizes, beam widths and context lengths.
---qwen3-table runs the Qwen3 family instead: the published serving table's grid (prompt lengths --contexts, batches --batches, beam 256, 3 tokens) in
-bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
+of one more search (by length, by the kernel after each, the largest pairs, the longest
+gaps with the host's events during each). --sweep adds the best FP8 rung at other batch
+sizes, beam widths and context lengths. --qwen3-table runs the Qwen3 family instead: the
+published serving table's grid (prompt lengths --contexts, batches --batches, beam 256,
+3 tokens) in bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,
 bf16_ms, fp8_ms, ...}. Random bf16 weights made on the device, random contexts.
 Writes JSON (--out, with a top-level "summary") and a PNG figure beside it; prints a
 table last. --smoke runs a tiny preset on any backend (the CPU tests use it).
@@ -120,18 +121,18 @@ def _breakdown(compiled, args, wall_ms: float) -> dict:
   _, timings = profiler.measure(compiled, aggregate=False)(*args)
   scopes = _hlo_scopes(compiled.as_text())
   by_cat = collections.Counter()
-  by_kernel, count = collections.Counter(), collections.Counter()
+  by_kernel, kernel_launches = collections.Counter(), collections.Counter()
   launches = collections.Counter()
   for name, ms in timings or []:
     by_cat[categorize(name, scopes)] += ms
     by_kernel[name] += ms
     launches[categorize(name, scopes)] += 1
-    count[name] += 1
+    kernel_launches[name] += 1
   kernel_ms = sum(by_cat.values())
   return {"ms": {c: by_cat[c] for c in CATEGORIES}, "launches": dict(launches),
           "kernel_ms": kernel_ms, "idle_ms": max(wall_ms - kernel_ms, 0.0),
           "kernels": len(timings or []),
-          "by_kernel": [{"name": n, "ms": t, "launches": count[n],
+          "by_kernel": [{"name": n, "ms": t, "launches": kernel_launches[n],
                          "category": categorize(n, scopes),
                          "scope": scopes.get(n.replace(".", "_").replace("-", "_"), "")[-120:]}
                         for n, t in by_kernel.most_common()],
@@ -174,7 +175,8 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
       end, before = stop, name
   host = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"],
            threads.get((e["pid"], e.get("tid")), str(e.get("tid"))))
-          for e in events if e.get("ph") == "X" and "GPU" not in procs.get(e.get("pid"), "")]
+          for e in events if long_gaps and e.get("ph") == "X"
+          and "GPU" not in procs.get(e.get("pid"), "")]
 
   def while_waiting(lo, hi):
     overlap = [(min(b, hi) - max(a, lo), b - a, name, thread)

@@ -45,10 +45,15 @@ def producer(kind, x, w, rows):
   return src if rows is None else RowsOf(src, rows)
 
 
+def width(kind, c):
+  """Columns of the quantized output of a source c wide (SwiGLU halves [gate; up])."""
+  return c // 2 if kind == "swiglu" else c
+
+
 def min_bytes(kind, r0, c, rows, per_block):
   """Bytes the pass must move: each source element read once (bf16), FP8 out, scales."""
   out_rows = r0 if rows is None else rows
-  k = c // 2 if kind == "swiglu" else c
+  k = width(kind, c)
   scales = out_rows * (-(-k // 128) if per_block else 1) * 4
   return r0 * c * 2 + out_rows * k + scales
 
@@ -56,10 +61,9 @@ def min_bytes(kind, r0, c, rows, per_block):
 def _kernel_at(config, kind, x, w, rows, block):
   """The Triton kernel (triton_gpu.quantize) at one tuning Config."""
   from onerec_kernels.quantize import triton_gpu
-  k = x.shape[1] // 2 if kind == "swiglu" else x.shape[1]
-  return triton_gpu.quantize(x, w if kind == "rmsnorm" else None, rows, k=k,
-                             mode=MODES[kind], eps=1e-6, per_block=block is not None,
-                             config=config)
+  return triton_gpu.quantize(x, w if kind == "rmsnorm" else None, rows,
+                             k=width(kind, x.shape[1]), mode=MODES[kind], eps=1e-6,
+                             per_block=block is not None, config=config)
 
 
 def main():
@@ -92,8 +96,7 @@ def main():
     hbm_ms = min_bytes(kind, r0, c, gathered, per_block) / hbm * 1e3
     row = dict(case=name, producer=kind, source_shape=[r0, c], gathered_rows=gathered,
                block=block, times_ms=t, hbm_floor_ms=hbm_ms,
-               default_config=vars(triton_gpu.default_config(c // 2 if kind == "swiglu"
-                                                              else c)),
+               default_config=vars(triton_gpu.default_config(width(kind, c))),
                triton_vs_xla=t["reference"] / t["triton"],
                triton_over_hbm_floor=t["triton"] / hbm_ms)
     if args.configs:
