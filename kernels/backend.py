@@ -122,10 +122,15 @@ def _not_hopper(what: str) -> str:
           f"{jax.devices()[0].device_kind}")
 
 
-def require_hopper(what: str) -> None:
-  """Raises Unsupported unless the default device is a Hopper GPU or the block runs in
+def hopper_kernels() -> bool:
+  """True where the Pallas Mosaic GPU kernels run: on a Hopper GPU, or in a block in
   interpret mode (interpret())."""
-  if not on_hopper() and not _interpreting.get():
+  return on_hopper() or _interpreting.get()
+
+
+def require_hopper(what: str) -> None:
+  """Raises Unsupported unless hopper_kernels()."""
+  if not hopper_kernels():
     raise Unsupported(_not_hopper(what))
 
 

@@ -145,7 +145,8 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
   minus the latest end so far, when positive), summed by the category of the kernel
   that follows it, bucketed by length, and the largest pairs (kernel before, kernel
   after) by total gap; the longest single gaps (50 us or more) with the host events
-  that overlap each, longest overlap first (what the host did while the GPU waited).
+  that overlap each, longest overlap first and, among equal overlaps, the shortest (the
+  innermost call: what the host did while the GPU waited).
   None without GPU stream events (a CPU run)."""
   procs = {e["pid"]: e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
@@ -182,7 +183,7 @@ def timeline_gaps(events: list[dict], category) -> dict | None:
     overlap = [(min(b, hi) - max(a, lo), b - a, name, thread)
                for a, b, name, thread in host if a < hi and b > lo]
     return [{"name": name[:80], "thread": thread[:40], "overlap_us": o, "dur_us": d}
-            for o, d, name, thread in sorted(overlap, reverse=True)[:8]]
+            for o, d, name, thread in sorted(overlap, key=lambda h: (-h[0], h[1]))[:12]]
   return {"span_ms": (end - kernels[0][0]) / 1e3, "kernels": len(kernels),
           "gap_ms": sum(by_next.values()), "gap_ms_by_next_category": dict(by_next),
           "gap_ms_by_length": {label: buckets[label] for _, _, label in edges},

@@ -21,9 +21,10 @@ from onerec_kernels.fp8_linear import (
     fp8_linear_reference,
 )
 from onerec_kernels import backend
+from onerec_kernels import fp8_linear as fp8_linear_module
 from onerec_kernels.gemm_mgpu import core, testing
-from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations_reference,
-                                     quantize_rows)
+from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations,
+                                     quantize_activations_reference, quantize_rows)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
 import bench_fp8_linear  # noqa: E402  (the benchmark's candidate tilings)
@@ -76,6 +77,52 @@ def test_entry_point_off_gpu_is_reference(producer):
     x_q, x_s = quantize_activations_reference(src)
     ref = fp8_linear_reference(x_q.reshape(10, 96), x_s.reshape(10), w_q, w_s)
     chex.assert_trees_all_equal(y, ref.reshape(2, 5, 48))
+
+
+def test_entry_point_quantizes_the_gemm_tiles_rows_interpret(monkeypatch):
+  """Where the Mosaic GEMM runs, the quantize pass writes the rows of its 64-row tile (10
+  tokens and 54 zero rows), so the program pads nothing: no pad op, one quantize call for
+  [64, K]; the 10 rows as the reference's. 32-token decode steps had two padding passes
+  a linear (x_q, x_scale) that the GPU waited on the host for."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 256), jnp.bfloat16)
+  src = RMSNormOf(x, jnp.linspace(0.5, 2.0, 256))
+  w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (64, 256)) * 0.05)
+  calls = []  # the quantize pass as constants, so that a pad in the program is the GEMM's
+  quantized = {r: quantize_activations_reference(src, pad_rows=r) for r in (10, 64)}
+  monkeypatch.setattr(fp8_linear_module, "quantize_activations",
+                      lambda a, **kw: calls.append(kw) or quantized[kw["pad_rows"]])
+  f = lambda a: fp8_linear(a, w_q, w_s, out_dtype=jnp.float32)
+  with backend.interpret():
+    jaxpr = jax.make_jaxpr(f)(src)
+    y = f(src)
+  assert " pad[" not in str(jaxpr) and "name=_pad" not in str(jaxpr)
+  assert calls[0] == {"pad_rows": 64}
+  ops = (*quantized[10], w_q, w_s)
+  testing.assert_within(y.reshape(10, 64), fp8_linear_reference(*ops, out_dtype=jnp.float32),
+                        testing.fp8_linear_error_bound(*ops), testing.fp8_linear_rel_tol(256))
+  calls.clear()
+  f(src)  # off the GPU, outside interpret mode: the reference, on the 10 rows
+  assert calls == [{"pad_rows": 10}]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["rmsnorm", "swiglu"])
+def test_entry_point_decode_step_rows_gpu(kind):
+  """A 32-token linear through the entry point on the GPU: the Triton quantize pass writes
+  the 64-row tile (no pad in the compiled program) and the result matches the reference
+  GEMM of the same quantized rows within its bound."""
+  k, n = 1408, 4224
+  x = jax.random.normal(jax.random.key(3), (32, 1, 2 * k if kind == "swiglu" else k),
+                        jnp.bfloat16)
+  src = (RMSNormOf(x, jnp.linspace(0.5, 2.0, k)) if kind == "rmsnorm" else SwiGLUOf(x))
+  w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(4), (n, k)) * 0.05)
+  f = jax.jit(lambda a: fp8_linear(a, w_q, w_s, out_dtype=jnp.float32))
+  assert " pad(" not in f.lower(src).compile().as_text()
+  y = testing.poisoned_call(lambda: f(src), (32, 1, n), jnp.float32)
+  x_q, x_s = jax.jit(lambda a: quantize_activations(a, impl="triton"))(src)
+  ops = (x_q.reshape(32, k), x_s.reshape(32), w_q, w_s)
+  testing.assert_within(y.reshape(32, n), fp8_linear_reference(*ops, out_dtype=jnp.float32),
+                        testing.fp8_linear_error_bound(*ops), testing.fp8_linear_rel_tol(k))
 
 
 @pytest.mark.parametrize("m", [1, 32, 1000, 16384])

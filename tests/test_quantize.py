@@ -94,13 +94,14 @@ def test_reference_gathers_rows():
   chex.assert_trees_all_equal((q, s), (q2, s2))
 
 
-def _run_kernel(mod, kind, x, w, rows, block, fp8=False, config=None):
+def _run_kernel(mod, kind, x, w, rows, block, fp8=False, config=None, out_rows=None):
   """The Triton kernel in the interpreter on torch CPU tensors, launched as the JAX
-  wrapper launches it (config: rows a program): (values as float32, or as
-  float8_e4m3fn with fp8, scales)."""
+  wrapper launches it (config: rows a program; out_rows: zero rows appended up to it):
+  (values as float32, or as float8_e4m3fn with fp8, scales)."""
   import torch
   k = activation_shape(_source(kind, x, w))[-1]
-  r = x.shape[0] if rows is None else len(rows)
+  live = x.shape[0] if rows is None else len(rows)
+  r = out_rows or live
   kb = -(-k // 128)
   q = torch.full((r, k), float("nan"), dtype=torch.float8_e4m3fn)  # unwritten shows
   s = torch.full((r, kb) if block else (r,), float("nan"), dtype=torch.float32)
@@ -110,7 +111,8 @@ def _run_kernel(mod, kind, x, w, rows, block, fp8=False, config=None):
       gather=rows is not None, per_block=block is not None, config=config)
   mod._quantize_kernel[grid](
       torch.from_numpy(x), none if w is None else torch.from_numpy(w),
-      none if rows is None else torch.from_numpy(np.asarray(rows, np.int32)), q, s, **meta)
+      none if rows is None else torch.from_numpy(np.asarray(rows, np.int32)),
+      torch.tensor([live], dtype=torch.int32), q, s, **meta)
   values = q.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn) if fp8 else q.float().numpy()
   return values, s.numpy()
 
@@ -144,6 +146,44 @@ def test_triton_kernel_matches_reference_interpret(kind, k, block, gather,
     np.testing.assert_array_equal(q, q_ref)
   assert np.mean(q != q_ref) < 0.002, np.mean(q != q_ref)
   assert np.all(np.abs(q - q_ref) <= np.abs(q_ref) / 8 + 2.0 ** -9)
+
+
+@pytest.mark.parametrize("kind,k", [("plain", 300), ("rmsnorm", 200), ("swiglu", 130)])
+@pytest.mark.parametrize("block", [None, 128])
+@pytest.mark.parametrize("gather", [False, True])
+def test_triton_kernel_pads_rows_interpret(kind, k, block, gather):
+  """Output rows past the activation's (a GEMM tile's padding) are zero rows, value 0 and
+  scale 1, as the reference quantizes appended zero rows; the real rows are as unpadded.
+  5 live rows of 16, 4 a program: one program holds live and padding rows."""
+  mod = interpreted("onerec_kernels.quantize.triton_gpu")
+  x = _x((5, 2 * k if kind == "swiglu" else k))
+  w = rng.uniform(0.5, 2.0, k).astype(np.float32) if kind == "rmsnorm" else None
+  rows = np.array([4, 0, 0, 3, 1]) if gather else None
+  config = mod.Config(rows=4)
+  q, s = _run_kernel(mod, kind, x, w, rows, block, config=config, out_rows=16)
+  q5, s5 = _run_kernel(mod, kind, x, w, rows, block, config=config)
+  src = _source(kind, x, w) if rows is None else RowsOf(_source(kind, x, w),
+                                                        jnp.asarray(rows))
+  q_ref, s_ref = quantize_activations_reference(src, block=block, pad_rows=16)
+  chex.assert_shape((q_ref, s_ref), ((16, k), (16, -(-k // 128)) if block else (16,)))
+  np.testing.assert_array_equal(q[:5], q5)
+  np.testing.assert_array_equal(s[:5], s5)
+  np.testing.assert_array_equal(q[5:], 0.0)
+  np.testing.assert_array_equal(s[5:], 1.0)
+  np.testing.assert_array_equal(np.asarray(q_ref[5:].astype(jnp.float32)), 0.0)
+  np.testing.assert_array_equal(np.asarray(s_ref[5:]), 1.0)
+
+
+def test_pad_rows_flattens_and_checks():
+  """pad_rows flattens the leading axes into rows and appends zero rows; fewer rows than
+  the activation's is an error naming both."""
+  x = jnp.asarray(_x((6, 256))).reshape(2, 3, 256).astype(jnp.bfloat16)
+  q, s = quantize_activations(RMSNormOf(x, jnp.ones(256)), pad_rows=8)
+  chex.assert_shape((q, s), ((8, 256), (8,)))
+  q6, s6 = quantize_activations(RMSNormOf(x, jnp.ones(256)))
+  chex.assert_trees_all_equal((q[:6], s[:6]), (q6.reshape(6, 256), s6.reshape(6)))
+  with pytest.raises(ValueError, match=r"pad_rows=5 is fewer than the \(2, 3\) rows"):
+    quantize_activations(x, pad_rows=5)
 
 
 def test_entry_point_errors():
@@ -196,6 +236,22 @@ def test_triton_kernel_gpu(kind, k, block):
     # round to nearest even on both sides) require bit-exact plain values.
     assert np.mean(qf[ok] != qr[ok]) < (1e-6 if kind == "plain" else 0.002)
     assert np.all(np.abs(qf[ok] - qr[ok]) <= np.abs(qr[ok]) / 8 + 2.0 ** -9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [None, 128])
+def test_triton_kernel_pads_rows_gpu(block):
+  """32 gathered RMSNorm rows written as a 64-row GEMM tile: the 32 as unpadded, the rest
+  value 0, scale 1."""
+  x = jnp.asarray(_x((100, 1408))).astype(jnp.bfloat16)
+  src = RowsOf(RMSNormOf(x, jnp.asarray(rng.uniform(0.5, 2.0, 1408), jnp.float32)),
+               jnp.asarray(rng.integers(0, 100, 32), jnp.int32))
+  run = jax.jit(lambda a, r: quantize_activations(a, block=block, pad_rows=r, impl="triton"),
+                static_argnums=1)
+  (q, s), (q32, s32) = run(src, 64), run(src, None)
+  chex.assert_trees_all_equal((q[:32], s[:32]), (q32, s32))
+  np.testing.assert_array_equal(np.asarray(q[32:].astype(jnp.float32)), 0.0)
+  np.testing.assert_array_equal(np.asarray(s[32:]), 1.0)
 
 
 def _awkward(rows, k):

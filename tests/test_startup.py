@@ -128,7 +128,8 @@ def test_timeline_gaps():
   """Gaps between a trace's GPU stream kernels, by the kernel after each, from the
   latest end so far (a kernel on a second stream that overlaps is no gap); host events
   and non-stream GPU lines are ignored there; the longest gap lists the host events
-  overlapping it, longest overlap first; no GPU events reads as None."""
+  overlapping it, longest overlap first and the innermost (shortest) first among equal
+  overlaps; no GPU events reads as None."""
   sys.path.insert(0, str(ROOT / "scripts"))
   import bench_e2e
   meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
@@ -143,7 +144,7 @@ def test_timeline_gaps():
   events = meta + [x(1, 7, 100, 10, "gemm_a"), x(1, 7, 113, 4, "_quantize_kernel"),
                    x(1, 8, 115, 20, "copy"),  # overlaps: ends at 135
                    x(1, 7, 140, 5, "gemm_a"), x(1, 7, 205, 5, "_quantize_kernel"),
-                   x(1, 9, 0, 500, "op"), x(2, 3, 0, 900, "host"),
+                   x(1, 9, 0, 500, "op"), x(2, 3, 0, 900, "host"), x(2, 3, 140, 80, "thunk"),
                    x(2, 4, 150, 30, "cuLaunchKernel"), x(2, 4, 190, 100, "sync"),
                    x(2, 4, 120, 10, "before_the_gap")]
   kind = lambda name: "quantize" if "quant" in name else "gemm"
@@ -160,7 +161,7 @@ def test_timeline_gaps():
   (gap,) = got["longest_gaps"]  # 145 -> 205 us; the gaps under 50 us are not listed
   assert (gap["us"], gap["before"], gap["after"]) == (60, "gemm_a", "_quantize_kernel")
   assert [(h["name"], h["overlap_us"], h["dur_us"]) for h in gap["host"]] == [
-      ("host", 60, 900), ("cuLaunchKernel", 30, 30), ("sync", 15, 100)]
+      ("thunk", 60, 80), ("host", 60, 900), ("cuLaunchKernel", 30, 30), ("sync", 15, 100)]
   assert bench_e2e.timeline_gaps(meta[1:2] + [x(2, 3, 0, 9, "host")], kind) is None
 
 

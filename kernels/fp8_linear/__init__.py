@@ -25,7 +25,7 @@ def fp8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None 
   "reference"), or one of them.
   """
   return per_token_linear(IMPLEMENTATIONS, impl, x, quantize_activations, w_q, w_scale,
-                          out_dtype)
+                          out_dtype, default_config)
 
 
 __all__ = ["IMPLEMENTATIONS", "default_config", "fp8_linear", "fp8_linear_pallas",

@@ -10,7 +10,7 @@ from onerec_kernels.int8_gemm.pallas import (default_grouped_config, default_lin
 from onerec_kernels.int8_gemm.reference import (int8_grouped_gemm_reference,
                                                 int8_linear_reference)
 from onerec_kernels.quantize import Activation, activation_dtype
-from onerec_kernels.quantize.activations import evaluate_fp32, per_token_linear
+from onerec_kernels.quantize.activations import evaluate_rows, per_token_linear
 from onerec_kernels.quantize.formats import INT8, Quantizer
 
 PER_TOKEN = PER_CHANNEL = Quantizer(INT8)  # scale = amax * fl32(1/127) per row
@@ -29,10 +29,12 @@ GROUPED_IMPLEMENTATIONS = backend.Implementations("int8_grouped_gemm", {
 })
 
 
-def quantize_activations_int8(x: Activation) -> tuple[jax.Array, jax.Array]:
+def quantize_activations_int8(x: Activation, *, pad_rows: int | None = None
+                              ) -> tuple[jax.Array, jax.Array]:
   """Per-token int8 quantization of the activation x is or computes, in FP32 without a
-  16-bit intermediate (XLA; no fused kernel yet) -> (value [..., K] int8, scale [...])."""
-  return PER_TOKEN.quantize(evaluate_fp32(x))
+  16-bit intermediate (XLA; no fused kernel yet) -> (value [..., K] int8, scale [...]);
+  pad_rows as quantize_activations'."""
+  return PER_TOKEN.quantize(evaluate_rows(x, pad_rows))
 
 
 def int8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None = None):
@@ -40,7 +42,7 @@ def int8_linear(x: Activation, w_q, w_scale, *, out_dtype=None, impl: str | None
   w_scale [N] -> [..., N] in out_dtype (default: x's dtype). impl: None ("mosaic" on a
   Hopper GPU, then "reference") or one of them."""
   return per_token_linear(IMPLEMENTATIONS, impl, x, quantize_activations_int8, w_q, w_scale,
-                          out_dtype)
+                          out_dtype, default_linear_config)
 
 
 def int8_grouped_gemm(x: Activation, w_q, w_scale, group_sizes, *, out_dtype=None,

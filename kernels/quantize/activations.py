@@ -9,6 +9,7 @@ output).
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -97,8 +98,22 @@ def _gather(x: Activation, rows: jax.Array) -> Activation:
   return x[rows]
 
 
-def _check(x: Activation) -> None:
-  """Producers whose parts disagree raise ValueError naming the shapes."""
+def evaluate_rows(x: Activation, pad_rows: int | None = None) -> jax.Array:
+  """evaluate_fp32(x) as [M, K] rows, with zero rows appended up to pad_rows (the rows a
+  GEMM's tiles take); None: the activation's shape."""
+  y = evaluate_fp32(x)
+  if pad_rows is None:
+    return y
+  y = y.reshape(-1, y.shape[-1])
+  return jnp.pad(y, ((0, pad_rows - y.shape[0]), (0, 0)))
+
+
+def _check(x: Activation, pad_rows: int | None = None) -> None:
+  """Producers whose parts disagree, or pad_rows below the activation's row count, raise
+  ValueError naming the shapes."""
+  if pad_rows is not None and pad_rows < math.prod(activation_shape(x)[:-1]):
+    raise ValueError(f"pad_rows={pad_rows} is fewer than the {activation_shape(x)[:-1]} "
+                     f"rows of the activation")
   if isinstance(x, RowsOf):
     shape = activation_shape(x.x)
     if len(shape) != 2 or x.rows.ndim != 1:
@@ -111,15 +126,18 @@ def _check(x: Activation) -> None:
     raise ValueError(f"SwiGLU gate_up last axis {x.gate_up.shape[-1]} is odd")
 
 
-def quantize_activations_reference(x: Activation, *, block: int | None = None
+def quantize_activations_reference(x: Activation, *, block: int | None = None,
+                                   pad_rows: int | None = None
                                    ) -> tuple[jax.Array, jax.Array]:
-  """The specification: the activation in FP32 (gathered first for RowsOf), then
-  quantize_rows or quantize_blocks(., 1, block)."""
-  y = evaluate_fp32(x)
+  """The specification: the activation in FP32 (gathered first for RowsOf; as zero-padded
+  [pad_rows, K] rows when asked: evaluate_rows), then quantize_rows or
+  quantize_blocks(., 1, block)."""
+  y = evaluate_rows(x, pad_rows)
   return quantize_rows(y) if block is None else quantize_blocks(y, 1, block)
 
 
-def _triton(x: Activation, *, block: int | None) -> tuple[jax.Array, jax.Array]:
+def _triton(x: Activation, *, block: int | None, pad_rows: int | None
+            ) -> tuple[jax.Array, jax.Array]:
   """One Triton pass (triton_gpu.py): per-token or 1 x BLOCK scales."""
   backend.require_triton_gpu("the Triton activation quantization")
   if block not in (None, BLOCK):
@@ -138,7 +156,9 @@ def _triton(x: Activation, *, block: int | None) -> tuple[jax.Array, jax.Array]:
     data, weight, mode, eps = x, None, 0, 0.0
   flat = data.reshape(-1, data.shape[-1])
   value, scale = triton_gpu.quantize(flat, weight, rows, k=k, mode=mode, eps=eps,
-                                     per_block=block is not None)
+                                     per_block=block is not None, out_rows=pad_rows)
+  if pad_rows is not None:
+    return value, scale
   lead = shape[:-1] if rows is None else rows.shape
   return value.reshape(*lead, k), scale.reshape(*lead, *scale.shape[1:])
 
@@ -150,27 +170,36 @@ IMPLEMENTATIONS = backend.Implementations("quantize_activations", {
 
 
 def quantize_activations(x: Activation, *, block: int | None = None,
-                         impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+                         pad_rows: int | None = None, impl: str | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
   """FP8 e4m3 quantization of the activation x is or computes (an array, RMSNormOf,
   SwiGLUOf, or RowsOf one of them: the MoE gather fused in), computed in FP32 without a
   16-bit intermediate.
 
   block None: per-token scales over the last axis; else 1 x block groups.
-  -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32).
-  impl: None (the table's order: "triton", then "reference"), or one of them.
+  -> (value [..., K] fp8, scale [...] or [..., ceil(K / block)] f32). pad_rows: the
+  result as [pad_rows, K] rows instead, the activation's M rows then zero rows (value 0,
+  scale 1): the rows a GEMM's tiles take, written by the same pass, so that the GEMM pads
+  nothing. impl: None (the table's order: "triton", then "reference"), or one of them.
   """
-  _check(x)
-  return IMPLEMENTATIONS(impl, x, block=block)
+  _check(x, pad_rows)
+  return IMPLEMENTATIONS(impl, x, block=block, pad_rows=pad_rows)
 
 
 def per_token_linear(table: backend.Implementations, impl: str | None, x: Activation,
-                     quantize, w_q: jax.Array, w_scale: jax.Array, out_dtype
-                     ) -> jax.Array:
-  """quantize(x) -> (value [..., K], scale [...]) per token, then table's GEMM on the
-  flattened [M, K] rows with w_q [N, K] and w_scale [N] -> [..., N] in out_dtype (default:
-  x's dtype)."""
+                     quantize, w_q: jax.Array, w_scale: jax.Array, out_dtype,
+                     tile_config) -> jax.Array:
+  """quantize(x, pad_rows=R) -> (value [R, K], scale [R]) per token, then table's GEMM on
+  those rows with w_q [N, K] and w_scale [N] -> [..., N] in out_dtype (default: x's
+  dtype). R is the M rows rounded up to tile_config(M, N, K).cta_m where the table's
+  Hopper kernel runs (the quantize pass writes the padding rows: a 32-token decode step's
+  GEMM then needs no padding passes), else M."""
   shape = activation_shape(x)
-  x_q, x_scale = quantize(x)
-  y = table(impl, x_q.reshape(-1, shape[-1]), x_scale.reshape(-1), w_q, w_scale,
-            out_dtype=out_dtype or activation_dtype(x))
-  return y.reshape(*shape[:-1], w_q.shape[0])
+  m, (n, k) = math.prod(shape[:-1]), w_q.shape
+  rows = m
+  if table.order(impl)[0] != backend.REFERENCE and backend.hopper_kernels():
+    tile = tile_config(m, n, k).cta_m
+    rows = -(-m // tile) * tile
+  x_q, x_scale = quantize(x, pad_rows=rows)
+  y = table(impl, x_q, x_scale, w_q, w_scale, out_dtype=out_dtype or activation_dtype(x))
+  return y[:m].reshape(*shape[:-1], n)

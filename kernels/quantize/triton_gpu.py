@@ -61,26 +61,29 @@ def _divide(x, scale, smallest):
 
 
 @triton.jit
-def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, q_ptr, s_ptr, K: tl.constexpr,
-                     SRC_STRIDE: tl.constexpr, NB: tl.constexpr, KB: tl.constexpr,
-                     ROWS: tl.constexpr, EPS: tl.constexpr, QMAX: tl.constexpr,
-                     MODE: tl.constexpr, GATHER: tl.constexpr, PER_BLOCK: tl.constexpr):
+def _quantize_kernel(src_ptr, weight_ptr, rows_ptr, live_ptr, q_ptr, s_ptr,
+                     K: tl.constexpr, SRC_STRIDE: tl.constexpr, NB: tl.constexpr,
+                     KB: tl.constexpr, ROWS: tl.constexpr, EPS: tl.constexpr,
+                     QMAX: tl.constexpr, MODE: tl.constexpr, GATHER: tl.constexpr,
+                     PER_BLOCK: tl.constexpr):
   """MODE 0: plain, 1: RMSNorm (weight, EPS), 2: SwiGLU of [gate; up] (SRC_STRIDE = 2K).
   Writes q [R, K] fp8 and s [R] (PER_BLOCK: [R, KB]) f32 for output rows
-  ROWS * program_id + [0, ROWS) (ROWS divides R); output row r reads source row rows[r]
-  (GATHER) or r."""
+  ROWS * program_id + [0, ROWS) (ROWS divides R); output row r < live_ptr[0] reads source
+  row rows[r] (GATHER) or r, a row past it is a zero row (a GEMM tile's padding). The
+  live count is read at run time, so padded and unpadded launches share a kernel."""
   r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)  # [ROWS]
-  src = tl.load(rows_ptr + r).to(tl.int64) if GATHER else r
+  live = r < tl.load(live_ptr)
+  src = tl.load(rows_ptr + r, mask=live, other=0).to(tl.int64) if GATHER else r
   offs = tl.arange(0, NB)[:, None] * 128 + tl.arange(0, 128)[None, :]  # [NB, 128]
   inb = (offs < K)[None]  # [1, NB, 128], broadcast over the rows
   at = src[:, None, None] * SRC_STRIDE + offs[None]
-  x = tl.load(src_ptr + at, mask=inb, other=0.0).to(tl.float32)
+  x = tl.load(src_ptr + at, mask=inb & live[:, None, None], other=0.0).to(tl.float32)
   if MODE == 1:
     inv = tl.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / K + EPS)  # [ROWS]
     w = tl.load(weight_ptr + offs, mask=offs < K, other=0.0).to(tl.float32)
     x = x * inv[:, None, None] * w[None]
   elif MODE == 2:
-    up = tl.load(src_ptr + at + K, mask=inb, other=0.0).to(tl.float32)
+    up = tl.load(src_ptr + at + K, mask=inb & live[:, None, None], other=0.0).to(tl.float32)
     x = x * tl.sigmoid(x) * up
   amax = tl.reduce(tl.abs(x), 2, _max_nan)  # [ROWS, NB]
   if PER_BLOCK:
@@ -140,11 +143,15 @@ def launch_meta(src_shape: tuple[int, int], r: int, *, k: int, mode: int, eps: f
 
 
 def quantize(src: jax.Array, weight: jax.Array | None, rows: jax.Array | None, *,
-             k: int, mode: int, eps: float, per_block: bool, config: Config | None = None
-             ) -> tuple[jax.Array, jax.Array]:
+             k: int, mode: int, eps: float, per_block: bool, out_rows: int | None = None,
+             config: Config | None = None) -> tuple[jax.Array, jax.Array]:
   """src [R0, SRC_STRIDE] (16/32-bit) -> (q [R, k] fp8, scale [R] or [R, ceil(k/128)]);
-  R = len(rows) when rows are given, else R0."""
-  r = src.shape[0] if rows is None else rows.shape[0]
+  the activation's rows are len(rows) when rows are given, else R0, and R = out_rows
+  (default: those rows) appends zero rows (value 0, scale 1) after them."""
+  live = src.shape[0] if rows is None else rows.shape[0]
+  r = live if out_rows is None else out_rows
+  if r < live:
+    raise ValueError(f"out_rows={r} is fewer than the activation's {live} rows")
   none = jnp.zeros((1,), jnp.int32)
   grid, num_warps, meta = launch_meta(src.shape, r, k=k, mode=mode, eps=eps,
                                       gather=rows is not None, per_block=per_block,
@@ -152,7 +159,7 @@ def quantize(src: jax.Array, weight: jax.Array | None, rows: jax.Array | None, *
   scale_shape = (r, meta["KB"]) if per_block else (r,)
   return triton_launch.triton_call(
       _quantize_kernel, src, none if weight is None else weight,
-      none if rows is None else rows.astype(jnp.int32),
+      none if rows is None else rows.astype(jnp.int32), jnp.full((1,), live, jnp.int32),
       out=(triton_launch.shape((r, k), FP8_DTYPE),
            triton_launch.shape(scale_shape, jnp.float32)),
       grid=grid, num_warps=num_warps, **meta)
