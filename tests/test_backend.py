@@ -128,6 +128,13 @@ def test_reference_mode_pins_the_entry_points_even_on_hopper(monkeypatch):
       np.testing.assert_array_equal(a, b)
 
 
+def test_hopper_kernels_run_on_hopper_or_in_interpret_mode():
+  assert backend.hopper_kernels() == backend.on_hopper()
+  with backend.interpret():
+    assert backend.hopper_kernels()
+  assert backend.hopper_kernels() == backend.on_hopper()
+
+
 def test_off_the_gpu_the_defaults_fall_back_to_the_references():
   """On this machine every fast implementation is unsupported: the default picks the
   reference, and naming the kernel says why it cannot run."""

@@ -135,6 +135,24 @@ def test_entry_points_quantize_the_producer_and_fall_back_off_gpu():
       int8_linear(flat, w_q, w_s, impl="mosaic")
 
 
+def test_linear_entry_point_quantizes_the_tiles_rows_interpret(monkeypatch):
+  """Where the Mosaic GEMM runs, the int8 quantization pads the 10 rows to the 64-row
+  tile itself; the result is exactly the reference's on the 10 rows."""
+  import onerec_kernels.int8_gemm as int8_op
+  x = jax.random.normal(jax.random.key(7), (2, 5, 256), jnp.float32)
+  w_q, w_s = PER_CHANNEL.quantize(jax.random.normal(jax.random.key(8), (64, 256)) * 0.1)
+  calls = []
+  quantize = int8_op.quantize_activations_int8
+  monkeypatch.setattr(int8_op, "quantize_activations_int8",
+                      lambda a, **kw: calls.append(kw) or quantize(a, **kw))
+  with backend.interpret():
+    y = int8_linear(x, w_q, w_s, out_dtype=jnp.float32)
+  assert calls == [{"pad_rows": 64}]
+  x_q, x_s = PER_TOKEN.quantize(x.reshape(10, 256))
+  chex.assert_trees_all_equal(
+      y, int8_linear_reference(x_q, x_s, w_q, w_s, out_dtype=jnp.float32).reshape(2, 5, 64))
+
+
 def test_core_refuses_int8_without_rowcol_scaling():
   a = jnp.zeros((128, 128), jnp.int8)
   with pytest.raises(ValueError, match="int8 operands need rowcol scaling"):
