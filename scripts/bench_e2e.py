@@ -12,7 +12,10 @@ CUPTI (every kernel of one search, by category: gemm, quantize, attention,
 norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
 kernel time), with the gaps between kernels on the GPU's timeline from a profiler trace
 of one more search (by length, by the kernel after each, the largest pairs, the longest
-gaps with the host's events during each). --sweep adds the best FP8 rung at other batch
+gaps with the host's events during each). XLA runs a profiled executable op by op, without
+its command buffers, unless XLA_FLAGS (passed on to the rungs) holds
+--xla_enable_command_buffers_during_profiling=true: the gaps are the op-by-op run's, the
+latency the timed run's. --sweep adds the best FP8 rung at other batch
 sizes, beam widths and context lengths. --qwen3-table runs the Qwen3 family instead: the
 published serving table's grid (prompt lengths --contexts, batches --batches, beam 256,
 3 tokens) in bf16 and FP8 with the prefill timed apart, its summary a list of rows {ctx, batch,

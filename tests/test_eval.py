@@ -154,13 +154,13 @@ def test_end_to_end_report(tmp_path, capsys):
   out, md = tmp_path / "report.json", tmp_path / "report.md"
   recipes = ("fp8", "per_tensor", "int4_w4a8")
   assert main(["eval", str(src), "--beam-width", "50", "--batch-size", "16",
-               "--max-requests", "16", "--recipes", *recipes, "--wide-beam-width", "64",
+               "--max-requests", "48", "--recipes", *recipes, "--wide-beam-width", "64",
                "--wide-requests", "4", "--bootstrap", "200", "--ablation-requests", "8",
                "--output", str(out), "--markdown", str(md)]) == 0
   report = json.loads(out.read_text())
   assert report["checkpoint"] == str(src) and report["data"] == options.to_dict()
-  # Every cut point of each test user is a request: 16 of them spread over the users.
-  assert report["test_requests"] == 16 and report["test_users"] >= 4
+  # Every cut point of each test user is a request: 48 of them spread over the users.
+  assert report["test_requests"] == 48 and report["test_users"] >= 4
   assert report["valid_items"] == 256 and report["wide_requests"] == 4
   assert set(report["recipes"]) == set(recipes)
   for s in report["recipes"].values():
@@ -173,8 +173,10 @@ def test_end_to_end_report(tmp_path, capsys):
   assert r["int4_w4a8"]["weight_bytes"] < r["fp8"]["weight_bytes"]
   # The evaluation tells the worse recipe apart: at levels 1 and 2 (level 0 attends to BOS
   # alone, where q and k do not matter) per_tensor's logits are dB further from FP16
-  # (measured 2.7 and 2.3 dB on these 16 requests, 4.2 and 4.6 on 48; a recipe wired to
-  # the paper's scheme would be 0) and its top-10 lists overlap FP16's less (0.86, 0.94).
+  # (on these 48 requests 4.2 and 4.6 dB on one CPU, 3.1 and 4.6 on another, likely its
+  # bf16 arithmetic; 16 requests gave 2.7 and 2.3 on the first, 0.35 and 4.6 on the
+  # second: too few at level 1; a recipe wired to the paper's scheme would be 0) and its
+  # top-10 lists overlap FP16's less (0.85 against 0.92).
   fp8, per_tensor = r["fp8"], r["per_tensor"]
   for level in (1, 2):
     assert per_tensor["logits_sqnr_db"][level] < fp8["logits_sqnr_db"][level] - 2
