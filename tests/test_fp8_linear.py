@@ -6,6 +6,7 @@ GPU tests (marked) run the benchmark shapes.
 
 import pathlib
 import sys
+import types
 
 import chex
 import jax
@@ -23,6 +24,7 @@ from onerec_kernels.fp8_linear import (
 from onerec_kernels import backend
 from onerec_kernels import fp8_linear as fp8_linear_module
 from onerec_kernels.gemm_mgpu import core, testing
+from onerec_kernels.quantize.activations import per_token_linear
 from onerec_kernels.quantize import (RMSNormOf, SwiGLUOf, quantize_activations,
                                      quantize_activations_reference, quantize_rows)
 
@@ -101,8 +103,29 @@ def test_entry_point_quantizes_the_gemm_tiles_rows_interpret(monkeypatch):
   testing.assert_within(y.reshape(10, 64), fp8_linear_reference(*ops, out_dtype=jnp.float32),
                         testing.fp8_linear_error_bound(*ops), testing.fp8_linear_rel_tol(256))
   calls.clear()
-  f(src)  # off the GPU, outside interpret mode: the reference, on the 10 rows
+  monkeypatch.setattr(backend, "on_hopper", lambda: False)
+  f(src)  # off Hopper, outside interpret mode: the reference, on the 10 rows
   assert calls == [{"pad_rows": 10}]
+
+
+def test_rows_are_padded_only_to_a_tile_the_gemm_keeps():
+  """per_token_linear pads M to the GEMM's row tile only where the tile the GEMM picks for
+  the padded rows divides them (else the GEMM would pad again): M = 10, tiles of 64 up to
+  64 rows, then 128 from 64 on (no pad) or from 65 on (pad to 64)."""
+  x = jax.random.normal(jax.random.key(0), (10, 128), jnp.bfloat16)
+  w_q, w_s = quantize_rows(jax.random.normal(jax.random.key(1), (64, 128)))
+  seen = []
+
+  def quantize(a, pad_rows):
+    seen.append(pad_rows)
+    return quantize_activations_reference(a, pad_rows=pad_rows)
+
+  tiles = lambda last: lambda m, n, k: types.SimpleNamespace(cta_m=64 if m <= last else 128)
+  with backend.interpret():
+    for last in (64, 63):
+      per_token_linear(fp8_linear_module.IMPLEMENTATIONS, None, x, quantize, w_q, w_s,
+                       jnp.float32, tiles(last))
+  assert seen == [64, 10]
 
 
 @pytest.mark.gpu

@@ -151,6 +151,8 @@ def test_linear_entry_point_quantizes_the_tiles_rows_interpret(monkeypatch):
   x_q, x_s = PER_TOKEN.quantize(x.reshape(10, 256))
   chex.assert_trees_all_equal(
       y, int8_linear_reference(x_q, x_s, w_q, w_s, out_dtype=jnp.float32).reshape(2, 5, 64))
+  with pytest.raises(ValueError, match="pad_rows=9 is fewer than the activation's 10 rows"):
+    quantize(x, pad_rows=9)
 
 
 def test_core_refuses_int8_without_rowcol_scaling():

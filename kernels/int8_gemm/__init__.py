@@ -10,7 +10,8 @@ from onerec_kernels.int8_gemm.pallas import (default_grouped_config, default_lin
 from onerec_kernels.int8_gemm.reference import (int8_grouped_gemm_reference,
                                                 int8_linear_reference)
 from onerec_kernels.quantize import Activation, activation_dtype
-from onerec_kernels.quantize.activations import evaluate_rows, per_token_linear
+from onerec_kernels.quantize.activations import (check_activation, evaluate_rows,
+                                                 per_token_linear)
 from onerec_kernels.quantize.formats import INT8, Quantizer
 
 PER_TOKEN = PER_CHANNEL = Quantizer(INT8)  # scale = amax * fl32(1/127) per row
@@ -34,6 +35,7 @@ def quantize_activations_int8(x: Activation, *, pad_rows: int | None = None
   """Per-token int8 quantization of the activation x is or computes, in FP32 without a
   16-bit intermediate (XLA; no fused kernel yet) -> (value [..., K] int8, scale [...]);
   pad_rows as quantize_activations'."""
+  check_activation(x, pad_rows)
   return PER_TOKEN.quantize(evaluate_rows(x, pad_rows))
 
 

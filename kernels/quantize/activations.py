@@ -108,12 +108,12 @@ def evaluate_rows(x: Activation, pad_rows: int | None = None) -> jax.Array:
   return jnp.pad(y, ((0, pad_rows - y.shape[0]), (0, 0)))
 
 
-def _check(x: Activation, pad_rows: int | None = None) -> None:
+def check_activation(x: Activation, pad_rows: int | None = None) -> None:
   """Producers whose parts disagree, or pad_rows below the activation's row count, raise
   ValueError naming the shapes."""
-  if pad_rows is not None and pad_rows < math.prod(activation_shape(x)[:-1]):
-    raise ValueError(f"pad_rows={pad_rows} is fewer than the {activation_shape(x)[:-1]} "
-                     f"rows of the activation")
+  rows = math.prod(activation_shape(x)[:-1])
+  if pad_rows is not None and pad_rows < rows:
+    raise ValueError(f"pad_rows={pad_rows} is fewer than the activation's {rows} rows")
   if isinstance(x, RowsOf):
     shape = activation_shape(x.x)
     if len(shape) != 2 or x.rows.ndim != 1:
@@ -182,7 +182,7 @@ def quantize_activations(x: Activation, *, block: int | None = None,
   scale 1): the rows a GEMM's tiles take, written by the same pass, so that the GEMM pads
   nothing. impl: None (the table's order: "triton", then "reference"), or one of them.
   """
-  _check(x, pad_rows)
+  check_activation(x, pad_rows)
   return IMPLEMENTATIONS(impl, x, block=block, pad_rows=pad_rows)
 
 
@@ -192,14 +192,15 @@ def per_token_linear(table: backend.Implementations, impl: str | None, x: Activa
   """quantize(x, pad_rows=R) -> (value [R, K], scale [R]) per token, then table's GEMM on
   those rows with w_q [N, K] and w_scale [N] -> [..., N] in out_dtype (default: x's
   dtype). R is the M rows rounded up to tile_config(M, N, K).cta_m where the table's
-  Hopper kernel runs (the quantize pass writes the padding rows: a 32-token decode step's
-  GEMM then needs no padding passes), else M."""
+  Hopper kernel runs and its tile for R rows divides R too (the quantize pass writes the
+  padding rows: a 32-token decode step's GEMM then needs no padding passes), else M."""
   shape = activation_shape(x)
   m, (n, k) = math.prod(shape[:-1]), w_q.shape
   rows = m
   if table.order(impl)[0] != backend.REFERENCE and backend.hopper_kernels():
     tile = tile_config(m, n, k).cta_m
-    rows = -(-m // tile) * tile
+    padded = -(-m // tile) * tile
+    rows = padded if padded % tile_config(padded, n, k).cta_m == 0 else m
   x_q, x_scale = quantize(x, pad_rows=rows)
   y = table(impl, x_q, x_scale, w_q, w_scale, out_dtype=out_dtype or activation_dtype(x))
   return y[:m].reshape(*shape[:-1], n)
