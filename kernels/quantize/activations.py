@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from onerec_kernels import backend
+from onerec_kernels.gemm_mgpu.core import round_up
 from onerec_kernels.quantize.reference import BLOCK, quantize_blocks, quantize_rows
 
 
@@ -199,7 +200,7 @@ def per_token_linear(table: backend.Implementations, impl: str | None, x: Activa
   rows = m
   if table.order(impl)[0] != backend.REFERENCE and backend.hopper_kernels():
     tile = tile_config(m, n, k).cta_m
-    padded = -(-m // tile) * tile
+    padded = round_up(m, tile)
     rows = padded if padded % tile_config(padded, n, k).cta_m == 0 else m
   x_q, x_scale = quantize(x, pad_rows=rows)
   y = table(impl, x_q, x_scale, w_q, w_scale, out_dtype=out_dtype or activation_dtype(x))
