@@ -7,12 +7,16 @@ Triton's interpreter (TRITON_INTERPRET=1) on torch tensors.
 Each launch carries its kernel's machine code. jax-triton lowers a launch to a custom
 call holding the kernel's PTX, and jaxlib runs ptxas on it at the kernel's first launch
 in every process (50-190 ms a kernel on an H200), a step that no persistent cache keeps.
-The launch's lowering here adds the cubin that ptxas makes from that PTX (jaxlib's
+The launch's lowering here puts in the cubin that ptxas makes from that PTX (jaxlib's
 TritonKernel.module_image field), so the compiled program, and with it the persistent
 compilation cache and a stored program, hold it: jaxlib loads it and compiles nothing.
+The call's config is also kept small, since jaxlib copies and hashes all of it at every
+launch (GetKernelCall in jaxlib's triton_kernels.cc): with the cubin there, a digest
+stands for the PTX and the TTIR, which jaxlib keeps but never reads, is left out.
 """
 
 import functools
+import hashlib
 import re
 import subprocess
 import tempfile
@@ -76,16 +80,17 @@ def _lower_with_machine_code() -> None:
 # jaxlib's jax_triton protobuf messages (jaxlib/gpu/triton.proto), the fields used here.
 ANY_CALL_KERNEL_CALL = 1  # TritonAnyKernelCall.kernel_call (absent when autotuned)
 CALL_KERNEL = 1  # TritonKernelCall.kernel
-KERNEL_NAME, KERNEL_SHARED_MEM, KERNEL_PTX = 1, 3, 4  # TritonKernel fields
+KERNEL_NAME, KERNEL_SHARED_MEM, KERNEL_PTX, KERNEL_TTIR = 1, 3, 4, 5  # TritonKernel
 KERNEL_MODULE_IMAGE = 11  # TritonKernel.module_image: ModuleImageProto
 IMAGE_OBJECT_FILE, IMAGE_KERNEL_NAME, IMAGE_SHARED_MEM = 1, 2, 3  # ModuleImageProto
 
 
 def with_machine_code(backend_config: bytes, compile_ptx) -> bytes:
   """jax-triton's custom call config (a zlib-compressed jax_triton.TritonAnyKernelCall)
-  with the kernel's module_image set to compile_ptx(ptx), its cubin; the config
-  unchanged where compile_ptx returns None, the call is autotuned (several kernels,
-  chosen at run time) or the kernel has machine code already."""
+  with the kernel's module_image set to compile_ptx(ptx), its cubin, the PTX replaced by
+  its digest (with the cubin there, jaxlib uses the PTX only as its module cache's key)
+  and the TTIR left out; the config unchanged where compile_ptx returns None, the call is
+  autotuned (several kernels, chosen at run time) or the kernel has machine code."""
   call = _fields(zlib.decompress(backend_config))
   kernel_call = _payload(call, ANY_CALL_KERNEL_CALL)
   if kernel_call is None:
@@ -101,9 +106,11 @@ def with_machine_code(backend_config: bytes, compile_ptx) -> bytes:
   image = (_field(IMAGE_OBJECT_FILE, cubin)
            + _field(IMAGE_KERNEL_NAME, _payload(kernel_fields, KERNEL_NAME) or b"")
            + _field(IMAGE_SHARED_MEM, _payload(kernel_fields, KERNEL_SHARED_MEM) or 0))
-  kernel = _join(kernel_fields) + _field(KERNEL_MODULE_IMAGE, image)
+  digest = b"sha256:" + hashlib.sha256(ptx).hexdigest().encode()
+  kernel = (_join(f for f in kernel_fields if f[0] not in (KERNEL_PTX, KERNEL_TTIR))
+            + _field(KERNEL_PTX, digest) + _field(KERNEL_MODULE_IMAGE, image))
   kernel_call = _join(_replace(kernel_call_fields, CALL_KERNEL, kernel))
-  return zlib.compress(_join(_replace(call, ANY_CALL_KERNEL_CALL, kernel_call)))
+  return zlib.compress(_join(_replace(call, ANY_CALL_KERNEL_CALL, kernel_call)), level=9)
 
 
 @functools.lru_cache(maxsize=None)

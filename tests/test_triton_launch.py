@@ -2,6 +2,7 @@
 protobuf library's own encoding of jaxlib's messages, ptxas through Triton, and on the
 GPU a fresh process whose kernels run without jaxlib's ptxas."""
 
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -87,7 +88,11 @@ def test_with_machine_code_sets_the_module_image(pb, shared_mem):
   image = out.kernel_call.kernel.module_image
   assert (image.object_file, image.kernel_name, image.shared_mem_bytes) == (
       cubin, "_quantize_kernel", shared_mem)
-  out.kernel_call.kernel.ClearField("module_image")
+  kernel = out.kernel_call.kernel
+  assert kernel.ptx == "sha256:" + hashlib.sha256(original.kernel_call.kernel.ptx.encode(
+      )).hexdigest() and kernel.ttir == ""
+  kernel.ClearField("module_image")
+  kernel.ptx, kernel.ttir = original.kernel_call.kernel.ptx, original.kernel_call.kernel.ttir
   assert out == original  # everything else as it was, grid and parameters included
 
 
