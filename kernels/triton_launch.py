@@ -4,15 +4,16 @@ jax_triton is imported on first launch, not with the kernel modules, so the same
 @triton.jit kernels also load where only triton is installed: CPU tests run them in
 Triton's interpreter (TRITON_INTERPRET=1) on torch tensors.
 
-Each launch carries its kernel's machine code. jax-triton lowers a launch to a custom
-call holding the kernel's PTX, and jaxlib runs ptxas on it at the kernel's first launch
-in every process (50-190 ms a kernel on an H200), a step that no persistent cache keeps.
-The launch's lowering here puts in the cubin that ptxas makes from that PTX (jaxlib's
-TritonKernel.module_image field), so the compiled program, and with it the persistent
-compilation cache and a stored program, hold it: jaxlib loads it and compiles nothing.
-The call's config is also kept small, since jaxlib copies and hashes all of it at every
-launch (GetKernelCall in jaxlib's triton_kernels.cc): with the cubin there, a digest
-stands for the PTX and the TTIR, which jaxlib keeps but never reads, is left out.
+Each launch is lowered to jaxlib's typed FFI Triton call (CUSTOM_CALL_TARGET) and
+carries its kernel's machine code. jax-triton emits the older custom call, whose config
+jaxlib copies and hashes in full at every launch (GetKernelCall in jaxlib's
+triton_kernels.cc) and which holds the kernel's PTX, which jaxlib compiles with ptxas at
+the kernel's first launch in every process (50-190 ms a kernel on an H200), a step that
+no persistent cache keeps. The FFI call reads its config once, when XLA loads the
+program, and launches from the kernel it kept; the config here holds the cubin that
+ptxas makes from the PTX (jaxlib's TritonKernel.module_image field), so the compiled
+program, and with it the persistent compilation cache and a stored program, carry it and
+jaxlib compiles nothing.
 """
 
 import functools
@@ -55,26 +56,40 @@ def shape(dims, dtype) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(dims, dtype)
 
 
+CUSTOM_CALL_TARGET = "triton_kernel_call_ffi"  # jaxlib's typed FFI Triton launch
+
+
 @functools.cache
 def _lower_with_machine_code() -> None:
-  """Registers jax-triton's CUDA lowering again, wrapped so that each custom call it
-  emits carries its kernel's cubin (with_machine_code). Process-wide, once."""
-  from jax.extend.mlir import ir
+  """Registers jax-triton's CUDA lowering again, re-emitted by ffi_call_with_machine_code.
+  Process-wide, once."""
   from jax.interpreters import mlir
   from jax_triton import triton_lib
-
   rule = functools.partial(triton_lib.triton_kernel_call_lowering,
                            triton_lib.get_cuda_backend)
+  mlir.register_lowering(triton_lib.triton_kernel_call_p,
+                         ffi_call_with_machine_code(rule, _cubin), platform="cuda")
+
+
+def ffi_call_with_machine_code(rule, compile_ptx):
+  """A lowering rule for rule, a lowering that emits jax-triton's custom call: the same
+  operands, results and aliases as one CUSTOM_CALL_TARGET call, whose config is
+  with_machine_code(the legacy call's config, compile_ptx)."""
+  from jax.extend.mlir import ir
 
   def lowering(ctx, *args, **params):
-    results = rule(ctx, *args, **params)
-    op = results[0].owner
-    config = ir.StringAttr(op.attributes["backend_config"]).value_bytes
-    op.attributes["backend_config"] = ir.StringAttr.get(
-        with_machine_code(config, _cubin))
+    legacy = rule(ctx, *args, **params)[0].owner.operation
+    config = ir.StringAttr(legacy.attributes["backend_config"]).value_bytes
+    opaque = ir.StringAttr.get(with_machine_code(config, compile_ptx))
+    results = jax.ffi.ffi_lowering(CUSTOM_CALL_TARGET, backend_config={"opaque": opaque})(
+        ctx, *args)
+    if "output_operand_aliases" in legacy.attributes:
+      results[0].owner.operation.attributes["output_operand_aliases"] = (
+          legacy.attributes["output_operand_aliases"])
+    legacy.erase()
     return results
 
-  mlir.register_lowering(triton_lib.triton_kernel_call_p, lowering, platform="cuda")
+  return lowering
 
 
 # jaxlib's jax_triton protobuf messages (jaxlib/gpu/triton.proto), the fields used here.

@@ -116,6 +116,45 @@ def test_protobuf_reader_refuses_a_cut_message(pb):
     triton_launch.with_machine_code(zlib.compress(data[:-3]), lambda ptx: b"")
 
 
+def _custom_calls(module):
+  from jax.extend.mlir import ir
+  calls = []
+  def visit(op):
+    if op.name == "stablehlo.custom_call":
+      calls.append(op)
+    return ir.WalkResult.ADVANCE
+  module.operation.walk(visit)
+  return calls
+
+
+def test_lowering_reemits_the_legacy_call_as_the_ffi_call(pb):
+  """A lowering that emits jax-triton's custom call (api_version 2, the config as bytes,
+  an alias) becomes one typed FFI call with the rewritten config and the same alias."""
+  import jax
+  import jax.numpy as jnp
+  from jax.extend.core import Primitive
+  from jax.interpreters import mlir
+  prim = Primitive("legacy_triton_call")
+  prim.multiple_results = True
+  prim.def_abstract_eval(lambda a, b: [jax.core.ShapedArray(a.shape, a.dtype)])
+  config = zlib.compress(_call(pb).SerializeToString())
+  legacy = jax.ffi.ffi_lowering("triton_kernel_call", api_version=2, backend_config=config,
+                                operand_output_aliases={1: 0})
+  mlir.register_lowering(prim, triton_launch.ffi_call_with_machine_code(
+      legacy, lambda ptx: b"\x7fELF cubin"), platform="cuda")
+  x = jnp.ones((4, 8), jnp.float32)
+  module = jax.jit(lambda a, b: prim.bind(a, b)[0]).trace(x, x).lower(
+      lowering_platforms=("cuda",)).compiler_ir("stablehlo")
+  (call,) = _custom_calls(module)
+  assert call.attributes["call_target_name"].value == triton_launch.CUSTOM_CALL_TARGET
+  # jax writes a typed FFI call's attributes as mhlo.backend_config (XLA's API version 4)
+  out = pb["TritonAnyKernelCall"].FromString(zlib.decompress(
+      call.attributes["mhlo.backend_config"]["opaque"].value_bytes))
+  assert out.kernel_call.kernel.module_image.object_file == b"\x7fELF cubin"
+  (alias,) = call.attributes["output_operand_aliases"]
+  assert "operand_index = 1," in str(alias)  # the one result is operand 1's buffer
+
+
 _PTX = """
 .version 8.0
 .target sm_90a
@@ -147,10 +186,11 @@ def test_cubin_from_tritons_ptxas():
 _FRESH_PROCESS = textwrap.dedent("""
     import sys, zlib
     import jax, jax.numpy as jnp, numpy as np, triton, triton.language as tl
+    from jax.extend.mlir import ir
     from onerec_kernels import triton_launch
 
     @triton.jit
-    def add_one(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    def add_one(x_ptr, n, y_ptr, BLOCK: tl.constexpr):
       i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
       tl.store(y_ptr + i, tl.load(x_ptr + i, mask=i < n) + 1, mask=i < n)
 
@@ -162,8 +202,8 @@ _FRESH_PROCESS = textwrap.dedent("""
       configs = []
       def visit(op):
         if op.name == "stablehlo.custom_call":
-          configs.append(op.attributes["backend_config"].value_bytes)
-        return jax.extend.mlir.ir.WalkResult.ADVANCE
+          configs.append(op.attributes["mhlo.backend_config"]["opaque"].value_bytes)
+        return ir.WalkResult.ADVANCE
       jax.jit(launch).lower(x).compiler_ir("stablehlo").operation.walk(visit)
       (config,) = configs
       kernel = triton_launch._payload(triton_launch._fields(triton_launch._payload(
