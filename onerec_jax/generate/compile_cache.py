@@ -23,7 +23,6 @@ from typing import Any, Callable
 import jax
 
 from onerec_jax.cache import cache_dir, source_fingerprint, write_whole
-from onerec_kernels import triton_launch
 
 ENV = "ONEREC_JAX_COMPILE_CACHE"
 OFF = "off"
@@ -177,5 +176,5 @@ def _export(jitted: Callable, structs: list, path: pathlib.Path):
 
 
 # Custom calls jax.export does not list as stable but that carry their whole kernel in
-# the call (a Triton launch holds its compiled kernel); Pallas Mosaic GPU's is listed.
-_UNLISTED_CALLS = (triton_launch.CUSTOM_CALL_TARGET,)
+# the call (jax-triton embeds the compiled Triton kernel); Pallas Mosaic GPU's is listed.
+_UNLISTED_CALLS = ("triton_kernel_call",)
