@@ -13,6 +13,7 @@ keeps but never reads.
 """
 
 import functools
+import threading
 import zlib
 
 import jax
@@ -57,6 +58,12 @@ def _lower_lean() -> None:
                            triton_lib.get_cuda_backend)
   mlir.register_lowering(triton_lib.triton_kernel_call_p, lean_lowering(rule),
                          platform="cuda")
+  # jax-triton keeps compiled kernels in a cache whose key leaves out Triton's knobs: one
+  # compiled before this lowering (with line information) must not be reused.
+  getattr(triton_lib, "_COMPILED_KERNEL_CACHE", {}).clear()
+
+
+_KNOBS_LOCK = threading.Lock()  # Triton's knobs are process-wide
 
 
 def lean_lowering(rule):
@@ -66,7 +73,7 @@ def lean_lowering(rule):
   from triton import knobs
 
   def lowering(ctx, *args, **params):
-    with knobs.compilation.scope():
+    with _KNOBS_LOCK, knobs.compilation.scope():
       knobs.compilation.disable_line_info = True
       results = rule(ctx, *args, **params)
     op = results[0].owner.operation
@@ -88,11 +95,11 @@ def lean_config(backend_config: bytes) -> bytes:
   without the kernel's TTIR, compressed at zlib's highest level; unchanged where the call
   is autotuned (several kernels, chosen at run time)."""
   call = _fields(zlib.decompress(backend_config))
-  kernel_call = _payload(call, ANY_CALL_KERNEL_CALL)
+  kernel_call = _message(call, ANY_CALL_KERNEL_CALL)
   if kernel_call is None:
     return backend_config
   kernel_call_fields = _fields(kernel_call)
-  kernel = _payload(kernel_call_fields, CALL_KERNEL) or b""
+  kernel = _message(kernel_call_fields, CALL_KERNEL) or b""
   kernel = _join(f for f in _fields(kernel) if f[0] != KERNEL_TTIR)
   kernel_call = _join(_replace(kernel_call_fields, CALL_KERNEL, kernel))
   return zlib.compress(_join(_replace(call, ANY_CALL_KERNEL_CALL, kernel_call)), level=9)
@@ -115,6 +122,8 @@ def _varint(value: int) -> bytes:
 def _read_varint(data: bytes, i: int) -> tuple[int, int]:
   value = shift = 0
   while True:
+    if i >= len(data):
+      raise ValueError("a protobuf varint runs past the message's end")
     byte = data[i]
     value |= (byte & 0x7F) << shift
     shift, i = shift + 7, i + 1
@@ -144,10 +153,11 @@ def _fields(data: bytes) -> list[tuple[int, int, bytes | int, bytes]]:
   return fields
 
 
-def _payload(fields, number):
-  """The last value of a field (protobuf's rule for a repeated singular field)."""
+def _message(fields, number):
+  """A message field's value: its occurrences joined, which is protobuf's merge of a
+  message field that appears more than once; None where it is absent."""
   values = [payload for n, _, payload, _ in fields if n == number]
-  return values[-1] if values else None
+  return b"".join(values) if values else None
 
 
 def _field(number: int, value: bytes) -> bytes:
@@ -155,8 +165,10 @@ def _field(number: int, value: bytes) -> bytes:
 
 
 def _replace(fields, number, payload: bytes):
-  return [(n, w, p, _field(number, payload) if n == number else raw)
-          for n, w, p, raw in fields]
+  """The fields with field number's occurrences replaced by one, where the first was."""
+  first = next(i for i, f in enumerate(fields) if f[0] == number)
+  return [(n, w, p, _field(number, payload) if i == first else raw)
+          for i, (n, w, p, raw) in enumerate(fields) if n != number or i == first]
 
 
 def _join(fields) -> bytes:

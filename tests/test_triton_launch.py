@@ -8,16 +8,12 @@ import pytest
 
 from onerec_kernels import triton_launch
 
-# jaxlib/gpu/triton.proto's messages, the fields with_machine_code reads or must keep.
+# jaxlib/gpu/triton.proto's messages, the fields lean_config reads or must keep.
 _PROTO = {
-    "ModuleImageProto": [("object_file", 1, "bytes"), ("kernel_name", 2, "string"),
-                         ("shared_mem_bytes", 3, "uint32")],
     "TritonKernel": [("kernel_name", 1, "string"), ("num_warps", 2, "uint32"),
                      ("shared_mem_bytes", 3, "uint32"), ("ptx", 4, "string"),
                      ("ttir", 5, "string"), ("compute_capability", 6, "uint32"),
-                     ("num_ctas", 10, "uint32"),
-                     ("module_image", 11, ".jax_triton.ModuleImageProto"),
-                     ("global_scratch_size", 12, "uint32")],
+                     ("num_ctas", 10, "uint32"), ("global_scratch_size", 12, "uint32")],
     "Parameter": [("bool_", 2, "bool"), ("i32", 3, "int32"), ("i64", 5, "int64"),
                   ("f32", 7, "float"), ("f64", 8, "double")],
     "TritonKernelCall": [("kernel", 1, ".jax_triton.TritonKernel"), ("grid_0", 2, "uint32"),
@@ -56,11 +52,12 @@ def pb():
       pool.FindMessageTypeByName(f"jax_triton.{name}")) for name in _PROTO}
 
 
-def _call(pb, *, shared_mem=4096, ptx="// ptx\n.target sm_90a\n" + "x" * 20000):
+def _call(pb):
   any_call = pb["TritonAnyKernelCall"](metadata=b"\x00\x01meta", name="quantize")
   call = any_call.kernel_call
   call.kernel.kernel_name, call.kernel.num_warps = "_quantize_kernel", 4
-  call.kernel.shared_mem_bytes, call.kernel.ptx = shared_mem, ptx
+  # a PTX longer than 2**14 bytes: its length is a 3-byte varint
+  call.kernel.shared_mem_bytes, call.kernel.ptx = 4096, "// ptx\n" + "x" * 20000
   call.kernel.ttir, call.kernel.compute_capability, call.kernel.num_ctas = "ttir", 90, 1
   call.grid_0, call.grid_1, call.grid_2 = 70000, 3, 1
   for value in (dict(i32=-7), dict(f32=0.5), dict(f64=-2.25), dict(bool_=True),
@@ -85,10 +82,41 @@ def test_lean_config_leaves_an_autotuned_call(pb):
   assert triton_launch.lean_config(config) == config
 
 
-def test_protobuf_reader_refuses_a_cut_message(pb):
+def test_lean_config_merges_a_field_given_twice(pb):
+  """protobuf merges the occurrences of a message field (the second one's parameters are
+  appended, its grid wins): a config written that way reads as jaxlib would read it."""
+  original = _call(pb)
+  first, second = pb["TritonKernelCall"](), pb["TritonKernelCall"]()
+  first.kernel.CopyFrom(original.kernel_call.kernel)
+  first.parameters.extend(original.kernel_call.parameters[:2])
+  second.grid_0, second.grid_1, second.grid_2 = 70000, 3, 1
+  second.parameters.extend(original.kernel_call.parameters[2:])
+  rest = original.__class__(metadata=original.metadata, name=original.name)
+  data = (triton_launch._field(1, first.SerializeToString()) + rest.SerializeToString()
+          + triton_launch._field(1, second.SerializeToString()))
+  assert pb["TritonAnyKernelCall"].FromString(data) == original  # the encoding is legal
+  out = pb["TritonAnyKernelCall"].FromString(zlib.decompress(
+      triton_launch.lean_config(zlib.compress(data))))
+  original.kernel_call.kernel.ttir = ""
+  assert out == original
+
+
+def test_protobuf_reader_reads_fixed_width_fields(pb):
+  f32, f64 = pb["Parameter"](f32=0.5).SerializeToString(), pb["Parameter"](
+      f64=-2.25).SerializeToString()
+  assert [f[:3] for f in triton_launch._fields(f32)] == [(7, 5, f32[1:])]  # 4 bytes
+  assert [f[:3] for f in triton_launch._fields(f64)] == [(8, 1, f64[1:])]  # 8 bytes
+  both = f32 + f64
+  assert triton_launch._join(triton_launch._fields(both)) == both
+
+
+@pytest.mark.parametrize("cut", [1, 3, 40])
+def test_protobuf_reader_refuses_a_cut_message(pb, cut):
   data = _call(pb).SerializeToString()
   with pytest.raises(ValueError, match="runs past"):
-    triton_launch.lean_config(zlib.compress(data[:-3]))
+    triton_launch.lean_config(zlib.compress(data[:-cut]))
+  with pytest.raises(ValueError, match="runs past"):
+    triton_launch._fields(b"\x08\x80")  # a varint whose last byte is missing
 
 
 def _custom_calls(module):
@@ -104,7 +132,7 @@ def _custom_calls(module):
   return calls
 
 
-def test_lean_lowering_compiles_without_line_info_and_keeps_the_call(pb):
+def test_lean_lowering_compiles_without_line_info_and_keeps_the_call(pb, monkeypatch):
   """A lowering that emits jax-triton's custom call (the config as bytes, an alias): it
   runs with Triton's line information off (and the knob is restored after), and its one
   call keeps its target and alias with the lean config."""
@@ -114,6 +142,8 @@ def test_lean_lowering_compiles_without_line_info_and_keeps_the_call(pb):
   from jax.extend.core import Primitive
   from jax.interpreters import mlir
   from triton import knobs
+  monkeypatch.delenv("TRITON_DISABLE_LINE_INFO", raising=False)
+  monkeypatch.setattr(knobs.compilation, "disable_line_info", False)
   prim = Primitive("legacy_triton_call")
   prim.multiple_results = True
   prim.def_abstract_eval(lambda a, b: [jax.core.ShapedArray(a.shape, a.dtype)])
@@ -123,11 +153,10 @@ def test_lean_lowering_compiles_without_line_info_and_keeps_the_call(pb):
   seen = []
   rule = lambda ctx, *a: seen.append(knobs.compilation.disable_line_info) or legacy(ctx, *a)
   mlir.register_lowering(prim, triton_launch.lean_lowering(rule), platform="cuda")
-  before = knobs.compilation.disable_line_info
   x = jnp.ones((4, 8), jnp.float32)
   module = jax.jit(lambda a, b: prim.bind(a, b)[0]).trace(x, x).lower(
       lowering_platforms=("cuda",)).compiler_ir("stablehlo")
-  assert seen == [True] and knobs.compilation.disable_line_info == before
+  assert seen == [True] and knobs.compilation.disable_line_info is False
   (call,) = _custom_calls(module)
   assert call.attributes["call_target_name"].value == "triton_kernel_call"
   out = pb["TritonAnyKernelCall"].FromString(zlib.decompress(
