@@ -93,13 +93,13 @@ KERNEL_TTIR = 5  # TritonKernel.ttir
 def lean_config(backend_config: bytes) -> bytes:
   """jax-triton's custom call config (a zlib-compressed jax_triton.TritonAnyKernelCall)
   without the kernel's TTIR, compressed at zlib's highest level; unchanged where the call
-  is autotuned (several kernels, chosen at run time)."""
+  holds no single kernel (an autotuned call: several, chosen at run time)."""
   call = _fields(zlib.decompress(backend_config))
   kernel_call = _message(call, ANY_CALL_KERNEL_CALL)
-  if kernel_call is None:
+  kernel_call_fields = [] if kernel_call is None else _fields(kernel_call)
+  kernel = _message(kernel_call_fields, CALL_KERNEL)
+  if kernel is None:
     return backend_config
-  kernel_call_fields = _fields(kernel_call)
-  kernel = _message(kernel_call_fields, CALL_KERNEL) or b""
   kernel = _join(f for f in _fields(kernel) if f[0] != KERNEL_TTIR)
   kernel_call = _join(_replace(kernel_call_fields, CALL_KERNEL, kernel))
   return zlib.compress(_join(_replace(call, ANY_CALL_KERNEL_CALL, kernel_call)), level=9)
