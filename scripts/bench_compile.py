@@ -4,8 +4,9 @@ Writes random-weight converted checkpoints of the preset (FP8 and bf16) once, th
 runs `onerec-jax generate CKPT --random R --batch-size B --beam-width W` in fresh processes
 with one persistent compilation cache folder, first empty (cold: the search traced,
 lowered and compiled), then filled (warm, --warm-runs times: the stored program and XLA's
-cached executable; the warm figures are the median run's). Reports the compile time the
-command measured, the warm process's time from its start to its first batch's result (the
+cached executable; the warm figures are the median run's), each followed by a warm
+process without the kernel preload (--no-preload), the same-run comparison. Reports the
+compile time the command measured, the warm process's time from its start to its first batch's result (the
 start-up a user waits through: imports, loading the converted weights, the compile, the
 first batch) and its wall time to exit, and each process's median batch latency over
 R / B batches: the warm process runs the stored (exported) program, the cold one the
@@ -76,13 +77,13 @@ def _folder_bytes(folder: str) -> dict[str, int]:
 
 
 def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
-                out: str, xla_flags: str) -> dict:
+                out: str, xla_flags: str, preload: bool = True) -> dict:
   """One `onerec-jax generate` process over `batches` batches (xla_flags added to its
-  XLA_FLAGS): its wall time and the timing it reports."""
+  XLA_FLAGS; preload False: --no-preload): its wall time and the timing it reports."""
   cmd = [sys.executable, "-m", "onerec_jax", "generate", ckpt,
          "--random", str(batch * batches), "--batch-size", str(batch),
          "--beam-width", str(beam), "--compile-cache", cache,
-         "--print-requests", "1", "--output", out]
+         "--print-requests", "1", "--output", out, *([] if preload else ["--no-preload"])]
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), xla_flags]))
   t0 = time.perf_counter()
@@ -95,6 +96,7 @@ def run_command(ckpt: str, cache: str, batch: int, beam: int, batches: int,
   return {"wall_s": wall, "first_result_s": timing["first_result_s"],
           "load_s": timing["load_s"], "compile_s": timing["compile_s"],
           "compile_cache_hit": timing["compile_cache_hit"], "program": timing["program"],
+          "preload": timing["preload"],
           "batches": timing["batches"], "phases_s": timing["phases_s"],
           "cache_bytes": _folder_bytes(cache),
           # equal digests: the processes returned the same items and scores
@@ -150,15 +152,19 @@ def main() -> None:
     for precision in filter(None, args.precisions.split(",")):
       cache = os.path.join(work, f"cache-{precision}")
       row = {"precision": precision}
-      for start in ["cold"] + ["warm"] * args.warm_runs:
+      # Warm processes with and without the kernel preload take turns: the same machine
+      # state for both.
+      for start in ["cold"] + ["warm", "warm_no_preload"] * args.warm_runs:
         got = run_command(paths[precision], cache, args.batch, args.beam, args.batches,
-                          os.path.join(work, f"{precision}-{start}.json"), args.xla_flags)
+                          os.path.join(work, f"{precision}-{start}.json"), args.xla_flags,
+                          preload=start != "warm_no_preload")
         print(json.dumps({"precision": precision, start: got}), flush=True)
         if start == "cold":
           row["cold"] = got
         else:
-          row.setdefault("warm_runs", []).append(got)
+          row.setdefault(f"{start}_runs", []).append(got)
       row["warm"] = _median_run(row["warm_runs"])
+      row["warm_no_preload"] = _median_run(row["warm_no_preload_runs"])
       rows.append(row)
   finally:
     shutil.rmtree(work, ignore_errors=True)
@@ -181,26 +187,38 @@ def main() -> None:
              "warm_program": get("fp8", "warm", "program"),
              # the stored program (warm) against the one traced in the cold process
              "latency_change": change("fp8"), "bf16_latency_change": change("bf16"),
+             # the same warm start without the kernel preload (--no-preload), same run
+             "warm_start_no_preload_s": get("fp8", "warm_no_preload", "first_result_s"),
+             "bf16_warm_start_s": get("bf16", "warm", "first_result_s"),
+             "bf16_warm_start_no_preload_s": get("bf16", "warm_no_preload",
+                                                 "first_result_s"),
+             "warm_preload_s": (get("fp8", "warm", "preload") or {}).get("seconds"),
+             "warm_preload_kernels": (get("fp8", "warm", "preload") or {}).get("kernels"),
              "warm_runs": args.warm_runs,
              "warm_start_s_all": [r.get("first_result_s") for row in rows
                                   if row["precision"] == "fp8" for r in row["warm_runs"]],
+             "warm_start_no_preload_s_all": [
+                 r.get("first_result_s") for row in rows if row["precision"] == "fp8"
+                 for r in row["warm_no_preload_runs"]],
              "same_results": bool(rows) and all(
                  r["cold"].get("results_sha256") is not None and
                  all(r["cold"]["results_sha256"] == w.get("results_sha256")
-                     for w in r["warm_runs"]) for r in rows)}
+                     for w in r["warm_runs"] + r["warm_no_preload_runs"]) for r in rows)}
   result = {**header("process wall clock; compile_s as `onerec-jax generate` reports it"),
             "summary": summary, "checkpoint_write_s": write_s,
             "checkpoints_reused": reused, "rows": rows}
   write_json(args.out, result)
   print(f"\n{'precision':9} {'cold compile s':>14} {'cold ms':>8} {'warm compile s':>14} "
-        f"{'warm first s':>12} {'warm wall s':>11} {'warm ms':>8} {'hit':>4}")
+        f"{'warm first s':>12} {'no preload':>10} {'warm wall s':>11} {'warm ms':>8} "
+        f"{'hit':>4}")
   nan = float("nan")
   for r in rows:
-    c, w = r["cold"], r["warm"]
+    c, w, n = r["cold"], r["warm"], r["warm_no_preload"]
     print(f"{r['precision']:9} {c.get('compile_s', nan):14.1f} "
           f"{c.get('latency_ms_median', nan):8.2f} {w.get('compile_s', nan):14.1f} "
-          f"{w.get('first_result_s', nan):12.1f} {w['wall_s']:11.1f} "
-          f"{w.get('latency_ms_median', nan):8.2f} {str(w.get('compile_cache_hit')):>4}")
+          f"{w.get('first_result_s', nan):12.1f} {n.get('first_result_s', nan):10.1f} "
+          f"{w['wall_s']:11.1f} {w.get('latency_ms_median', nan):8.2f} "
+          f"{str(w.get('compile_cache_hit')):>4}")
   print("summary:", json.dumps(summary))
 
 

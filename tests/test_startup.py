@@ -41,8 +41,11 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
   assert warm["compile_cache_hit"] and "from the persistent compilation cache" in err_warm
   assert warm["compile_s"] < 0.5 * cold["compile_s"], (cold["compile_s"], warm["compile_s"])
   assert any((tmp_path / "cache").iterdir())
+  # The warm process found the stored search's kernel calls (none in a CPU search).
+  assert cold["preload"] is None and warm["preload"] == {"kernels": 0, "seconds": 0.0,
+                                                         "error": None}
   off, _ = _generate(None, tmp_path / "c.json")
-  assert not off["compile_cache_hit"]
+  assert not off["compile_cache_hit"] and off["preload"] is None
 
 
 @pytest.mark.parametrize("script,args", [

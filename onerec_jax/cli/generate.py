@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import numpy as np
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "$ONEREC_JAX_COMPILE_CACHE, else <user cache>/jax-compile)")
   cache.add_argument("--no-compile-cache", action="store_true",
                      help="compile without the persistent cache")
+  search.add_argument("--no-preload", action="store_true",
+                      help="do not compile the stored search's GPU kernels in the "
+                           "background while the weights load (docs/performance.md)")
   devices = parser.add_argument_group("devices (docs/scaling.md)")
   devices.add_argument("--devices", type=int, metavar="N",
                        help="split the requests over the first N devices, each batch "
@@ -137,16 +141,32 @@ def _requests(args, config):
   return count, contexts, request_ids, valid_items
 
 
-def _weights(args, config):
-  """(params, rules, source) for the chosen weights."""
+def _weights(args, config, rules):
+  """(params, source) for the chosen weights, quantized with rules (_rules') where the
+  checkpoint is not quantized already (--fp8)."""
   import jax
-  from onerec_jax import checkpoint
+  from onerec_jax import checkpoint, quant
   from onerec_jax.model import init_params
   if args.preset:
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(args.seed))
-    return params, None, f"random weights of preset {args.preset}"
-  ckpt = checkpoint.load(args.checkpoint)
-  return ckpt.params, ckpt.rules, ckpt.source
+    stored, source = None, f"random weights of preset {args.preset}"
+  else:
+    ckpt = checkpoint.load(args.checkpoint)
+    params, stored, source = ckpt.params, ckpt.rules, ckpt.source
+  if rules is not None and stored is None:
+    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  return params, source
+
+
+def _rules(args, config):
+  """The FP8 rules the search runs with (a quantized checkpoint's own, else the paper's
+  with --fp8, else None), read without loading the weights."""
+  from onerec_jax import checkpoint
+  from onerec_jax.model import default_rules
+  stored = None
+  if args.checkpoint is not None and checkpoint.store.is_converted(args.checkpoint):
+    stored = checkpoint.load_rules(args.checkpoint)
+  return default_rules(config) if args.fp8 and stored is None else stored
 
 
 def _results(res, request_ids) -> list[dict]:
@@ -209,32 +229,34 @@ def run(args: argparse.Namespace) -> int:
   _positive(args, "beam_width", "batch_size", "top", "print_requests", "random",
             "random_items", "devices", "expert_parallel", "num_processes")
   output = writable_file(args.output)
-  config = _config(args)
+  import jax
   _hosts(args)
+  # The GPU backend starts (seconds) while the package's modules import.
+  threading.Thread(target=jax.devices, name="onerec-backend", daemon=True).start()
+  config = _config(args)
   mesh = _mesh(args, config)
   batch, contexts, request_ids, valid_items = _requests(args, config)
+  from onerec_jax import checkpoint
   from onerec_jax import generate as gen
-  from onerec_jax import quant
-  from onerec_jax.model import default_rules
   if not args.no_compile_cache:
     gen.compile_cache.enable(args.compile_cache)
-  import jax
+  rules = _rules(args, config)
+  per_batch = min(args.batch_size, batch)
+  (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
+  kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
+            batch_buckets=(bucket,), mesh=mesh)
   mark("inputs")  # imports done, inputs read and checked, the devices set up
 
+  preload = None  # the stored search's kernels, compiled while the weights load
+  if not (args.no_compile_cache or args.no_preload):
+    preload = gen.preload(checkpoint.abstract_params(config, rules), config, **kw)
   t_load = time.perf_counter()
-  params, rules, source = _weights(args, config)
-  if args.fp8 and rules is None:
-    rules = default_rules(config)
-    params = jax.jit(quant.quantize_params, static_argnums=1)(params, rules)
+  params, source = _weights(args, config, rules)
   if mesh is not None:
     params = gen.sharding.place_params(params, mesh)
   jax.block_until_ready(params)
   load_s = time.perf_counter() - t_load  # read (or made), quantized, placed
   mark("loaded")
-  per_batch = min(args.batch_size, batch)
-  (bucket,) = gen.sharding.round_buckets((per_batch,), mesh)  # padded to the devices
-  kw = dict(beam_width=args.beam_width, valid_items=valid_items, rules=rules,
-            batch_buckets=(bucket,), mesh=mesh)
   lead = jax.process_index() == 0  # prints and writes; the others compute
 
   def log(*parts, **kw):
@@ -275,9 +297,14 @@ def run(args: argparse.Namespace) -> int:
   res = gen.Result(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
                      for i in range(3)))
   total = sum(latencies)
+  if preload is not None:
+    preload.wait()
   timing = {"load_s": load_s, "compile_s": compile_s, "compile_cache_hit": bool(hits),
             "first_result_s": first_result_s, "phases_s": phases,
             "program": programs[bucket],
+            "preload": None if preload is None else {
+                "kernels": preload.kernels, "seconds": preload.seconds,
+                "error": preload.error},
             "batches": len(latencies), "batch_size": per_batch, "total_s": total,
             "throughput_rps": batch / total, "device": jax.devices()[0].device_kind,
             "devices": 1 if mesh is None else mesh.size,

@@ -4,7 +4,7 @@ over a device mesh (sharding)."""
 
 from onerec_jax.generate import compile_cache, sharding
 from onerec_jax.generate.api import (DEFAULT_BUCKETS, check_inputs, chunks, generate,
-                                     pad_batch, warmup)
+                                     pad_batch, preload, warmup)
 from onerec_jax.generate.beam import EMPTY, Result, beam_search, compiled_search, lower
 from onerec_jax.generate.contexts import (load_contexts, load_valid_items, random_contexts,
                                           random_items, save_contexts)
@@ -14,4 +14,4 @@ __all__ = ["DEFAULT_BUCKETS", "EMPTY", "GenerateInputError", "ItemTable", "Resul
            "beam_search", "build_item_table", "check_inputs", "chunks", "compile_cache",
            "compiled_search",
            "generate", "load_contexts", "load_valid_items", "lower", "pad_batch",
-           "random_contexts", "random_items", "save_contexts", "sharding", "warmup"]
+           "preload", "random_contexts", "random_items", "save_contexts", "sharding", "warmup"]

@@ -19,8 +19,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from onerec_jax.config import Config
-from onerec_jax.generate import sharding
-from onerec_jax.generate.beam import Result, compiled_search
+from onerec_jax.generate import compile_cache, sharding
+from onerec_jax.generate.beam import Result, compiled_search, search_program
 from onerec_jax.generate.items import GenerateInputError, ItemTable
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -170,9 +170,7 @@ def warmup(params: Any, config: Config, *, beam_width: int,
     params = sharding.place_params(params, mesh)
   seconds = {}
   for bucket in sharding.round_buckets(batch_buckets, mesh):
-    empty = {p.name: np.zeros((0, 1) if p.width == 0 else (0, 1, p.width), np.float32)
-             for p in config.pathways}
-    f, m = pad_batch(config, empty, None, 0, 0, bucket)
+    f, m = _empty_batch(config, bucket)
     t0 = time.perf_counter()
     run, how = compiled_search(params, f, m, valid_items, config=config,
                                beam_width=beam_width, rules=rules, mesh=mesh)
@@ -181,3 +179,26 @@ def warmup(params: Any, config: Config, *, beam_width: int,
     if progress:
       progress(bucket, seconds[bucket], how)
   return seconds
+
+
+def preload(params: Any, config: Config, *, beam_width: int,
+            valid_items: ItemTable | None = None, rules=None,
+            batch_buckets: Sequence[int] = DEFAULT_BUCKETS, mesh: Mesh | None = None
+            ) -> compile_cache.Preload | None:
+  """Starts compiling, in the background, the GPU kernels of the searches that warmup
+  would read from the persistent compilation cache for these arguments (a restarted
+  process compiles those kernels again at their first use: compile_cache.preload); params
+  may be the weights' jax.ShapeDtypeStructs (checkpoint.abstract_params), so the weights
+  can load meanwhile. None when no such search is stored."""
+  mesh = sharding.resolve(mesh, config)
+  return compile_cache.preload([
+      search_program(params, *_empty_batch(config, bucket), valid_items, config=config,
+                     beam_width=beam_width, rules=rules, mesh=mesh)
+      for bucket in sharding.round_buckets(batch_buckets, mesh)])
+
+
+def _empty_batch(config: Config, bucket: int):
+  """(features, masks) of a batch of padding rows: the shapes a bucket compiles for."""
+  empty = {p.name: np.zeros((0, 1) if p.width == 0 else (0, 1, p.width), np.float32)
+           for p in config.pathways}
+  return pad_batch(config, empty, None, 0, 0, bucket)

@@ -150,6 +150,26 @@ def compiled_search(params, features, mask, valid_items=None, *, config: Config,
   program runs over it (sharding.shard) and run first places its arguments there (a
   no-op for arguments placed already); without one, on one device. generate and warmup
   run the search through this."""
+  search, args, statics, out_sharding = _search_program(
+      params, features, mask, valid_items, config, beam_width, rules, mesh)
+  place = (lambda a: a) if mesh is None else functools.partial(sharding.place, target=args)
+  run, how = compile_cache.program(search, args, statics, out_sharding)
+  tail = (None,) if valid_items is None else ()
+  return (lambda *a: Result(*run(*place(a)), *tail)), how
+
+
+def search_program(params, features, mask, valid_items=None, *, config: Config,
+                   beam_width: int, rules=None, mesh: Mesh | None = None):
+  """(args, statics, out_sharding) of the program compiled_search compiles for these
+  arguments (arrays or jax.ShapeDtypeStructs), as compile_cache.preload takes them."""
+  _, args, statics, out_sharding = _search_program(
+      params, features, mask, valid_items, config, beam_width, rules, mesh)
+  return args, statics, out_sharding
+
+
+def _search_program(params, features, mask, valid_items, config, beam_width, rules, mesh):
+  """(search, args, statics, out_sharding): the beam search as compile_cache.program
+  compiles it, in the kernel mode in force; over the mesh when one is given."""
   mode = backend.mode()
 
   def search(p, f, m, v):
@@ -161,16 +181,12 @@ def compiled_search(params, features, mask, valid_items=None, *, config: Config,
              "beam_width": beam_width, "kernels": mode,
              "rules": None if rules is None else rules.to_json()}
   args = (params, features, mask, valid_items)
-  place = lambda a: a
   out_sharding = None
   if mesh is not None:
     statics["mesh"] = sharding.describe(mesh)
     search, args, out_sharding = sharding.shard(search, mesh, args,
                                                 batched=(False, True, True, False))
-    place = functools.partial(sharding.place, target=args)
-  run, how = compile_cache.program(search, args, statics, out_sharding)
-  tail = (None,) if valid_items is None else ()
-  return (lambda *a: Result(*run(*place(a)), *tail)), how
+  return search, args, statics, out_sharding
 
 
 def _beam_search(params, features, mask, valid_items, config, beam_width, rules) -> Result:

@@ -11,18 +11,21 @@ bucket, rules and kernel mode then loads the executables instead of compiling th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import json
 import os
 import pathlib
 import threading
+import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 
 from onerec_jax.cache import cache_dir, source_fingerprint, write_whole
+from onerec_jax.generate import _kernel_calls
 
 ENV = "ONEREC_JAX_COMPILE_CACHE"
 OFF = "off"
@@ -115,11 +118,7 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
   (enable()), keyed on the statics, the argument shapes, structure and shardings, the
   jax version, the device kind and count and the source fingerprint.
   """
-  leaves, treedef = jax.tree.flatten(args)
-  avals = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
-  shardings = (None if out_sharding is None
-               else (tuple(x.sharding for x in leaves), out_sharding))
-  statics_text = json.dumps(statics, sort_keys=True, default=str)
+  leaves, treedef, avals, shardings, statics_text = _signature(args, statics, out_sharding)
   local = (statics_text, str(treedef), avals, shardings)  # shardings: these devices
   with _programs_lock:
     if local in _programs:
@@ -127,20 +126,11 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
   flat = lambda *xs: fn(*jax.tree.unflatten(treedef, xs))
   jit = (jax.jit if shardings is None else functools.partial(
       jax.jit, in_shardings=shardings[0], out_shardings=shardings[1]))
-  folder = _exported_dir()
+  path = _stored(statics_text, treedef, avals, shardings)
   how = "traced"
-  if folder is None:
+  if path is None:
     compiled = jit(flat).lower(*leaves).compile()
   else:
-    device = jax.devices()[0]
-    key = hashlib.sha256(json.dumps({
-        "format": EXPORT_FORMAT, "jax": jax.__version__, "device": device.device_kind,
-        "platform": device.platform, "source": source_fingerprint(), "statics": statics_text,
-        "tree": str(treedef), "avals": avals,
-        "devices": 1 if shardings is None else len(shardings[1].device_set),
-        "shardings": None if shardings is None else [str(s.spec) for s in shardings[0]],
-    }).encode()).hexdigest()
-    path = folder / f"{key}.jaxexport"
     if path.exists():
       exported = jax.export.deserialize(bytearray(path.read_bytes()))
       how = "exported"
@@ -148,12 +138,39 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
       in_shardings = (None,) * len(leaves) if shardings is None else shardings[0]
       exported = _export(jit(flat), [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
                                      for x, s in zip(leaves, in_shardings)], path)
-    compiled = (jit(flat) if exported is None else jit(exported.call)).lower(
-        *leaves).compile()
+    lowered = (jit(flat) if exported is None else jit(exported.call)).lower(*leaves)
+    compiled = lowered.compile()
+    if how == "traced" and exported is not None:
+      _store_kernels(lowered, _kernels_file(path))
   run = lambda *a: compiled(*jax.tree.leaves(a))
   with _programs_lock:
     _programs.setdefault(local, run)
     return _programs[local], how
+
+
+def _signature(args: Any, statics: dict[str, Any], out_sharding: Any):
+  """(leaves, treedef, avals, shardings, statics_text): what names a program."""
+  leaves, treedef = jax.tree.flatten(args)
+  avals = tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+  shardings = (None if out_sharding is None
+               else (tuple(x.sharding for x in leaves), out_sharding))
+  return leaves, treedef, avals, shardings, json.dumps(statics, sort_keys=True, default=str)
+
+
+def _stored(statics_text: str, treedef, avals, shardings) -> pathlib.Path | None:
+  """Where the program so named is stored; None while the persistent cache is off."""
+  folder = _exported_dir()
+  if folder is None:
+    return None
+  device = jax.devices()[0]
+  key = hashlib.sha256(json.dumps({
+      "format": EXPORT_FORMAT, "jax": jax.__version__, "device": device.device_kind,
+      "platform": device.platform, "source": source_fingerprint(), "statics": statics_text,
+      "tree": str(treedef), "avals": avals,
+      "devices": 1 if shardings is None else len(shardings[1].device_set),
+      "shardings": None if shardings is None else [str(s.spec) for s in shardings[0]],
+  }).encode()).hexdigest()
+  return folder / f"{key}.jaxexport"
 
 
 def _export(jitted: Callable, structs: list, path: pathlib.Path):
@@ -178,3 +195,85 @@ def _export(jitted: Callable, structs: list, path: pathlib.Path):
 # Custom calls jax.export does not list as stable but that carry their whole kernel in
 # the call (jax-triton embeds the compiled Triton kernel); Pallas Mosaic GPU's is listed.
 _UNLISTED_CALLS = ("triton_kernel_call",)
+
+
+# Preloaded kernels ----------------------------------------------------------------------
+# Custom calls whose device code every process compiles again on first use (jax-triton's
+# launches, Pallas Mosaic GPU's calls; _kernel_calls says how), whatever the cache holds.
+PRELOADED_CALLS = ("triton_kernel_call", "mosaic_gpu_v2", "mosaic_gpu")
+KERNELS_FORMAT = 1
+
+
+def _kernels_file(program_file: pathlib.Path) -> pathlib.Path:
+  return program_file.with_suffix(".kernels.json")
+
+
+def _store_kernels(lowered: Any, path: pathlib.Path) -> None:
+  """Stores at path the kernel calls of the lowered program, after compiling and running
+  them once on zeros (which also puts their executable in the persistent cache); where
+  that fails, a warning, and nothing is stored."""
+  try:
+    calls = _kernel_calls.kernel_calls(lowered.compiler_ir("stablehlo"), PRELOADED_CALLS)
+    if calls:
+      jax.block_until_ready(_kernel_calls.replay(calls)())
+  except Exception as e:  # a call that cannot be replayed alone: the next process waits
+    warnings.warn(f"the search's kernels cannot be prepared ahead of a restart ({e}); a "
+                  f"restarted process compiles them at their first use", stacklevel=3)
+    return
+  write_whole(path, json.dumps({"format": KERNELS_FORMAT, "calls": calls}).encode())
+
+
+@dataclasses.dataclass
+class Preload:
+  """Stored programs' kernels being compiled and run once on a background thread."""
+  kernels: int  # distinct kernel calls
+  seconds: float | None = None  # how long it took, once done
+  error: str | None = None  # why it stopped, where it failed
+  _thread: threading.Thread | None = dataclasses.field(default=None, repr=False)
+
+  def wait(self) -> "Preload":
+    """Returns once the kernels are ready (or failed)."""
+    if self._thread is not None:
+      self._thread.join()
+    return self
+
+
+def preload(programs: Sequence[tuple[Any, dict[str, Any], Any]]) -> Preload | None:
+  """Starts compiling and running once, on a daemon thread, the kernels of the stored
+  programs that program(fn, args, statics, out_sharding) would read, for each (args,
+  statics, out_sharding) in programs (args may be jax.ShapeDtypeStructs: the weights
+  need not be loaded yet), so that this process's first run of them finds the kernels
+  compiled; the weights can load meanwhile. None when none of them is stored. A kernel
+  that fails here is left to the program itself, with a warning."""
+  calls, found = [], False
+  for args, statics, out_sharding in programs:
+    _, treedef, avals, shardings, statics_text = _signature(args, statics, out_sharding)
+    path = _stored(statics_text, treedef, avals, shardings)
+    try:
+      stored = json.loads(_kernels_file(path).read_bytes()) if path else None
+    except (OSError, ValueError):  # absent or unreadable: nothing to preload
+      stored = None
+    if (isinstance(stored, dict) and stored.get("format") == KERNELS_FORMAT
+        and isinstance(stored.get("calls"), list)):
+      found = True
+      calls += [c for c in stored["calls"] if c not in calls]
+  if not found:
+    return None
+  result = Preload(kernels=len(calls))
+  if not calls:
+    result.seconds = 0.0
+    return result
+
+  def work():
+    t0 = time.perf_counter()
+    try:
+      jax.block_until_ready(_kernel_calls.replay(calls)())
+    except Exception as e:  # the program compiles its kernels itself, as without this
+      result.error = f"{type(e).__name__}: {str(e).strip()[:300]}"
+      warnings.warn(f"preloading the search's kernels failed ({result.error}); they "
+                    f"compile at their first use", stacklevel=2)
+    result.seconds = time.perf_counter() - t0
+
+  result._thread = threading.Thread(target=work, name="onerec-kernel-preload", daemon=True)
+  result._thread.start()
+  return result
