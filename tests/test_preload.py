@@ -78,10 +78,12 @@ def test_replay_makes_the_same_calls_and_runs_them():
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
   """A fresh persistent-cache folder for this test, Cholesky standing in for the GPU
-  kernels."""
+  kernels, and no programs compiled earlier in this process (as in a new process: one an
+  earlier test compiled would be served from memory and not stored)."""
   before = jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
   monkeypatch.setattr(compile_cache, "PRELOADED_CALLS", (CHOLESKY,))
+  monkeypatch.setattr(compile_cache, "_programs", {})
   yield tmp_path / "cc"
   jax.config.update("jax_compilation_cache_dir", before)
 
@@ -176,3 +178,26 @@ def test_preload_prepares_the_gpu_kernels(tmp_path):
   assert preload["kernels"] == len(calls) and preload["error"] is None, preload
   assert warm["timing"]["program"] == "exported"
   assert warm["results"] == cold["results"] == off["results"]
+
+
+def test_a_process_exiting_early_waits_for_its_preload(tmp_path):
+  """jax clears its backends at exit; a preload still running then is waited for first."""
+  script = f"""
+import atexit, sys
+import jax, jax.numpy as jnp
+sys.path.insert(0, {str(ROOT / "tests")!r})
+import test_preload as t
+from onerec_jax.generate import compile_cache
+compile_cache.enable({str(tmp_path / "cc")!r})
+compile_cache.PRELOADED_CALLS = (t.CHOLESKY,)
+fn, args, statics = t._program("exit")
+compile_cache.program(fn, args, statics)
+seen = []
+atexit.register(lambda: print("done at exit:", seen[0].seconds is not None))
+seen.append(compile_cache.preload([(args, statics, None)]))
+sys.exit(0)
+"""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "done at exit: True" in done.stdout, done.stdout

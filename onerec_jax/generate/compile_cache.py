@@ -10,6 +10,7 @@ bucket, rules and kernel mode then loads the executables instead of compiling th
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import functools
@@ -275,5 +276,8 @@ def preload(programs: Sequence[tuple[Any, dict[str, Any], Any]]) -> Preload | No
     result.seconds = time.perf_counter() - t0
 
   result._thread = threading.Thread(target=work, name="onerec-kernel-preload", daemon=True)
+  # A process that exits early (a bad checkpoint) waits for it before jax's own exit
+  # handler clears the backends under it (atexit runs the last registered first).
+  atexit.register(result.wait)
   result._thread.start()
   return result
