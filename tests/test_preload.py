@@ -78,12 +78,10 @@ def test_replay_makes_the_same_calls_and_runs_them():
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
   """A fresh persistent-cache folder for this test, Cholesky standing in for the GPU
-  kernels, and no programs compiled earlier in this process (as in a new process: one an
-  earlier test compiled would be served from memory and not stored)."""
+  kernels."""
   before = jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
   monkeypatch.setattr(compile_cache, "PRELOADED_CALLS", (CHOLESKY,))
-  monkeypatch.setattr(compile_cache, "_programs", {})
   yield tmp_path / "cc"
   jax.config.update("jax_compilation_cache_dir", before)
 
@@ -138,6 +136,18 @@ def test_no_kernels_are_stored_with_the_cache_off(monkeypatch):
   fn, args, statics = _program("off")
   assert compile_cache.program(fn, args, statics)[1] == "traced"
   assert compile_cache.preload([(args, statics, None)]) is None
+
+
+def test_a_program_compiled_before_the_cache_was_on_is_stored_once_it_is(cache):
+  fn, args, statics = _program("later")
+  jax.config.update("jax_compilation_cache_dir", None)
+  assert compile_cache.program(fn, args, statics)[1] == "traced"
+  jax.config.update("jax_compilation_cache_dir", str(cache))
+  assert not (cache / "onerec-exported").exists()
+  assert compile_cache.program(fn, args, statics)[1] == "traced"  # not the memo's
+  assert len(list((cache / "onerec-exported").glob("*.kernels.json"))) == 1
+  assert compile_cache.program(fn, args, statics)[1] == "process"
+  assert compile_cache.preload([(args, statics, None)]).wait().kernels == 2
 
 
 def test_generate_preload_finds_what_warmup_stored(cache):

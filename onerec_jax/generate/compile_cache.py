@@ -106,7 +106,8 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
   """fn(*args) compiled, for these arguments' shapes and the statics that name fn and
   what it closes over (its config, rules, mesh, ...: anything that changes the program;
   two fns with equal statics must compute the same), as (run, how): run takes
-  args as fn does; how is "process" (compiled earlier in this process), "exported" (read
+  args as fn does; how is "process" (compiled earlier in this process into the same cache folder, or
+  with the cache off both times), "exported" (read
   from the persistent cache folder: neither traced nor lowered, and XLA's compile of it is
   a persistent cache hit once filled) or "traced" (traced, lowered and compiled; with the
   persistent cache on, exported there for the next process).
@@ -120,7 +121,9 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
   jax version, the device kind and count and the source fingerprint.
   """
   leaves, treedef, avals, shardings, statics_text = _signature(args, statics, out_sharding)
-  local = (statics_text, str(treedef), avals, shardings)  # shardings: these devices
+  # shardings: these devices; the folder: a program compiled before the cache was on (or
+  # into another folder) is compiled again, and stored, once it is on.
+  local = (statics_text, str(treedef), avals, shardings, _exported_dir())
   with _programs_lock:
     if local in _programs:
       return _programs[local], "process"
