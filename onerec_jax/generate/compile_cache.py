@@ -105,11 +105,11 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
             out_sharding: Any = None) -> tuple[Callable, str]:
   """fn(*args) compiled, for these arguments' shapes and the statics that name fn and
   what it closes over (its config, rules, mesh, ...: anything that changes the program;
-  two fns with equal statics must compute the same), as (run, how): run takes
-  args as fn does; how is "process" (compiled earlier in this process into the same cache folder, or
-  with the cache off both times), "exported" (read
-  from the persistent cache folder: neither traced nor lowered, and XLA's compile of it is
-  a persistent cache hit once filled) or "traced" (traced, lowered and compiled; with the
+  two fns with equal statics must compute the same), as (run, how): run takes args as fn
+  does; how is "process" (compiled earlier in this process, into the same cache folder or
+  with the cache off both times), "exported" (read from the persistent cache folder:
+  neither traced nor lowered, and XLA's compile of it is a persistent cache hit once
+  filled) or "traced" (traced, lowered and compiled; with the
   persistent cache on, exported there for the next process).
 
   fn must be pure and return a tuple of arrays. args: arrays, or jax.ShapeDtypeStructs
