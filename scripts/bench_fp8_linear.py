@@ -169,6 +169,8 @@ def candidate_configs(m, n, k):
   if 64 < m <= 2048:  # few row tiles: narrower or K-split CTAs fill more of the SMs
     cands["alt_64x64_n"] = core.Config(tile_m=64, tile_n=64, wg_dimension="n",
                                        max_concurrent_steps=4)
+    cands["alt_64x128_m"] = core.Config(tile_m=64, tile_n=128, wg_dimension="m",
+                                        max_concurrent_steps=4)
     for splits in (2, 4):
       if -(-k // 128) % splits == 0:
         cands[f"alt_k_split{splits}"] = dataclasses.replace(cands["pallas_fp8"],
@@ -185,7 +187,9 @@ def candidate_configs(m, n, k):
                                        max_concurrent_steps=6, epi_tile_n=32)
     cands["alt_64x128_n"] = core.Config(tile_m=64, tile_n=128, wg_dimension="n",
                                         max_concurrent_steps=4)
-  return cands
+  default = cands["pallas_fp8"]
+  return {label: cfg for label, cfg in cands.items()
+          if label == "pallas_fp8" or cfg != default}
 
 
 def _result(checks, rows, summary):

@@ -166,6 +166,19 @@ def test_default_config_splits_k_for_few_column_tiles(monkeypatch):
   assert default_config(32, 14336, 1792).k_splits == 1  # 112 column tiles fill the SMs
 
 
+def test_default_config_halves_the_ctas_that_leave_most_sms_idle(monkeypatch):
+  """A few requests' decode step (Qwen3-1.7B, 256 beams): 128x128 CTAs that would not fill
+  half of the 132 SMs become 64x128 ones, twice as many; 192 CTAs stay as they are."""
+  monkeypatch.setattr(backend, "num_sms", lambda: 132)
+  narrow = core.Config(tile_m=64, tile_n=64, wg_dimension="n", max_concurrent_steps=4)
+  assert default_config(256, 4096, 2048) == narrow  # qkv: 2 x 32 = 64 CTAs
+  assert default_config(256, 2048, 2048) == narrow  # o: 32
+  assert default_config(256, 2048, 6144) == narrow  # down: 32
+  assert default_config(256, 12288, 2048).tile_n == 128  # gate_up: 192
+  assert default_config(1024, 2048, 2048).tile_n == 128  # o at 4 requests: 128
+  assert default_config(512, 1408, 1408) == narrow  # moe-4b o, one request: 44
+
+
 # moe-4b and 1B Linear shapes (K, N) at the benchmark's M.
 GPU_SHAPES = [(1408, 4224), (1408, 1408), (1408, 11264), (5632, 1408), (1792, 5376),
               (7168, 1792)]
@@ -182,6 +195,17 @@ def test_pallas_benchmark_shapes_gpu(m, k, n):
   out16 = testing.poisoned_call(lambda: jax.jit(fp8_linear_pallas)(*ops), (m, n),
                                 jnp.bfloat16)
   _check_bf16(ops, out16, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,n", [(2048, 4096), (2048, 2048), (2048, 12288), (6144, 2048)])
+def test_pallas_qwen3_decode_shapes_gpu(k, n):
+  """Qwen3-1.7B's linears at one request's decode step (256 beams), at the default tiling
+  (64x128 CTAs where 128x128 ones would not fill half the SMs)."""
+  ops = _operands(jax.random.key(k + n), 256, n, k)
+  out = testing.poisoned_call(lambda: jax.jit(lambda *a: fp8_linear_pallas(
+      *a, out_dtype=jnp.float32))(*ops), (256, n), jnp.float32)
+  _check(ops, out, k)
 
 
 def _check_bf16(operands, out16, k):

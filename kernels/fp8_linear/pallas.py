@@ -17,6 +17,9 @@ def default_config(m: int, n: int, k: int) -> core.Config:
   columns: the smallest split that fills three quarters of the SMs. Measured on an H100
   at M = 32 (bench/results/fp8_linear_h100.json): K = 1408 split 11 ways lost (8.8 ->
   13.0 us at N = 4224), K = 5632 split 11 ways won (14.9 -> 10.3 us at N = 1408).
+  Up to 2048 rows, 64x128 warpgroup tiles stacked along M (a 128x128 CTA), or, where
+  those CTAs would not fill half the SMs (a decode step of a few requests at a narrow
+  projection), 64x64 tiles side by side along N: a 64x128 CTA, twice as many CTAs.
   Otherwise 128x128 warpgroup tiles stacked along M (a 256x128 CTA; N = 1408 = 11 x 128
   rules out 256-wide columns).
   """
@@ -30,6 +33,8 @@ def default_config(m: int, n: int, k: int) -> core.Config:
     return core.Config(tile_m=64, tile_n=32 if narrow else 64, wg_dimension="n",
                        max_concurrent_steps=6, epi_tile_n=32, k_splits=splits)
   if m <= 2048:
+    if -(-m // 128) * -(-n // 128) < backend.num_sms() // 2:
+      return core.Config(tile_m=64, tile_n=64, wg_dimension="n", max_concurrent_steps=4)
     return core.Config(tile_m=64, tile_n=128, wg_dimension="m", max_concurrent_steps=4)
   return core.Config(tile_m=128, tile_n=128, wg_dimension="m", max_concurrent_steps=4,
                      epi_tile_n=32)

@@ -23,6 +23,7 @@ LINEAR_INTERPRET_CASES = [
     (40, 72, 200, SMALL),  # nothing a multiple of the tile
     (130, 64, 256, SMALL),  # M over one CTA tile, K of two steps
     (24, 96, 128, Config(**_SMALL_M)),  # small M
+    (150, 96, 256, Config(**_SMALL_M)),  # side-by-side warpgroups over three row tiles
     (24, 72, 384, Config(**_SMALL_M, k_splits=3)),  # small M, K split in three
 ]
 
