@@ -515,17 +515,7 @@ def qwen3_table(args) -> None:
                  bf16_speedup_vs_sid_gr=anchor[0] / row["bf16_ms"])
     rows.append(row)
     print(json.dumps(row), flush=True)
-  import jax
-  result = {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
-                     "model's encode alone"), "preset": args.preset, "beam": args.beam,
-            "anchor": "SID-GR on an H100 (NVIDIA recsys-examples); this device differs: "
-                      "an H200 has the H100's compute and 1.4x its memory bandwidth",
-            "beam_overlap": "mean over requests of the top-W item sets' overlap, FP8 "
-                            "against bf16, on the same random weights and prompts",
-            "compile_jobs": args.jobs, "compile_wall_s": compile_wall_s,
-            "summary": rows}
-  result["device"] = jax.devices()[0].device_kind
-  write_json(args.out, result)
+    write_json(args.out, _table_result(args, rows, compile_wall_s, len(grid)))
   nan = float("nan")
   print(f"\n{'ctx':>5} {'batch':>5} {'bf16 ms':>8} {'fp8 ms':>8} {'fp8 prefill':>11} "
         f"{'overlap':>7} {'SID-GR H100':>11} {'x SID-GR':>8}")
@@ -535,6 +525,38 @@ def qwen3_table(args) -> None:
           f"{r['beam_overlap'] if r['beam_overlap'] is not None else nan:7.3f} "
           f"{r.get('sid_gr_h100_ms', nan):11.1f} {r.get('fp8_speedup_vs_sid_gr', nan):8.2f}")
   print("summary:", json.dumps(rows[:2]), "...")
+
+
+def _parent_backend():
+  """jax, its backend started in this (parent) process without preallocating the GPU's
+  memory, which the rungs' child processes need; their environment stays as given."""
+  given = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+  os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+  try:
+    import jax
+    jax.devices()
+  finally:
+    if given is None:
+      del os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]
+    else:
+      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = given
+  return jax
+
+
+def _table_result(args, rows: list[dict], compile_wall_s: float, cells: int) -> dict:
+  """The Qwen3 table's result with the rows timed so far (written after each, so that a
+  run cut off keeps them; `complete` says whether every cell of the grid is in)."""
+  jax = _parent_backend()
+  result = {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
+                     "model's encode alone"), "preset": args.preset, "beam": args.beam,
+            "anchor": "SID-GR on an H100 (NVIDIA recsys-examples); this device differs: "
+                      "an H200 has the H100's compute and 1.4x its memory bandwidth",
+            "beam_overlap": "mean over requests of the top-W item sets' overlap, FP8 "
+                            "against bf16, on the same random weights and prompts",
+            "compile_jobs": args.jobs, "compile_wall_s": compile_wall_s,
+            "complete": len(rows) == cells, "summary": rows}
+  result["device"] = jax.devices()[0].device_kind
+  return result
 
 
 def _ladder_result(args, ladder: list[dict], sweep: list[dict]) -> dict:
@@ -565,7 +587,7 @@ def _ladder_result(args, ladder: list[dict], sweep: list[dict]) -> dict:
     b = by["fp8"]["breakdown"]
     summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]
     summary["fp8_idle_fraction"] = b["idle_ms"] / ms("fp8")
-  import jax
+  jax = _parent_backend()
   result = {**header("wall clock around block_until_ready, after 2 warm-ups; breakdown "
                      "by CUPTI over one search"), "summary": summary, "ladder": ladder,
             "sweep": sweep}

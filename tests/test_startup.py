@@ -3,6 +3,7 @@ with the same model, bucket and rules loads the executable instead of compiling)
 start-up and end-to-end benchmark scripts at a smoke size."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -66,6 +67,7 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   if "--qwen3-table" in args:
     (row,) = result["summary"]
     assert row["ctx"] == 16 and row["batch"] == 2 and row["fp8_ms"] > 0 and not row["errors"]
+    assert result["complete"]
     assert row["compiled_from"] == ["exported", "exported"]  # the parallel compile's
     assert 0 < row["beam_overlap"] <= 1
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
@@ -109,6 +111,19 @@ def test_beam_overlap():
   # request 0: one of its 3 slots shared (order ignored; empty slots never shared); 1: all
   assert bench_e2e.beam_overlap(a, b) == pytest.approx((1 / 3 + 1.0) / 2)
   assert bench_e2e.beam_overlap([[[-1, 0, 0]]], [[[-1, 0, 0]]]) == 0
+
+
+@pytest.mark.parametrize("given", [None, "true"])
+def test_the_benchmark_parent_leaves_the_childrens_preallocation_as_given(monkeypatch,
+                                                                          given):
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench_e2e
+  if given is None:
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+  else:
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", given)
+  assert bench_e2e._parent_backend().devices()
+  assert os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") == given
 
 
 def test_breakdown_categories():
