@@ -6,10 +6,10 @@ with one persistent compilation cache folder, first empty (cold: the search trac
 lowered and compiled), then filled (warm, --warm-runs times: the stored program and XLA's
 cached executable; the warm figures are the median run's), each followed by a warm
 process without the kernel preload (--no-preload), the same-run comparison. Reports the
-compile time the command measured, the warm process's time from its start to its first batch's result (the
-start-up a user waits through: imports, loading the converted weights, the compile, the
-first batch) and its wall time to exit, and each process's median batch latency over
-R / B batches: the warm process runs the stored (exported) program, the cold one the
+compile time the command measured, the warm process's time from its start to its first
+batch's result (the start-up a user waits through: imports, loading the converted
+weights, the compile, the first batch) and its wall time to exit, and each process's
+median batch latency over R / B batches: the warm process runs the stored (exported) program, the cold one the
 program it traced, so their ratio is the latency change of the start-up path in the same
 run.
 Writes JSON (--out) with a top-level "summary"; prints a table last.
@@ -124,7 +124,8 @@ def main() -> None:
   ap.add_argument("--precisions", default="fp8,bf16")
   ap.add_argument("--batches", type=int, default=8, help="batches each process runs")
   ap.add_argument("--warm-runs", type=int, default=3,
-                  help="warm processes per precision (the summary takes their median)")
+                  help="warm processes per precision, each followed by one without the "
+                       "preload (the summary takes their median)")
   ap.add_argument("--xla-flags", default="", help="added to the timed processes' XLA_FLAGS")
   ap.add_argument("--checkpoints", metavar="DIR",
                   help="keep the written checkpoints in DIR and reuse those found there "

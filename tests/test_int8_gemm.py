@@ -161,11 +161,11 @@ def test_core_refuses_int8_without_rowcol_scaling():
     core.gemm(a, a[None], out_dtype=jnp.float32, cfg=SMALL)
 
 
-@pytest.mark.parametrize("m", [16384, 32])
+@pytest.mark.parametrize("m", [16384, 256, 32])
 def test_default_configs_lower_for_hopper(m):
   """The default tilings compile to Mosaic GPU (int8 wgmma, int32 accumulators) at the
-  moe-4b shapes: shared memory within the H100's, layouts inferred; lowering needs no
-  GPU."""
+  moe-4b shapes (256 rows: the linear's side-by-side tiling for few row tiles): shared
+  memory within the H100's, layouts inferred; lowering needs no GPU."""
   s, i8, f32 = jax.ShapeDtypeStruct, jnp.int8, jnp.float32
   for k, n in [(1408, 11264), (5632, 1408)]:
     args = (s((m, k), i8), s((m,), f32), s((n, k), i8), s((n,), f32))

@@ -13,10 +13,8 @@ def default_config(m: int, n: int, k: int) -> core.Config:
 
   Small M (decode step 1 has 32 tokens): a 64-row tile with the two warpgroups side by
   side along N, so that more SMs stream the weight: 32-wide columns where 64-wide ones
-  would leave half the SMs idle. A long K (at least 4 K blocks a split) is split too, with 64-wide
-  columns: the smallest split that fills three quarters of the SMs. Measured on an H100
-  at M = 32 (bench/results/fp8_linear_h100.json): K = 1408 split 11 ways lost (8.8 ->
-  13.0 us at N = 4224), K = 5632 split 11 ways won (14.9 -> 10.3 us at N = 1408).
+  would leave half the SMs idle. A long K (at least 4 K blocks a split) is split too,
+  with 64-wide columns: the smallest split that fills three quarters of the SMs.
   Up to 2048 rows, 64x128 warpgroup tiles stacked along M (a 128x128 CTA), or, where
   those CTAs would not fill half the SMs (a decode step of a few requests at a narrow
   projection), 64x64 tiles side by side along N: a 64x128 CTA, twice as many CTAs.

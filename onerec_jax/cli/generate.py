@@ -14,6 +14,7 @@ second run with the same model, batch and beam width compiles nothing.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 import threading
@@ -221,6 +222,21 @@ def _mesh(args, config):
   return sharding.resolve(mesh, config)
 
 
+def _start_backend(jax) -> None:
+  """Starts the GPU backend (seconds) on a thread while the package's modules import. A
+  command that stops early (bad input: exit code 2) waits for it before jax's exit
+  handler clears the backends under it; a backend that fails to start raises where the
+  command first uses the devices, not on the thread."""
+  def start():
+    try:
+      jax.devices()
+    except Exception:  # noqa: BLE001  (raised again, on the main thread, by its first use)
+      pass
+  thread = threading.Thread(target=start, name="onerec-backend", daemon=True)
+  atexit.register(thread.join)  # atexit runs the last registered first: before jax's
+  thread.start()
+
+
 def run(args: argparse.Namespace) -> int:
   # Seconds from the command's start at which each start-up phase ended.
   phases = {}
@@ -231,8 +247,7 @@ def run(args: argparse.Namespace) -> int:
   output = writable_file(args.output)
   import jax
   _hosts(args)
-  # The GPU backend starts (seconds) while the package's modules import.
-  threading.Thread(target=jax.devices, name="onerec-backend", daemon=True).start()
+  _start_backend(jax)
   config = _config(args)
   mesh = _mesh(args, config)
   batch, contexts, request_ids, valid_items = _requests(args, config)

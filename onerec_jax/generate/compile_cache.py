@@ -62,14 +62,23 @@ def enable(path: str | os.PathLike | None = None) -> pathlib.Path | None:
   return folder
 
 
+_PRELOAD_THREAD = "onerec-kernel-preload"
+
+
+def _counted() -> bool:
+  """Whether this thread's compiles count: the kernel preload's (its own thread, running
+  beside the search's compile) do not, so a count is the calling program's."""
+  return threading.current_thread().name != _PRELOAD_THREAD
+
+
 def _on_event(event: str, **_) -> None:
-  if event in (_HIT, _MISS):
+  if event in (_HIT, _MISS) and _counted():
     with _lock:
       _counts[event] += 1
 
 
 def _on_duration(event: str, duration: float, **_) -> None:
-  if event == _BACKEND_COMPILE:
+  if event == _BACKEND_COMPILE and _counted():
     with _lock:
       _counts[event] += 1
       _counts["compile_seconds"] += duration
@@ -78,7 +87,8 @@ def _on_duration(event: str, duration: float, **_) -> None:
 def compile_events() -> dict[str, float]:
   """Counts since this process started listening (the first call): persistent cache
   "hits" and "misses", and "compiles", the executables jax asked XLA for (a persistent
-  cache hit included: it stands in for a compile), with their "compile_seconds"."""
+  cache hit included: it stands in for a compile), with their "compile_seconds"; the
+  kernel preload's are not counted."""
   global _listening
   with _lock:
     if not _listening:
@@ -214,8 +224,8 @@ def _kernels_file(program_file: pathlib.Path) -> pathlib.Path:
 
 def _store_kernels(lowered: Any, path: pathlib.Path) -> None:
   """Stores at path the kernel calls of the lowered program, after compiling and running
-  them once on zeros (which also puts their executable in the persistent cache); where
-  that fails, a warning, and nothing is stored."""
+  them once on zeros (which also puts their executable in the persistent cache, where jax
+  uses it in this process); where that fails, a warning, and nothing is stored."""
   try:
     calls = _kernel_calls.kernel_calls(lowered.compiler_ir("stablehlo"), PRELOADED_CALLS)
     if calls:
@@ -224,7 +234,10 @@ def _store_kernels(lowered: Any, path: pathlib.Path) -> None:
     warnings.warn(f"the search's kernels cannot be prepared ahead of a restart ({e}); a "
                   f"restarted process compiles them at their first use", stacklevel=3)
     return
-  write_whole(path, json.dumps({"format": KERNELS_FORMAT, "calls": calls}).encode())
+  if not write_whole(path, json.dumps({"format": KERNELS_FORMAT, "calls": calls}).encode()):
+    warnings.warn(f"the search's kernels cannot be stored in {path.parent} (not "
+                  f"writable); a restarted process compiles them at their first use",
+                  stacklevel=3)
 
 
 @dataclasses.dataclass
@@ -275,10 +288,10 @@ def preload(programs: Sequence[tuple[Any, dict[str, Any], Any]]) -> Preload | No
     except Exception as e:  # the program compiles its kernels itself, as without this
       result.error = f"{type(e).__name__}: {str(e).strip()[:300]}"
       warnings.warn(f"preloading the search's kernels failed ({result.error}); they "
-                    f"compile at their first use", stacklevel=2)
+                    f"compile at their first use", stacklevel=1)
     result.seconds = time.perf_counter() - t0
 
-  result._thread = threading.Thread(target=work, name="onerec-kernel-preload", daemon=True)
+  result._thread = threading.Thread(target=work, name=_PRELOAD_THREAD, daemon=True)
   # A process that exits early (a bad checkpoint) waits for it before jax's own exit
   # handler clears the backends under it (atexit runs the last registered first).
   atexit.register(result.wait)
