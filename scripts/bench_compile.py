@@ -9,9 +9,9 @@ process without the kernel preload (--no-preload), the same-run comparison. Repo
 compile time the command measured, the warm process's time from its start to its first
 batch's result (the start-up a user waits through: imports, loading the converted
 weights, the compile, the first batch) and its wall time to exit, and each process's
-median batch latency over R / B batches: the warm process runs the stored (exported) program, the cold one the
-program it traced, so their ratio is the latency change of the start-up path in the same
-run.
+median batch latency over R / B batches: the warm process runs the stored (exported)
+program, the cold one the program it traced, so their ratio is the latency change of the
+start-up path in the same run.
 Writes JSON (--out) with a top-level "summary"; prints a table last.
 
   python scripts/bench_compile.py --out bench/results/compile_h200.json

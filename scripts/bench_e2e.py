@@ -527,9 +527,10 @@ def qwen3_table(args) -> None:
   print("summary:", json.dumps(rows[:2]), "...")
 
 
-def _parent_backend():
-  """jax, its backend started in this (parent) process without preallocating the GPU's
-  memory, which the rungs' child processes need; their environment stays as given."""
+def _parent_backend() -> None:
+  """Starts jax's backend in this (parent) process, for the result's device, without
+  preallocating the GPU's memory, which the rungs' child processes need; their
+  environment stays as given."""
   given = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
   os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   try:
@@ -540,14 +541,13 @@ def _parent_backend():
       del os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]
     else:
       os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = given
-  return jax
 
 
 def _table_result(args, rows: list[dict], compile_wall_s: float, cells: int) -> dict:
   """The Qwen3 table's result with the rows timed so far (written after each, so that a
   run cut off keeps them; `complete` says whether every cell of the grid is in)."""
-  jax = _parent_backend()
-  result = {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
+  _parent_backend()
+  return {**header("wall clock around block_until_ready, after 2 warm-ups; prefill: the "
                      "model's encode alone"), "preset": args.preset, "beam": args.beam,
             "anchor": "SID-GR on an H100 (NVIDIA recsys-examples); this device differs: "
                       "an H200 has the H100's compute and 1.4x its memory bandwidth",
@@ -555,8 +555,6 @@ def _table_result(args, rows: list[dict], compile_wall_s: float, cells: int) -> 
                             "against bf16, on the same random weights and prompts",
             "compile_jobs": args.jobs, "compile_wall_s": compile_wall_s,
             "complete": len(rows) == cells, "summary": rows}
-  result["device"] = jax.devices()[0].device_kind
-  return result
 
 
 def _ladder_result(args, ladder: list[dict], sweep: list[dict]) -> dict:
@@ -587,11 +585,11 @@ def _ladder_result(args, ladder: list[dict], sweep: list[dict]) -> dict:
     b = by["fp8"]["breakdown"]
     summary["fp8_non_gemm_ms"] = b["kernel_ms"] - b["ms"]["gemm"]
     summary["fp8_idle_fraction"] = b["idle_ms"] / ms("fp8")
-  jax = _parent_backend()
+  _parent_backend()
   result = {**header("wall clock around block_until_ready, after 2 warm-ups; breakdown "
                      "by CUPTI over one search"), "summary": summary, "ladder": ladder,
             "sweep": sweep}
-  result["summary"]["device"] = result["device"] = jax.devices()[0].device_kind
+  result["summary"]["device"] = result["device"]
   result["summary"]["commit"] = result["git_commit"]
   return result
 

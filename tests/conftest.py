@@ -32,6 +32,15 @@ def _user_cache(tmp_path_factory):
   mp.undo()
 
 
+@pytest.fixture
+def compile_cache_dir(tmp_path):
+  """jax's persistent compilation cache folder set to a fresh one for the test only."""
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
+  yield tmp_path / "cc"
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
 def pytest_collection_modifyitems(config, items):
   if _has_gpu():
     return

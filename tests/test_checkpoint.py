@@ -228,16 +228,6 @@ def test_make_random_checkpoint_script_writes_what_convert_reads(tmp_path):
   assert params["layer_3"]["mlp"]["router"]["weight"].dtype == np.float16
 
 
-@pytest.fixture
-def compile_cache_dir(tmp_path):
-  """jax's persistent compilation cache folder set to a fresh one for the test only."""
-  import jax
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
-  yield tmp_path / "cc"
-  jax.config.update("jax_compilation_cache_dir", before)
-
-
 @pytest.mark.parametrize("name", ["tiny-moe", "qwen3-moe-tiny"])
 def test_parameter_tree_is_kept_in_the_compile_cache(compile_cache_dir, monkeypatch, name):
   import jax

@@ -75,14 +75,11 @@ def test_replay_makes_the_same_calls_and_runs_them():
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(compile_cache_dir, monkeypatch):
   """A fresh persistent-cache folder for this test, Cholesky standing in for the GPU
   kernels."""
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cc"))
   monkeypatch.setattr(compile_cache, "PRELOADED_CALLS", (CHOLESKY,))
-  yield tmp_path / "cc"
-  jax.config.update("jax_compilation_cache_dir", before)
+  return compile_cache_dir
 
 
 def _program(tag):

@@ -119,8 +119,8 @@ def program(fn: Callable, args: Any, statics: dict[str, Any],
   does; how is "process" (compiled earlier in this process, into the same cache folder or
   with the cache off both times), "exported" (read from the persistent cache folder:
   neither traced nor lowered, and XLA's compile of it is a persistent cache hit once
-  filled) or "traced" (traced, lowered and compiled; with the
-  persistent cache on, exported there for the next process).
+  filled) or "traced" (traced, lowered and compiled; with the persistent cache on,
+  exported there for the next process).
 
   fn must be pure and return a tuple of arrays. args: arrays, or jax.ShapeDtypeStructs
   of them. out_sharding: None for a program on one device, else the outputs' sharding of
