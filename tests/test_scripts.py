@@ -58,6 +58,28 @@ def test_bench_generate_smoke(tmp_path):
     assert row["scores_descending"] and row["empty_slots"] == 0 and row["compile_s"] > 0
 
 
+def test_bench_builds_smoke(tmp_path):
+  """Two builds timed in turns (this checkout as both): each process imports its own
+  tree, both compute the same scores, and the summary's change is their medians' ratio."""
+  out = tmp_path / "builds.json"
+  root = SCRIPTS.parent
+  _run("bench_builds.py", "--smoke", "--modes", "bf16", "--baseline", str(root),
+       "--baseline-commit", "self", "--out", str(out))
+  report = json.loads(out.read_text())
+  rows, s = report["rows"], report["summary"]
+  assert report["complete"] and set(rows) == {"baseline/bf16", "head/bf16"}
+  for row in rows.values():
+    assert row["source"].startswith(str(root.resolve() / "onerec_jax"))
+    assert [len(r) for r in row["times_ms"]] == [2, 2] and row["scores_finite"]
+  assert rows["baseline/bf16"]["score_sum"] == rows["head/bf16"]["score_sum"]
+  ratio = rows["head/bf16"]["latency_ms_median"] / rows["baseline/bf16"]["latency_ms_median"]
+  assert s["latency_change"] == s["bf16_latency_change"] == pytest.approx(ratio - 1)
+  assert s["baseline_commit"] == "self"
+  bad = subprocess.run([sys.executable, str(SCRIPTS / "bench_builds.py"), "--baseline",
+                        str(tmp_path)], capture_output=True, text=True)
+  assert bad.returncode == 2 and "not a source tree" in bad.stderr
+
+
 @pytest.mark.parametrize("name", ["bench_fp8_linear.py", "bench_grouped_gemm.py",
                                   "bench_quantize.py", "bench_topk.py",
                                   "soak_generate.py"])
