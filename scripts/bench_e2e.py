@@ -5,8 +5,9 @@ Rungs (--rungs): xla_bf16 (every kernel entry point on its reference: plain XLA)
 kernels_bf16 (our kernels, 16-bit weights), fp8 (our kernels under the paper's FP8 rules),
 and the fusions this project added, each taken away once: fp8_attention_xla (the fused
 attention kernel pinned to its XLA reference), fp8_constrained (constrained decoding over
---items valid items). For every rung: compile time (tracing and lowering, XLA's compile),
-latency median/min/max over --runs runs with inputs on the device, the host's time to
+--items valid items); on request, fp8_attention_triton (the Triton attention kernel where
+cuDNN's fused attention serves) and XLA's command buffers off or on for everything.
+For every rung: compile time (tracing and lowering, XLA's compile), latency median/min/max over --runs runs with inputs on the device, the host's time to
 enqueue one search, requests/s, peak device memory, and a device-time breakdown from
 CUPTI (every kernel of one search, by category: gemm, quantize, attention,
 norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
@@ -58,7 +59,10 @@ RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     "fp8": ("auto", True, False, ""),
     "fp8_attention_xla": ("auto,attention=reference", True, False, ""),
     "fp8_constrained": ("auto", True, True, ""),
-    # Not in the default ladder: XLA's command buffers (CUDA graphs) off, and on for
+    # Not in the default ladder: the attention on the Triton kernel where cuDNN's fused
+    # attention would serve (the wide steps' cross-attention);
+    "fp8_attention_triton": ("auto,attention=triton", True, False, ""),
+    # XLA's command buffers (CUDA graphs) off, and on for
     # every command type that can be captured.
     "fp8_command_buffers_off": ("auto", True, False, "--xla_gpu_enable_command_buffer="),
     "fp8_command_buffers_all": ("auto", True, False,
@@ -75,9 +79,9 @@ SCALING_RUNGS = ("fp8", *MESH_RUNGS)
 CATEGORIES = ("gemm", "quantize", "attention", "norms_residual", "routing_combine", "topk",
               "beam_past", "other")
 # Kernel names of our own kernels (CUPTI names the Triton and Mosaic kernels after their
-# functions) and of cuBLAS.
+# functions), of cuDNN's fused attention and of cuBLAS.
 _KERNEL_NAMES = [
-    (r"_quantize_kernel", "quantize"), (r"_attention_kernel", "attention"),
+    (r"_quantize_kernel", "quantize"), (r"_attention_kernel|sdpa|fmha|flash", "attention"),
     (r"_router_kernel", "routing_combine"),
     (r"_beam_|_filter_kernel|_kth_kernel|_chunk_max|_counts_kernel|_rank_kernel|radix_sort|"
      r"topk|top_k", "topk"),

@@ -297,18 +297,22 @@ def test_cudnn_mapping_with_xla_standing_in(monkeypatch):
   q = jax.random.normal(ks[0], (b, n, g, r, d), jnp.bfloat16)
   k = jax.random.normal(ks[1], (b, n, g, d), jnp.bfloat16)
   v = jax.random.normal(ks[2], (b, n, g, d), jnp.bfloat16)
-  for key_mask, fused in zip(_prefix_masks(b, n), (True, False, False)):
-    m = key_mask[:, None, None, None, :]
-    got = attention_op.attention(q, k, v, m, causal=True, impl="cudnn")
-    ref = attention_reference(q, k, v, m, causal=True)
-    if fused:  # XLA's softmax in f32 as well; both round the probabilities to bf16
-      np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
-                                 rtol=2e-2, atol=2e-2)
-    else:
-      chex.assert_trees_all_equal(got, ref)
-  assert calls == ["cudnn"] * 3  # traced into every call, chosen on the device
+  # The causal prefill (Q = N), and non-causal attention of fewer queries than keys.
+  for queries, causal in ((q, True), (q[:, :7], False)):
+    for key_mask, fused in zip(_prefix_masks(b, n), (True, False, False)):
+      m = key_mask[:, None, None, None, :]
+      got = attention_op.attention(queries, k, v, m, causal=causal, impl="cudnn")
+      ref = attention_reference(queries, k, v, m, causal=causal)
+      if fused:  # XLA's softmax in f32 as well; both round the probabilities to bf16
+        np.testing.assert_allclose(np.asarray(got, np.float32),
+                                   np.asarray(ref, np.float32), rtol=2e-2, atol=2e-2)
+      else:
+        chex.assert_trees_all_equal(got, ref)
+  assert calls == ["cudnn"] * 6  # traced into every call, chosen on the device
   with pytest.raises(backend.Unsupported, match="causal prefill"):
     attention_op.attention(q[:, :5], k, v, m, causal=True, impl="cudnn")
+  with pytest.raises(backend.Unsupported, match="log-sum-exp"):
+    attention_op.attention(q, k, v, m, lse=True, impl="cudnn")
   with pytest.raises(backend.Unsupported, match="bf16 or fp16"):
     attention_op.attention(*(a.astype(jnp.float32) for a in (q, k, v)), m, causal=True,
                            impl="cudnn")
@@ -326,6 +330,22 @@ def test_cudnn_mapping_with_xla_standing_in(monkeypatch):
   assert attention_op.IMPLEMENTATIONS.order(None)[0] == "cudnn"
 
 
+def test_cudnn_is_preferred_for_long_prompts_and_wide_steps():
+  """The default order tries cuDNN for the causal prefill of MIN_CUDNN_KEYS keys and for
+  non-causal attention of MIN_CUDNN_QUERIES queries a request to that many keys (a wide
+  step's beams to a context), and leaves shorter ones to the Triton kernel."""
+  prefer = attention_op.IMPLEMENTATIONS.prefer["cudnn"]
+  keys = attention_op.MIN_CUDNN_KEYS
+  assert (keys, attention_op.MIN_CUDNN_QUERIES) == (512, 128)
+  q = lambda nq: jax.ShapeDtypeStruct((32, nq, 11, 1, 128), jnp.bfloat16)
+  kv = lambda n: jax.ShapeDtypeStruct((32, n, 11, 128), jnp.bfloat16)
+  assert prefer(q(keys), kv(keys), kv(keys), None, causal=True, lse=False)
+  assert not prefer(q(keys - 1), kv(keys - 1), kv(keys - 1), None, causal=True, lse=False)
+  assert prefer(q(128), kv(keys), kv(keys), None, causal=False, lse=False)
+  assert not prefer(q(127), kv(keys), kv(keys), None, causal=False, lse=False)
+  assert not prefer(q(512), kv(keys - 1), kv(keys - 1), None, causal=False, lse=False)
+
+
 def test_cudnn_is_refused_off_the_gpu(monkeypatch):
   monkeypatch.setattr(backend, "on_hopper", lambda: False)  # any machine: as off the GPU
   q = jnp.zeros((1, 16, 1, 1, 16), jnp.bfloat16)
@@ -336,20 +356,24 @@ def test_cudnn_is_refused_off_the_gpu(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cudnn_causal_prefill_gpu():
-  """cuDNN's fused attention at a Qwen3-1.7B prompt, and the fallback for the masks it
-  does not take, against the FP32 reference."""
-  b, n, g, r, d = 3, 1000, 8, 2, 128
+@pytest.mark.parametrize("nq, n, g, r, causal", [(1000, 1000, 8, 2, True),
+                                                 (512, 512, 11, 1, False),
+                                                 (300, 700, 4, 2, False)])
+def test_cudnn_gpu(nq, n, g, r, causal):
+  """cuDNN's fused attention at a Qwen3-1.7B prompt (causal), at moe-4b's wide-step
+  cross-attention (512 beams to a 512-token context) and at an unaligned GQA shape, and
+  the fallback for the masks it does not take, against the FP32 reference."""
+  b, d = 3, 128
   ks = jax.random.split(jax.random.key(11), 3)
-  q = jax.random.normal(ks[0], (b, n, g, r, d), jnp.bfloat16)
+  q = jax.random.normal(ks[0], (b, nq, g, r, d), jnp.bfloat16)
   k = jax.random.normal(ks[1], (b, n, g, d), jnp.bfloat16)
   v = jax.random.normal(ks[2], (b, n, g, d), jnp.bfloat16)
   f32 = lambda a: a.astype(jnp.float32)
-  run = jax.jit(lambda *a: attention_op.attention(*a, causal=True, impl="cudnn"))
+  run = jax.jit(lambda *a: attention_op.attention(*a, causal=causal, impl="cudnn"))
   for key_mask in _prefix_masks(b, n):
     m = key_mask[:, None, None, None, :]
     got = run(q, k, v, m)
-    ref = attention_reference(f32(q), f32(k), f32(v), m, causal=True)
+    ref = attention_reference(f32(q), f32(k), f32(v), m, causal=causal)
     chex.assert_tree_all_finite(got)
     err = float(jnp.max(jnp.abs(f32(got) - ref)))
     # bf16 output and bf16 probabilities, as the Triton kernel's

@@ -68,6 +68,30 @@ def test_float32_parity_with_context_mask():
   chex.assert_trees_all_close(tuple(out), tuple(ref), rtol=1e-5, atol=1e-5)
 
 
+def test_context_puts_each_requests_valid_tokens_first():
+  """With a mask, the context's K/V rows are each request's valid tokens in their order,
+  then its padding: the mask a prefix (cuDNN takes it as key counts), and each row the K/V
+  its token has in the unmasked context (bit for bit: the same per-token computation)."""
+  cfg = CONFIGS["moe"]
+  params = init_params(cfg, jax.random.key(0))
+  feats = random_features(cfg, 3, 1)
+  rng = np.random.default_rng(7)
+  mask = {p.name: rng.random((3, p.max_len)) < 0.6 for p in cfg.pathways}
+  mask[cfg.pathways[0].name][2] = False  # a pathway with no valid token
+  encode = functools.partial(OneRecV2(cfg).apply, {"params": params}, method="encode")
+  full, packed = encode(feats), encode(feats, {k: jnp.asarray(v) for k, v in mask.items()})
+  valid = np.concatenate([mask[p.name] for p in cfg.pathways], 1)  # [B, N]
+  counts = valid.sum(1)
+  n = valid.shape[1]
+  np.testing.assert_array_equal(packed["mask"], np.arange(n)[None] < counts[:, None])
+  assert len(packed["kv"]) == cfg.kv_sets
+  for (k, v), (k_full, v_full) in zip(packed["kv"], full["kv"]):
+    for i in range(3):
+      order = np.concatenate([np.flatnonzero(valid[i]), np.flatnonzero(~valid[i])])
+      np.testing.assert_array_equal(k[i], np.asarray(k_full[i])[order])
+      np.testing.assert_array_equal(v[i], np.asarray(v_full[i])[order])
+
+
 @pytest.mark.parametrize("name", ["dense", "moe"])
 def test_float16_parity_with_torch(name):
   """FP16 compute. Both sides accumulate products in FP32 and round every op's result to

@@ -137,6 +137,8 @@ def test_breakdown_categories():
   assert bench_e2e.categorize("fusion_7", scopes) == "attention"
   assert bench_e2e.categorize("_quantize_kernel", scopes) == "quantize"
   assert bench_e2e.categorize("_attention_kernel", scopes) == "attention"
+  assert bench_e2e.categorize(
+      "cudnn_generated_fort_native_sdpa_sm90_knob_7_kernel0_0", {}) == "attention"
   assert bench_e2e.categorize("_beam_filter_kernel", scopes) == "topk"
   assert bench_e2e.categorize("sm90_xmma_gemm_bf16bf16_bf16f32", scopes) == "gemm"
   assert bench_e2e.categorize("some_copy", scopes) == "other"

@@ -14,6 +14,9 @@ MIN_KEYS = 16  # fewer keys than tl.dot's least block: the reference is as good
 # Shorter prompts go to the Triton kernel: on an H200 the two tie at 256 keys and cuDNN's
 # is 1.7x at 1000 (bench/results/attention_h200.json).
 MIN_CUDNN_KEYS = 512
+# Non-causal attention goes to cuDNN from this many queries a request (the beams of a
+# wide step); fewer (the first step's one beam) to the Triton kernel.
+MIN_CUDNN_QUERIES = 128
 
 
 def key_mask_of(mask: jax.Array, b: int, n: int) -> jax.Array | None:
@@ -39,19 +42,22 @@ def _triton(q, k, v, mask, *, causal, lse):
 
 def _cudnn(q, k, v, mask, *, causal, lse):
   """cuDNN's fused flash attention (jax.nn.dot_product_attention) for the causal prefill
-  (Q = N, 16-bit, a per-key mask): the key mask is passed as each request's key count,
-  which is the same mask when it is a prefix (the prompt padded at the end); a request
-  whose mask is not (or is empty) sends the whole batch through the next implementation,
-  chosen on the device at run time."""
+  (Q = N) and the non-causal attention of many queries to a context (the beams of a
+  request to its context), 16-bit, a per-key mask: the key mask is passed as each
+  request's key count, which is the same mask when it is a prefix (a prompt padded at the
+  end; OneRec-V2's context, whose valid tokens the context processor puts first); a
+  request whose mask is not (or is empty) sends the whole batch through the next
+  implementation, chosen on the device at run time."""
   b, nq, g, r, d = q.shape
   n = k.shape[1]
   key_mask = key_mask_of(mask, b, n)
   if not backend.on_hopper():
     raise backend.Unsupported(f"cuDNN's attention is taken on Hopper GPUs; the default "
                               f"device is {jax.devices()[0].device_kind}")
-  if not causal or lse or nq != n or key_mask is None:
-    raise backend.Unsupported("cuDNN's attention here serves the causal prefill (Q = N, "
-                              "a per-key mask, no log-sum-exp)")
+  if lse or key_mask is None or causal and nq != n:
+    raise backend.Unsupported("cuDNN's attention here serves the causal prefill (Q = N) "
+                              "and non-causal attention, with a per-key mask and no "
+                              "log-sum-exp")
   if not (q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)) or (
       d % 8 or d > 128):
     raise backend.Unsupported(f"cuDNN's attention takes bf16 or fp16 and heads up to 128 "
@@ -61,13 +67,13 @@ def _cudnn(q, k, v, mask, *, causal, lse):
       lengths > 0)
 
   def fused(q, k, v):
-    o = jax.nn.dot_product_attention(q.reshape(b, nq, g * r, d), k, v, is_causal=True,
+    o = jax.nn.dot_product_attention(q.reshape(b, nq, g * r, d), k, v, is_causal=causal,
                                      key_value_seq_lengths=lengths, implementation="cudnn")
     return o.reshape(q.shape)  # [B, T, G * R, dh]: query head g * R + r reads K/V head g
 
   try:
     return jax.lax.cond(prefix, fused, lambda q, k, v: IMPLEMENTATIONS.after(
-        "cudnn", q, k, v, mask, causal=True, lse=False), q, k, v)
+        "cudnn", q, k, v, mask, causal=causal, lse=False), q, k, v)
   except (RuntimeError, ValueError, NotImplementedError) as e:  # no usable cuDNN here
     raise backend.Unsupported(f"cuDNN's attention: {str(e).splitlines()[0]}") from e
 
@@ -76,7 +82,8 @@ IMPLEMENTATIONS = backend.Implementations("attention", {
     "cudnn": _cudnn,
     "triton": _triton,
     "reference": attention_reference,
-}, prefer={"cudnn": lambda q, k, v, mask, **_: k.shape[1] >= MIN_CUDNN_KEYS,
+}, prefer={"cudnn": lambda q, k, v, mask, causal=False, **_: k.shape[1] >= MIN_CUDNN_KEYS
+           and (causal or q.shape[1] >= MIN_CUDNN_QUERIES),
            "triton": lambda q, k, v, mask, **_: k.shape[1] >= MIN_KEYS})
 
 
@@ -87,8 +94,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   keys up to i + N - Q) -> [B, Q, G, R, dh], and with lse also each row's log-sum-exp
   [B, Q, G, R] f32.
 
-  impl: None (the table's order: "cudnn", cuDNN's fused attention, for the causal
-  prefill of at least MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU; "triton", the fused
+  impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
+  MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU, causal or with at least
+  MIN_CUDNN_QUERIES queries, without the log-sum-exp; "triton", the fused
   kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one
   of them.
   """

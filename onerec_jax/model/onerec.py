@@ -66,7 +66,13 @@ def _kw(cfg: Config) -> dict[str, Any]:
 
 
 class ContextProcessor(nn.Module):
-  """Pathway projections, concatenation along the sequence, chunking into K/V sets."""
+  """Pathway projections, concatenation along the sequence, chunking into K/V sets.
+
+  With a mask, each request's valid tokens are put first (in their order), so that its
+  mask is a prefix, which the attention can take as a key count (cuDNN's fused attention
+  does): the cross-attention does not depend on the order of its keys, and each token's
+  K/V depends on that token alone.
+  """
 
   config: Config
 
@@ -81,6 +87,11 @@ class ContextProcessor(nn.Module):
       m = None if mask is None else mask.get(p.name)
       masks.append(jnp.ones(x.shape[:2], bool) if m is None else m.astype(bool))
     c = jnp.concatenate(parts, axis=1)  # [B, N, d_context]
+    valid = jnp.concatenate(masks, axis=1)  # [B, N]
+    if mask is not None:
+      order = jnp.argsort(~valid, axis=1, stable=True)  # [B, N]: valid tokens first
+      c = jnp.take_along_axis(c, order[:, :, None], axis=1)
+      valid = jnp.take_along_axis(valid, order, axis=1)
     b, n, _ = c.shape
     width = cfg.kv_heads * cfg.d_head
     chunks = c.reshape(b, n, cfg.kv_split * cfg.kv_sets, width)
@@ -94,7 +105,7 @@ class ContextProcessor(nn.Module):
       else:
         v = k
       kv.append((k, v))
-    return {"kv": tuple(kv), "mask": jnp.concatenate(masks, axis=1)}
+    return {"kv": tuple(kv), "mask": valid}
 
 
 class CrossAttention(nn.Module):
