@@ -7,9 +7,10 @@ and the fusions this project added, each taken away once: fp8_attention_xla (the
 attention kernel pinned to its XLA reference), fp8_constrained (constrained decoding over
 --items valid items); on request, fp8_attention_triton (the Triton attention kernel where
 cuDNN's fused attention serves) and XLA's command buffers off or on for everything.
-For every rung: compile time (tracing and lowering, XLA's compile), latency median/min/max over --runs runs with inputs on the device, the host's time to
-enqueue one search, requests/s, peak device memory, and a device-time breakdown from
-CUPTI (every kernel of one search, by category: gemm, quantize, attention,
+For every rung: compile time (tracing and lowering, XLA's compile), latency median/min/max
+over --runs runs with inputs on the device, the host's time to enqueue one search,
+requests/s, peak device memory, and a device-time breakdown from CUPTI (every kernel
+of one search, by category: gemm, quantize, attention,
 norms/residual, routing/combine, top-k, beam/past, other, and by name; idle = wall minus
 kernel time), with the gaps between kernels on the GPU's timeline from a profiler trace
 of one more search (by length, by the kernel after each, the largest pairs, the longest
