@@ -1,6 +1,7 @@
 """Benchmarks the attention op on one Hopper GPU at the serving shapes: the Triton kernel
 under its default tiling and a set of other tilings, cuDNN's fused attention where it
-applies (the causal prefill) and XLA's reference, in one run.
+applies (the causal prefill; non-causal shapes without the log-sum-exp) and XLA's
+reference, in one run.
 
 The tilings include the keys split over 2, 4 and 8 programs (merged after). Shapes:
 Qwen3-1.7B's causal prefill (prompts of 256, 1000 and 5000 tokens) and its decode

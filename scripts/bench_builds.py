@@ -4,14 +4,17 @@
 
 Each build and mode (--modes: fp8, the paper's FP8 rules; bf16, our kernels on 16-bit
 weights) runs in a process of its own, with the build's folders first on its path under
-their import names. The processes trace and compile side by side (--serial: one after
-the other), then time in turns: --rounds rounds, each process --runs searches a round
-(each waited for, after 2 warm-ups), so that a drift of the GPU's clocks or temperature
-falls on every build alike. Random bf16 weights made on the device (the same key in every
-process), random contexts, the model's default FP8 rules, inputs on the device; only the
+their import names (checked: a process that imports either package from elsewhere
+stops the run). The processes trace and compile side by side (--serial: one after the
+other; side by side, XLA's autotuning shares the GPU and the CPU with the other compiles,
+which may change what it picks), then time in turns: --rounds rounds, each process
+--runs searches a round (each waited for, after 2 warm-ups), so that a drift of the GPU's
+clocks or temperature falls on every build alike. Random bf16 weights made on the device
+(the same key in every process: the same weights where both builds lay them out alike),
+random contexts drawn here, the model's default FP8 rules, inputs on the device; only the
 API the two builds share is called (preset, init_params, default_rules, quantize_params,
-pad_batch, beam_search); the contexts are drawn here. score_sum, the sum of the
-search's scores, tells whether the builds computed the same.
+pad_batch, beam_search). score_sum, the sum of the search's scores, tells whether the
+builds computed the same.
 Writes JSON (--out) once the processes have compiled (complete: false) and again at the
 end, with a top-level "summary": per mode the two medians and latency_change (this
 build's over the baseline's, minus 1); prints a table last.
@@ -61,8 +64,13 @@ def _contexts(config, batch: int) -> dict:
 
 def child(args) -> None:
   """One build and mode: compile, say so (one JSON line), then on each 'time' line from
-  the parent time --runs searches and print their ms; 'quit' ends it."""
+  the parent time --runs searches and answer their ms; 'quit' ends it. The answers go out
+  on the process's stdout as it was at the start; whatever else writes to stdout goes to
+  stderr, so that it cannot break the protocol."""
+  answer = os.fdopen(os.dup(1), "w")
+  os.dup2(2, 1)
   import jax
+  import onerec_kernels
   from onerec_jax import generate as gen
   from onerec_jax import quant
   from onerec_jax.config import preset
@@ -91,9 +99,10 @@ def child(args) -> None:
   out = jax.block_until_ready(search())
   compile_s = time.perf_counter() - t0
   scores = jax.device_get(out.scores)
-  print(json.dumps({"compile_s": compile_s, "source": os.path.realpath(gen.__file__),
-                    "score_sum": float(scores.sum()),
-                    "scores_finite": bool((scores > -float("inf")).all())}), flush=True)
+  print(json.dumps({"compile_s": compile_s, "score_sum": float(scores.sum()),
+                    "sources": [os.path.realpath(m.__file__) for m in (gen, onerec_kernels)],
+                    "scores_finite": bool((scores > -float("inf")).all())}),
+        file=answer, flush=True)
   for line in sys.stdin:
     if line.strip() == "quit":
       return
@@ -104,7 +113,7 @@ def child(args) -> None:
       t0 = time.perf_counter()
       jax.block_until_ready(search())
       times.append(1e3 * (time.perf_counter() - t0))
-    print(json.dumps(times), flush=True)
+    print(json.dumps(times), file=answer, flush=True)
 
 
 def _start(build: str, tree: str, mode: str, args) -> subprocess.Popen:
@@ -119,24 +128,39 @@ def _start(build: str, tree: str, mode: str, args) -> subprocess.Popen:
   return proc
 
 
-def _read(proc: subprocess.Popen):
-  line = proc.stdout.readline()
-  if not line:
-    sys.exit(f"{proc.name}: the process ended (exit {proc.wait()}) before it answered")
-  return json.loads(line)
+class BuildError(Exception):
+  """A build's process failed or ran code from another tree."""
+
+
+def _ask(proc: subprocess.Popen, line: str | None = None):
+  """Sends line (if any) to the process and reads its one-line JSON answer."""
+  try:
+    if line is not None:
+      proc.stdin.write(line + "\n")
+      proc.stdin.flush()
+    answer = proc.stdout.readline()
+  except BrokenPipeError:
+    answer = ""
+  if not answer:
+    raise BuildError(f"{proc.name}: the process ended (exit {proc.wait()}) before it "
+                     f"answered (its stderr is above)")
+  return json.loads(answer)
 
 
 def _ready(proc: subprocess.Popen) -> dict:
-  """The process's compile report, checked to come from its own tree."""
-  row = _read(proc)
-  if not row["source"].startswith(proc.tree + os.sep):
-    sys.exit(f"{proc.name}: imported onerec_jax from {row['source']}, not from {proc.tree}")
+  """The process's compile report, checked to come from its own tree: onerec_jax from
+  the tree's onerec_jax folder and onerec_kernels from its kernels folder."""
+  row = _ask(proc)
+  for source, folder in zip(row["sources"], ("onerec_jax", "kernels")):
+    if not source.startswith(os.path.join(proc.tree, folder) + os.sep):
+      raise BuildError(f"{proc.name}: imported {source}, not from {proc.tree}/{folder}")
   return row
 
 
 def summary(rows: dict, modes, baseline_commit: str) -> dict:
   """Per mode this build's and the baseline's median ms and latency_change (ours over
-  theirs, minus 1); latency_change is the FP8 mode's where it ran."""
+  theirs, minus 1); latency_change is the FP8 mode's where it ran, else the first
+  mode's."""
   out = {"baseline_commit": baseline_commit}
   for mode in modes:
     ours, base = rows[f"head/{mode}"], rows[f"baseline/{mode}"]
@@ -145,8 +169,33 @@ def summary(rows: dict, modes, baseline_commit: str) -> dict:
     out[f"{mode}_latency_change"] = ours["latency_ms_median"] / base["latency_ms_median"] - 1
     out[f"{mode}_compile_s"] = ours["compile_s"]
     out[f"{mode}_baseline_compile_s"] = base["compile_s"]
-  out["latency_change"] = out[f"{modes[0]}_latency_change"]
+  out["latency_change"] = out[f"{'fp8' if 'fp8' in modes else modes[0]}_latency_change"]
   return out
+
+
+def _measure(args, procs: list, rows: dict, result: dict) -> None:
+  """Starts the processes (into procs), waits for their compiles, times them in turns and
+  fills rows and result's summary."""
+  for mode in args.modes:
+    for build, tree in (("baseline", args.baseline), ("head", HERE)):
+      procs.append(_start(build, tree, mode, args))
+      if args.serial:
+        rows[procs[-1].name] = _ready(procs[-1])
+  for proc in procs:
+    if proc.name not in rows:
+      rows[proc.name] = _ready(proc)
+    rows[proc.name]["times_ms"] = []
+  if args.out:  # the compiles, kept should the timing be cut off
+    write_json(args.out, result)
+  for _ in range(args.rounds):
+    for proc in procs:
+      rows[proc.name]["times_ms"].append(_ask(proc, "time"))
+  for proc in procs:
+    proc.communicate("quit\n")
+    times = [t for r in rows[proc.name]["times_ms"] for t in r]
+    rows[proc.name].update(latency_ms_median=statistics.median(times),
+                           latency_ms_min=min(times), latency_ms_max=max(times))
+  result.update(complete=True, summary=summary(rows, args.modes, args.baseline_commit))
 
 
 def main() -> None:
@@ -168,38 +217,27 @@ def main() -> None:
                         "--rounds", "2"))
   if args.child:
     return child(args)
-  if not args.baseline or not os.path.isdir(os.path.join(args.baseline, "onerec_jax")):
-    p.error(f"--baseline {args.baseline}: not a source tree with an onerec_jax folder")
-  procs, rows = [], {}
-  for mode in args.modes:
-    for build, tree in (("baseline", args.baseline), ("head", HERE)):
-      procs.append(_start(build, tree, mode, args))
-      if args.serial:
-        rows[procs[-1].name] = _ready(procs[-1])
+  if not args.baseline or not all(os.path.isdir(os.path.join(args.baseline, folder))
+                                  for folder in ("onerec_jax", "kernels")):
+    p.error(f"--baseline {args.baseline}: not a source tree with onerec_jax and kernels "
+            f"folders")
+  # Several processes share the GPU: none may take most of its memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   result = header(f"median of {args.rounds} rounds x {args.runs} searches per process, "
                   "each waited for after 2 warm-ups, processes timed in turns")
+  rows, procs = {}, []
   result.update(baseline_commit=args.baseline_commit, head_commit=git_commit(),
                 preset=args.preset, layers=args.layers or None, batch=args.batch,
-                beam=args.beam, smoke=args.smoke, complete=False, rows=rows)
-  for proc in procs:
-    if proc.name not in rows:
-      rows[proc.name] = _ready(proc)
-    rows[proc.name]["times_ms"] = []
-  if args.out:  # the compiles, kept should the timing be cut off
-    write_json(args.out, result)
-  for _ in range(args.rounds):
+                beam=args.beam, smoke=args.smoke, serial=args.serial, complete=False,
+                rows=rows)
+  try:
+    _measure(args, procs, rows, result)
+  except BuildError as e:
+    sys.exit(str(e))
+  finally:
     for proc in procs:
-      proc.stdin.write("time\n")
-      proc.stdin.flush()
-      rows[proc.name]["times_ms"].append(_read(proc))
-  for proc in procs:
-    proc.stdin.write("quit\n")
-    proc.stdin.flush()
-    proc.wait()
-    times = [t for r in rows[proc.name]["times_ms"] for t in r]
-    rows[proc.name].update(latency_ms_median=statistics.median(times),
-                           latency_ms_min=min(times), latency_ms_max=max(times))
-  result.update(complete=True, summary=summary(rows, args.modes, args.baseline_commit))
+      if proc.poll() is None:
+        proc.kill()
   if args.out:
     write_json(args.out, result)
   print(f"{'process':16s} {'compile s':>10s} {'median ms':>10s} {'min':>8s} {'max':>8s}")

@@ -94,7 +94,7 @@ _SCOPES = [
     (r"/(cross_attn|self_attn)/", "attention"),
     (r"_norm/|/layer_\d+/add|head_\d+_norm", "norms_residual"),
     (r"/mlp/(router|experts)|/mlp/add|/mlp/reshape", "routing_combine"),
-    (r"top_k|beam_select|log_softmax|sort", "topk"),
+    (r"top_k|beam_select|log_softmax|(?<!arg)sort", "topk"),
     (r"past/|extend", "beam_past"),
 ]
 

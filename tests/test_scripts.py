@@ -1,6 +1,7 @@
 """Every script under scripts/ runs at least once: train_demo.py at a tiny size (its output
 is a source the commands read), bench_generate.py at its --smoke size on the CPU, and the
-GPU-only benchmarks (CUPTI timing, Triton kernels named) import and parse --help.
+GPU-only benchmarks (CUPTI timing, Triton kernels named) import and parse --help;
+bench_builds.py times this checkout against a copy of its packages.
 convert_checkpoint.py and make_random_checkpoint.py run in test_checkpoint.py,
 soak_generate.py's soak in test_soak.py; test.sh is CI itself, demo.sh runs setup_env.sh
 and then `onerec-jax generate` (test_generate.py runs that command on the demo)."""
@@ -8,6 +9,7 @@ and then `onerec-jax generate` (test_generate.py runs that command on the demo).
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -59,24 +61,31 @@ def test_bench_generate_smoke(tmp_path):
 
 
 def test_bench_builds_smoke(tmp_path):
-  """Two builds timed in turns (this checkout as both): each process imports its own
-  tree, both compute the same scores, and the summary's change is their medians' ratio."""
+  """Two builds timed in turns (this checkout, and a copy of its packages as the
+  baseline): each process imports both packages from its own tree, both compute the same
+  scores, and the summary's change is their medians' ratio."""
   out = tmp_path / "builds.json"
-  root = SCRIPTS.parent
-  _run("bench_builds.py", "--smoke", "--modes", "bf16", "--baseline", str(root),
-       "--baseline-commit", "self", "--out", str(out))
+  root, base = SCRIPTS.parent.resolve(), tmp_path / "base"
+  for folder in ("onerec_jax", "kernels"):
+    shutil.copytree(root / folder, base / folder,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  _run("bench_builds.py", "--smoke", "--modes", "bf16", "--baseline", str(base),
+       "--baseline-commit", "copy", "--out", str(out))
   report = json.loads(out.read_text())
   rows, s = report["rows"], report["summary"]
   assert report["complete"] and set(rows) == {"baseline/bf16", "head/bf16"}
-  for row in rows.values():
-    assert row["source"].startswith(str(root.resolve() / "onerec_jax"))
+  for build, tree in (("baseline", base.resolve()), ("head", root)):
+    row = rows[f"{build}/bf16"]
+    assert row["sources"] == [str(tree / "onerec_jax" / "generate" / "__init__.py"),
+                              str(tree / "kernels" / "__init__.py")]
     assert [len(r) for r in row["times_ms"]] == [2, 2] and row["scores_finite"]
   assert rows["baseline/bf16"]["score_sum"] == rows["head/bf16"]["score_sum"]
   ratio = rows["head/bf16"]["latency_ms_median"] / rows["baseline/bf16"]["latency_ms_median"]
   assert s["latency_change"] == s["bf16_latency_change"] == pytest.approx(ratio - 1)
-  assert s["baseline_commit"] == "self"
+  assert s["baseline_commit"] == "copy"
+  (base / "kernels").rename(base / "kernels_gone")  # a tree without its kernels folder
   bad = subprocess.run([sys.executable, str(SCRIPTS / "bench_builds.py"), "--baseline",
-                        str(tmp_path)], capture_output=True, text=True)
+                        str(base)], capture_output=True, text=True)
   assert bad.returncode == 2 and "not a source tree" in bad.stderr
 
 

@@ -95,10 +95,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   [B, Q, G, R] f32.
 
   impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
-  MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU, causal or with at least
-  MIN_CUDNN_QUERIES queries, without the log-sum-exp; "triton", the fused
-  kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one
-  of them.
+  MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU, causal (Q = N) or with at least
+  MIN_CUDNN_QUERIES queries, a per-key mask, heads up to 128, no log-sum-exp; "triton",
+  the fused kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then
+  "reference"), or one of them.
   """
   if q.ndim != 5 or k.shape != v.shape or k.shape[0] != q.shape[0] or (
       k.shape[2:] != (q.shape[2], q.shape[4])):
