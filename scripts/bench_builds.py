@@ -35,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import git_commit, header, parse_args, write_json  # noqa: E402
+from bench_common import git_commit, header, parse_args, timed_ms, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("fp8", "bf16")
@@ -106,14 +106,7 @@ def child(args) -> None:
   for line in sys.stdin:
     if line.strip() == "quit":
       return
-    for _ in range(2):
-      jax.block_until_ready(search())
-    times = []
-    for _ in range(args.runs):
-      t0 = time.perf_counter()
-      jax.block_until_ready(search())
-      times.append(1e3 * (time.perf_counter() - t0))
-    print(json.dumps(times), file=answer, flush=True)
+    print(json.dumps(timed_ms(search, args.runs)), file=answer, flush=True)
 
 
 def _start(build: str, tree: str, mode: str, args) -> subprocess.Popen:

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 L2_BYTES = 50 << 20  # H100 / H200 L2: timed inputs rotate through at least twice this
 
@@ -35,6 +36,24 @@ def header(timing: str, commit: str | None = None) -> dict:
   import jax
   return dict(device=jax.devices()[0].device_kind, jax_version=jax.__version__,
               git_commit=git_commit(commit), timing=timing)
+
+
+def timed_ms(call, runs: int, returned: list | None = None) -> list[float]:
+  """ms of `runs` calls, each waited for, after 2 warm-ups; `returned` gets the ms until
+  each call returned, before it was waited for (the host's time to launch it: the GPU
+  waits on the host where this nears the latency)."""
+  import jax
+  for _ in range(2):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    out = call()
+    if returned is not None:
+      returned.append(1e3 * (time.perf_counter() - t0))
+    jax.block_until_ready(out)
+    times.append(1e3 * (time.perf_counter() - t0))
+  return times
 
 
 def device_ms(f, sets, iterations=30):

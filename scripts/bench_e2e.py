@@ -52,7 +52,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header, moe_block, perfetto_trace, write_json  # noqa: E402
+from bench_common import header, moe_block, perfetto_trace, timed_ms, write_json  # noqa: E402
 
 RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     "xla_bf16": ("reference", False, False, ""),
@@ -238,25 +238,7 @@ def _moe_layer_ms(cfg, params, rules, mesh, tokens: int, runs: int) -> float:
     sharded, target, out = sharding.shard(apply, mesh, args, (False, True), gather=False)
     args = jax.block_until_ready(sharding.place(args, target))
     fn = jax.jit(sharded, out_shardings=out)
-  return statistics.median(_times(lambda: fn(*args), runs))
-
-
-def _times(call, runs: int, returned: list | None = None) -> list[float]:
-  """ms of `runs` calls, each waited for, after 2 warm-ups; `returned` gets the ms until
-  each call returned, before it was waited for (the host's time to launch it: the GPU
-  waits on the host where this nears the latency)."""
-  import jax
-  for _ in range(2):
-    jax.block_until_ready(call())
-  times = []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    out = call()
-    if returned is not None:
-      returned.append(1e3 * (time.perf_counter() - t0))
-    jax.block_until_ready(out)
-    times.append(1e3 * (time.perf_counter() - t0))
-  return times
+  return statistics.median(timed_ms(lambda: fn(*args), runs))
 
 
 def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
@@ -275,7 +257,7 @@ def _prefill_ms(cfg, params, rules, features, mask, runs: int) -> float:
   run = jax.jit(encode).lower(params, features, mask).compile()
   if not runs:  # compiled only (into the persistent cache, when it is on)
     return None
-  return statistics.median(_times(lambda: run(params, features, mask), runs))
+  return statistics.median(timed_ms(lambda: run(params, features, mask), runs))
 
 
 def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: int,
@@ -360,7 +342,7 @@ def run_rung(name: str, preset: str, batch: int, beam: int, context: int, runs: 
     return dict(rung=name, preset=preset, batch=requests, beam=beam,
                 context=cfg.max_context_len, init_s=init_s, **compile_times)
   returned = []
-  times = _times(call, runs, returned)
+  times = timed_ms(call, runs, returned)
   med = statistics.median(times)
   res = call()
   used = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)

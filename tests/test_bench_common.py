@@ -35,3 +35,21 @@ def test_header_names_device_jax_and_commit(monkeypatch):
   assert header("median of 30") == dict(device=jax.devices()[0].device_kind,
                                         jax_version=jax.__version__, git_commit="abc123",
                                         timing="median of 30")
+
+
+def test_timed_ms_warms_up_then_times_each_call_waited_for():
+  """2 warm-up calls, then `runs` timed ones; each time covers the wait for the result,
+  the host's launch time (returned) only the call."""
+  import time
+  from bench_common import timed_ms
+
+  class Slow:  # jax.block_until_ready waits on block_until_ready()
+    def block_until_ready(self):
+      time.sleep(0.02)
+      return self
+
+  calls = []
+  returned = []
+  times = timed_ms(lambda: calls.append(1) or Slow(), 3, returned)
+  assert len(calls) == 5 and len(times) == len(returned) == 3
+  assert all(t >= 20 for t in times) and all(r < 20 for r in returned)
