@@ -330,6 +330,69 @@ def test_cudnn_mapping_with_xla_standing_in(monkeypatch):
   assert attention_op.IMPLEMENTATIONS.order(None)[0] == "cudnn"
 
 
+def test_key_lengths_are_the_prefix_mask(monkeypatch):
+  """key_lengths give the reference's result for the prefix mask they stand for (lengths
+  past N: every key; 0 and below: none, the all-masked average), in every implementation
+  the CPU runs (the Triton one through the interpreter, the wrapper's own launch); bad
+  key_lengths are refused."""
+  q, k, v, _ = _inputs(4, 6, 2, 2, 21, 16)
+  args = [jnp.asarray(a) for a in (q, k, v)]
+  lengths = jnp.array([21, 5, 0, 30], jnp.int32)
+  m = (np.arange(21)[None] < np.array([21, 5, 0, 21])[:, None])
+  for causal in (False, True):
+    queries = args[0] if not causal else jnp.asarray(_inputs(4, 21, 2, 2, 21, 16)[0])
+    want = attention_reference(queries, *args[1:], jnp.asarray(m)[:, None, None, None, :],
+                               causal=causal)
+    got = attention_op.attention(queries, *args[1:], key_lengths=lengths, causal=causal,
+                                 impl="reference")
+    chex.assert_trees_all_equal(got, want)
+  # The Triton implementation's key mask, run by the kernel in the interpreter.
+  from onerec_kernels.attention import triton_gpu
+  monkeypatch.setattr(backend, "require_triton_gpu", lambda what: None)
+  monkeypatch.setattr(triton_gpu, "attention", lambda q, k, v, key_mask, causal, lse: (
+      _run_kernel(*(np.asarray(a) for a in (q, k, v, key_mask)), causal, lse)))
+  got = attention_op.attention(*args, key_lengths=lengths - 40 * (lengths == 0),
+                               impl="triton")
+  np.testing.assert_allclose(np.asarray(got), _attention_np(q, k, v, m), rtol=2e-5,
+                             atol=2e-5)
+  with pytest.raises(ValueError, match="a mask or key_lengths, not both"):
+    attention_op.attention(*args, jnp.asarray(m)[:, None, None, None, :], key_lengths=lengths)
+  with pytest.raises(ValueError, match=r"key_lengths must be \[B\] = \[4\] integers"):
+    attention_op.attention(*args, key_lengths=lengths[:3])
+  with pytest.raises(ValueError, match="float32"):
+    attention_op.attention(*args, key_lengths=lengths.astype(jnp.float32))
+
+
+def test_cudnn_takes_key_lengths_with_no_run_time_check(monkeypatch):
+  """Given key_lengths, the cuDNN implementation calls the fused attention directly (no
+  lax.cond, which would stop the host until the device reached it), with the lengths as
+  its key counts and an empty request as the reference's average of every key it may see
+  (through jax's XLA implementation of the same call)."""
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention",
+                      lambda *a, implementation=None, **kw: real(*a, implementation="xla", **kw))
+  monkeypatch.setattr(backend, "on_hopper", lambda: True)
+  b, n, g, r, d = 3, 40, 2, 3, 16
+  ks = jax.random.split(jax.random.key(5), 3)
+  q = jax.random.normal(ks[0], (b, n, g, r, d), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (b, n, g, d), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (b, n, g, d), jnp.bfloat16)
+  lengths = jnp.array([n, 9, 0], jnp.int32)
+  mask = (jnp.arange(n)[None] < lengths[:, None])[:, None, None, None, :]
+  for queries, causal in ((q, True), (q[:, :7], False)):
+    run = lambda *a: attention_op.attention(*a, key_lengths=lengths, causal=causal,
+                                            impl="cudnn")
+    assert "cond" not in str(jax.make_jaxpr(run)(queries, k, v))
+    got = run(queries, k, v)
+    ref = attention_reference(queries, k, v, mask, causal=causal)
+    # XLA's softmax in f32 as well; both round the probabilities to bf16
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
+                               rtol=2e-2, atol=2e-2)
+    if not causal:  # the empty request: the plain mean of every key
+      np.testing.assert_allclose(np.asarray(got[2], np.float32), np.broadcast_to(
+          np.asarray(v[2], np.float32).mean(0)[None, :, None], (7, g, r, d)), atol=1e-2)
+
+
 def test_cudnn_is_preferred_for_long_prompts_and_wide_steps():
   """The default order tries cuDNN for the causal prefill of MIN_CUDNN_KEYS keys and for
   non-causal attention of MIN_CUDNN_QUERIES queries a request to that many keys (a wide
@@ -362,7 +425,8 @@ def test_cudnn_is_refused_off_the_gpu(monkeypatch):
 def test_cudnn_gpu(nq, n, g, r, causal):
   """cuDNN's fused attention at a Qwen3-1.7B prompt (causal), at moe-4b's wide-step
   cross-attention (512 beams to a 512-token context) and at an unaligned GQA shape, and
-  the fallback for the masks it does not take, against the FP32 reference."""
+  the fallback for the masks it does not take, against the FP32 reference; the same with
+  key_lengths, an empty request among them."""
   b, d = 3, 128
   ks = jax.random.split(jax.random.key(11), 3)
   q = jax.random.normal(ks[0], (b, nq, g, r, d), jnp.bfloat16)
@@ -378,6 +442,13 @@ def test_cudnn_gpu(nq, n, g, r, causal):
     err = float(jnp.max(jnp.abs(f32(got) - ref)))
     # bf16 output and bf16 probabilities, as the Triton kernel's
     assert err <= 2e-2, (err, jnp.sum(key_mask, 1))
+  lengths = jnp.array([n, n - 7, 0], jnp.int32)  # the last request empty
+  got = jax.jit(lambda *a: attention_op.attention(*a, key_lengths=lengths, causal=causal,
+                                                  impl="cudnn"))(q, k, v)
+  ref = attention_reference(f32(q), f32(k), f32(v), attention_op.prefix_mask(lengths, n),
+                            causal=causal)
+  chex.assert_tree_all_finite(got)
+  assert float(jnp.max(jnp.abs(f32(got) - ref))) <= 2e-2
 
 
 _COMPILE_FOR_HOPPER = """

@@ -14,6 +14,7 @@ from onerec_jax.checkpoint import open_source, torch_to_jax
 from onerec_jax.checkpoint.source import StateDictSource
 from onerec_jax.config import preset
 from onerec_jax.model import OneRecV2, extend, init_params
+from onerec_jax.model.layers import valid_first
 
 CONFIGS = {
     # dense, G_kv < heads, S_kv 1, L_kv 1
@@ -68,6 +69,16 @@ def test_float32_parity_with_context_mask():
   chex.assert_trees_all_close(tuple(out), tuple(ref), rtol=1e-5, atol=1e-5)
 
 
+def test_valid_first():
+  """The gather order puts each row's valid positions first, in their order, then the
+  rest in theirs; lengths count them (an empty row: 0)."""
+  mask = jnp.array([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+  order, lengths = valid_first(mask)
+  np.testing.assert_array_equal(order, [[1, 3, 4, 0, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+  np.testing.assert_array_equal(lengths, [3, 0, 5])
+  assert lengths.dtype == jnp.int32
+
+
 def test_context_puts_each_requests_valid_tokens_first():
   """With a mask, the context's K/V rows are each request's valid tokens in their order,
   then its padding: the mask a prefix (cuDNN takes it as key counts), and each row the K/V
@@ -83,7 +94,8 @@ def test_context_puts_each_requests_valid_tokens_first():
   valid = np.concatenate([mask[p.name] for p in cfg.pathways], 1)  # [B, N]
   counts = valid.sum(1)
   n = valid.shape[1]
-  np.testing.assert_array_equal(packed["mask"], np.arange(n)[None] < counts[:, None])
+  np.testing.assert_array_equal(packed["lengths"], counts)
+  np.testing.assert_array_equal(full["lengths"], [n] * 3)
   assert len(packed["kv"]) == cfg.kv_sets
   for (k, v), (k_full, v_full) in zip(packed["kv"], full["kv"]):
     for i in range(3):

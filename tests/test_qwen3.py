@@ -82,18 +82,21 @@ def _hf_level_logits(hf, prompt: np.ndarray, codes: np.ndarray) -> list[np.ndarr
 
 @pytest.mark.parametrize("kind,tied", [("dense", False), ("dense", True), ("moe", False)])
 def test_logits_match_transformers(folder, kind, tied):
-  """Prompts of different lengths in one padded batch: every level's logits equal
-  transformers' on the unpadded sequence, to FP32 rounding."""
+  """Prompts of different lengths in one padded batch (padded at the end, and one with
+  padding first and between its tokens): every level's logits equal transformers' on the
+  unpadded sequence, to FP32 rounding."""
   hf, config, params, _ = _converted(kind, tied, folder)
   assert config.tie_embeddings == tied and bool(config.moe_layers) == (kind == "moe")
   rng = np.random.default_rng(1)
-  lengths = [12, 7, 1]
+  lengths = [12, 7, 1, 8]
   prompts = [rng.integers(0, OFFSETS[0], n) for n in lengths]
   codes = np.stack([rng.integers(0, c, len(lengths)) for c in CODEBOOKS], 1)
-  tokens = np.zeros((3, 12), np.int32)
-  mask = np.zeros((3, 12), bool)
-  for i, p in enumerate(prompts):
+  tokens = np.zeros((4, 12), np.int32)
+  mask = np.zeros((4, 12), bool)
+  for i, p in enumerate(prompts[:3]):
     tokens[i, :len(p)], mask[i, :len(p)] = p, True
+  where = np.array([2, 3, 5, 6, 7, 9, 10, 11])  # the last prompt's tokens, holes between
+  tokens[3, where], mask[3, where] = prompts[3], True
   ours = model_for(config).apply({"params": params}, {PROMPT: jnp.asarray(tokens)},
                                  jnp.asarray(codes), {PROMPT: jnp.asarray(mask)})
   for i, p in enumerate(prompts):

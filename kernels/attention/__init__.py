@@ -26,10 +26,16 @@ def key_mask_of(mask: jax.Array, b: int, n: int) -> jax.Array | None:
   return None
 
 
-def _triton(q, k, v, mask, *, causal, lse):
+def prefix_mask(key_lengths: jax.Array, n: int) -> jax.Array:
+  """[B, 1, 1, 1, N] bool: request b attends its first key_lengths[b] keys."""
+  return (jnp.arange(n)[None, :] < key_lengths[:, None])[:, None, None, None, :]
+
+
+def _triton(q, k, v, mask, *, causal, lse, key_lengths=None):
   backend.require_triton_gpu("the Triton attention")
   b, n = k.shape[:2]
-  key_mask = key_mask_of(mask, b, n)
+  key_mask = (prefix_mask(key_lengths, n)[:, 0, 0, 0] if key_lengths is not None
+              else key_mask_of(mask, b, n))
   if key_mask is None:
     raise backend.Unsupported(f"the Triton attention takes a per-key mask [B, 1, 1, 1, N], "
                               f"not one of shape {mask.shape}")
@@ -40,21 +46,21 @@ def _triton(q, k, v, mask, *, causal, lse):
   return triton_gpu.attention(q, k, v, key_mask, causal=causal, lse=lse)
 
 
-def _cudnn(q, k, v, mask, *, causal, lse):
+def _cudnn(q, k, v, mask, *, causal, lse, key_lengths=None):
   """cuDNN's fused flash attention (jax.nn.dot_product_attention) for the causal prefill
   (Q = N) and the non-causal attention of many queries to a context (the beams of a
-  request to its context), 16-bit, a per-key mask: the key mask is passed as each
-  request's key count, which is the same mask when it is a prefix (a prompt padded at the
-  end; OneRec-V2's context, whose valid tokens the context processor puts first); a
-  request whose mask is not (or is empty) sends the whole batch through the next
-  implementation, chosen on the device at run time."""
+  request to its context), 16-bit, each request's keys a prefix: cuDNN takes them as
+  key counts. key_lengths are those counts as they are; a per-key mask is checked on the
+  device at run time (a lax.cond, which waits for the device before launching the rest),
+  and when one request's is not a prefix (or is empty) the whole batch goes through the
+  next implementation."""
   b, nq, g, r, d = q.shape
   n = k.shape[1]
-  key_mask = key_mask_of(mask, b, n)
+  key_mask = None if key_lengths is not None else key_mask_of(mask, b, n)
   if not backend.on_hopper():
     raise backend.Unsupported(f"cuDNN's attention is taken on Hopper GPUs; the default "
                               f"device is {jax.devices()[0].device_kind}")
-  if lse or key_mask is None or causal and nq != n:
+  if lse or key_mask is None and key_lengths is None or causal and nq != n:
     raise backend.Unsupported("cuDNN's attention here serves the causal prefill (Q = N) "
                               "and non-causal attention, with a per-key mask and no "
                               "log-sum-exp")
@@ -62,39 +68,56 @@ def _cudnn(q, k, v, mask, *, causal, lse):
       d % 8 or d > 128):
     raise backend.Unsupported(f"cuDNN's attention takes bf16 or fp16 and heads up to 128 "
                               f"wide, a multiple of 8: q {q.dtype} {q.shape}")
-  lengths = jnp.sum(key_mask, axis=1, dtype=jnp.int32)  # [B]
-  prefix = jnp.all(key_mask == (jnp.arange(n)[None, :] < lengths[:, None])) & jnp.all(
-      lengths > 0)
 
-  def fused(q, k, v):
+  def fused(q, k, v, lengths):
     o = jax.nn.dot_product_attention(q.reshape(b, nq, g * r, d), k, v, is_causal=causal,
                                      key_value_seq_lengths=lengths, implementation="cudnn")
     return o.reshape(q.shape)  # [B, T, G * R, dh]: query head g * R + r reads K/V head g
 
   try:
-    return jax.lax.cond(prefix, fused, lambda q, k, v: IMPLEMENTATIONS.after(
-        "cudnn", q, k, v, mask, causal=causal, lse=False), q, k, v)
+    if key_lengths is not None:
+      # A request with no key averages every key it may see (the reference's rule): equal
+      # scores over all of them, which a zero query gives.
+      lengths = jnp.clip(key_lengths, 0, n).astype(jnp.int32)  # [B]
+      empty = lengths == 0
+      q = jnp.where(empty[:, None, None, None, None], jnp.zeros((), q.dtype), q)
+      return fused(q, k, v, jnp.where(empty, n, lengths))
+    lengths = jnp.sum(key_mask, axis=1, dtype=jnp.int32)  # [B]
+    prefix = jnp.all(key_mask == (jnp.arange(n)[None, :] < lengths[:, None])) & jnp.all(
+        lengths > 0)
+    return jax.lax.cond(prefix, lambda q, k, v: fused(q, k, v, lengths),
+                        lambda q, k, v: IMPLEMENTATIONS.after(
+                            "cudnn", q, k, v, mask, causal=causal, lse=False), q, k, v)
   except (RuntimeError, ValueError, NotImplementedError) as e:  # no usable cuDNN here
     raise backend.Unsupported(f"cuDNN's attention: {str(e).splitlines()[0]}") from e
+
+
+def _reference(q, k, v, mask, *, causal, lse, key_lengths=None):
+  if key_lengths is not None:
+    mask = prefix_mask(key_lengths, k.shape[1])
+  return attention_reference(q, k, v, mask, causal=causal, lse=lse)
 
 
 IMPLEMENTATIONS = backend.Implementations("attention", {
     "cudnn": _cudnn,
     "triton": _triton,
-    "reference": attention_reference,
+    "reference": _reference,
 }, prefer={"cudnn": lambda q, k, v, mask, causal=False, **_: k.shape[1] >= MIN_CUDNN_KEYS
            and (causal or q.shape[1] >= MIN_CUDNN_QUERIES),
            "triton": lambda q, k, v, mask, **_: k.shape[1] >= MIN_KEYS})
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
-              causal: bool = False, lse: bool = False, impl: str | None = None):
+              key_lengths: jax.Array | None = None, causal: bool = False, lse: bool = False,
+              impl: str | None = None):
   """Grouped-query attention (reference.py has the contract): q [B, Q, G, R, dh], k, v
   [B, N, G, dh], mask broadcastable to [B, G, R, Q, N] or None, causal (query row i sees
   keys up to i + N - Q) -> [B, Q, G, R, dh], and with lse also each row's log-sum-exp
   [B, Q, G, R] f32.
 
-  impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
+  key_lengths: [B] int, instead of a mask: request b attends its first key_lengths[b]
+  keys (prefix_mask), which is the mask cuDNN's fused attention takes with no run-time
+  check. impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
   MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU, causal (Q = N) or with at least
   MIN_CUDNN_QUERIES queries, a per-key mask, heads up to 128, no log-sum-exp; "triton",
   the fused kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then
@@ -107,10 +130,18 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   if causal and q.shape[1] > k.shape[1]:
     raise ValueError(f"attention: causal with more queries ({q.shape[1]}) than keys "
                      f"({k.shape[1]})")
+  if key_lengths is not None:
+    if mask is not None:
+      raise ValueError("attention: a mask or key_lengths, not both")
+    if key_lengths.shape != q.shape[:1] or not jnp.issubdtype(key_lengths.dtype, jnp.integer):
+      raise ValueError(f"attention: key_lengths must be [B] = [{q.shape[0]}] integers, got "
+                       f"{key_lengths.dtype} {key_lengths.shape}")
+    return IMPLEMENTATIONS(impl, q, k, v, None, key_lengths=key_lengths, causal=causal,
+                           lse=lse)
   if mask is None:
     mask = jnp.ones((1, 1, 1, 1, k.shape[1]), bool)
   return IMPLEMENTATIONS(impl, q, k, v, mask, causal=causal, lse=lse)
 
 
 __all__ = ["IMPLEMENTATIONS", "MASKED", "attention", "attention_reference", "causal_mask",
-           "key_mask_of"]
+           "key_mask_of", "prefix_mask"]

@@ -90,6 +90,12 @@ class RMSNorm(nn.Module):
     return RMSNormOf(x, self.get_variable("params", "weight"), self.eps)
 
 
+def valid_first(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """mask [B, N] bool -> (order [B, N], lengths [B] int32): gathered by order, each row's
+  valid positions come first, in their order, and its mask is arange(N) < lengths."""
+  return jnp.argsort(~mask, axis=1, stable=True), jnp.sum(mask, axis=1, dtype=jnp.int32)
+
+
 def attend_decoded(q: jax.Array, keys: list[jax.Array], values: list[jax.Array],
                    prefix: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """One query position's attention over a few keys given one by one, merged with its

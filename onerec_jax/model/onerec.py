@@ -20,10 +20,11 @@ import onerec_kernels.topk as topk_op
 from onerec_jax.config import Config
 from onerec_jax.model.expert_parallel import ROUTED_EXPERTS, expert_axis, experts_per_shard
 from onerec_jax.model.layers import (GroupedLinear, Linear, RMSNorm, SwiGLU, attend_decoded,
-                                     matmul_precision, swiglu)
+                                     matmul_precision, swiglu, valid_first)
 from onerec_kernels.quantize import RMSNormOf, RowsOf, SwiGLUOf
 
-# Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "mask": [B, N] bool}.
+# Context: {"kv": ((k, v) per KV set, each [B, N, G, dh]), "lengths": [B] int32, each
+# request's valid tokens, which come first}.
 Context = dict[str, Any]
 
 
@@ -68,10 +69,10 @@ def _kw(cfg: Config) -> dict[str, Any]:
 class ContextProcessor(nn.Module):
   """Pathway projections, concatenation along the sequence, chunking into K/V sets.
 
-  With a mask, each request's valid tokens are put first (in their order), so that its
-  mask is a prefix, which the attention can take as a key count (cuDNN's fused attention
-  does): the cross-attention does not depend on the order of its keys, and each token's
-  K/V depends on that token alone.
+  With a mask, each request's valid tokens are put first (in their order), so that the
+  context is described by its key counts, which the attention takes as they are (cuDNN's
+  fused attention with no run-time check of the mask): the cross-attention does not
+  depend on the order of its keys, and each token's K/V depends on that token alone.
   """
 
   config: Config
@@ -87,12 +88,11 @@ class ContextProcessor(nn.Module):
       m = None if mask is None else mask.get(p.name)
       masks.append(jnp.ones(x.shape[:2], bool) if m is None else m.astype(bool))
     c = jnp.concatenate(parts, axis=1)  # [B, N, d_context]
-    valid = jnp.concatenate(masks, axis=1)  # [B, N]
-    if mask is not None:
-      order = jnp.argsort(~valid, axis=1, stable=True)  # [B, N]: valid tokens first
-      c = jnp.take_along_axis(c, order[:, :, None], axis=1)
-      valid = jnp.take_along_axis(valid, order, axis=1)
     b, n, _ = c.shape
+    lengths = jnp.full((b,), n, jnp.int32)
+    if mask is not None:
+      order, lengths = valid_first(jnp.concatenate(masks, axis=1))  # [B, N], [B]
+      c = jnp.take_along_axis(c, order[:, :, None], axis=1)
     width = cfg.kv_heads * cfg.d_head
     chunks = c.reshape(b, n, cfg.kv_split * cfg.kv_sets, width)
     kv = []
@@ -105,7 +105,7 @@ class ContextProcessor(nn.Module):
       else:
         v = k
       kv.append((k, v))
-    return {"kv": tuple(kv), "mask": valid}
+    return {"kv": tuple(kv), "lengths": lengths}
 
 
 class CrossAttention(nn.Module):
@@ -115,14 +115,14 @@ class CrossAttention(nn.Module):
   config: Config
 
   @nn.compact
-  def __call__(self, h: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+  def __call__(self, h: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array,
                producer: RMSNormOf | None = None):
     cfg = self.config
     b, w, t, _ = h.shape  # [B, W, T, D]
     g, r = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
     q = Linear(cfg.n_heads * cfg.d_head, name="q_proj", **_kw(cfg))(h, producer=producer)
     q = q.reshape(b, w * t, g, r, cfg.d_head)
-    o = attention_op.attention(q, k, v, mask[:, None, None, None, :])  # [B, W*T, G, R, dh]
+    o = attention_op.attention(q, k, v, key_lengths=lengths)  # [B, W*T, G, R, dh]
     o = o.reshape(b, w, t, cfg.n_heads * cfg.d_head)
     return Linear(cfg.d_model, name="o_proj", **_kw(cfg))(o)
 
@@ -258,7 +258,7 @@ class DecoderBlock(nn.Module):
 
     k, v = context["kv"][cfg.kv_set_of(self.layer)]
     x, producer = norm("cross_attn_norm", h)
-    h = h + CrossAttention(cfg, name="cross_attn")(x, k, v, context["mask"], producer)
+    h = h + CrossAttention(cfg, name="cross_attn")(x, k, v, context["lengths"], producer)
     x, producer = norm("self_attn_norm", h)
     a, kv = SelfAttention(cfg, name="self_attn")(x, past, rows, producer)
     h = h + a

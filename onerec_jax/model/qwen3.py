@@ -1,10 +1,11 @@
 """A Qwen3 (and Qwen3-MoE) decoder in Flax linen, serving semantic IDs as tokens
 (docs/qwen3.md), behind the decode interface the beam search calls (as OneRecV2):
 
-- encode(features, mask): the prompt (features["prompt"] [B, P] token ids, mask [B, P],
-  real tokens first) prefilled once per request: its K/V [B, P, G, dh] per layer (after
-  the per-head k norm and the rotary embedding) and the hidden state of its last real
-  token, which gives the level-0 logits;
+- encode(features, mask): the prompt (features["prompt"] [B, P] token ids, mask [B, P])
+  prefilled once per request, its real tokens moved first (in their order): its K/V
+  [B, P, G, dh] per layer (after the per-head k norm and the rotary embedding), its length
+  (the real tokens, which the attention takes as key counts) and the hidden state of its
+  last real token, which gives the level-0 logits;
 - decode(context, ids, past): without a Past, that last hidden state (decoding position
   0 is the prefill's); with one, the tokens of the codes ids [B, W, T] of levels
   past.positions ... at rotary positions prompt length + level, attending the prompt's
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import onerec_kernels.attention as attention_op
 
 from onerec_jax.config import PROMPT, Qwen3Config
-from onerec_jax.model.layers import Linear, RMSNorm, SwiGLU, attend_decoded, matmul_precision
+from onerec_jax.model.layers import (Linear, RMSNorm, SwiGLU, attend_decoded, matmul_precision,
+                                     valid_first)
 from onerec_jax.model.onerec import MoE, Past, extend
 from onerec_kernels.quantize import RMSNormOf
 
@@ -71,25 +73,25 @@ class Attention(nn.Module):
         o.reshape(*o.shape[:-3], cfg.n_heads * cfg.d_head))
 
   @nn.compact
-  def __call__(self, x, positions, mask=None, prompt=None, past=(), rows=None,
+  def __call__(self, x, positions, length=None, prompt=None, past=(), rows=None,
                producer: RMSNormOf | None = None):
-    """Prefill (prompt None): x [B, P, D], causal over the prompt with key mask [B, P];
-    -> (out, (k, v) [B, P, G, dh]). Decode: x [B, W, T, D] after the prompt's K/V
-    prompt = (k, v, mask) and the decoded positions past (each [B, W_p, G, dh], read
+    """Prefill (prompt None): x [B, P, D], causal over the prompt's first length [B]
+    tokens; -> (out, (k, v) [B, P, G, dh]). Decode: x [B, W, T, D] after the prompt's K/V
+    prompt = (k, v, length) and the decoded positions past (each [B, W_p, G, dh], read
     through rows [B, W, P']); -> (out, (k, v) [B, W, T, G, dh])."""
     cfg = self.config
     g, r, dh = cfg.kv_heads, cfg.n_heads // cfg.kv_heads, cfg.d_head
     q, k, v = self._qkv(x, positions, producer)
     if prompt is None:
       b, p = x.shape[:2]
-      o = attention_op.attention(q.reshape(b, p, g, r, dh), k, v,
-                                 mask[:, None, None, None, :], causal=True)
+      o = attention_op.attention(q.reshape(b, p, g, r, dh), k, v, key_lengths=length,
+                                 causal=True)
       return self._out(o), (k, v)
-    pk, pv, pmask = prompt
+    pk, pv, plength = prompt
     b, w, t = x.shape[:3]
     # The prompt, shared by the W beams: one attention of W*T*R rows per (request, head).
     o_p, lse_p = attention_op.attention(q.reshape(b, w * t, g, r, dh), pk, pv,
-                                        pmask[:, None, None, None, :], lse=True)
+                                        key_lengths=plength, lse=True)
     o_p, lse_p = o_p.reshape(b, w, t, g, r, dh), lse_p.reshape(b, w, t, g, r)
     ancestor = lambda a, i: jnp.take_along_axis(a, rows[:, :, i, None, None], axis=1)
     keys = [ancestor(a, i) for i, (a, _) in enumerate(past)] + [k[:, :, i] for i in range(t)]
@@ -143,19 +145,23 @@ class Qwen3(nn.Module):
 
   def encode(self, features: Mapping[str, jax.Array],
              mask: Mapping[str, jax.Array] | None = None) -> dict[str, Any]:
-    """Prefills the prompts features["prompt"] [B, P] (mask [B, P], real tokens first)."""
+    """Prefills the prompts features["prompt"] [B, P] (mask [B, P]: the real tokens, which
+    are moved first, so that the causal attention over them sees only real tokens and
+    the position of the j-th is j)."""
     tokens = features[PROMPT]
-    m = (jnp.ones(tokens.shape, bool) if mask is None or PROMPT not in mask
-         else mask[PROMPT].astype(bool))
-    positions = jnp.maximum(jnp.cumsum(m, axis=1) - 1, 0)  # [B, P]
+    b, p = tokens.shape
+    length = jnp.full((b,), p, jnp.int32)
+    if mask is not None and PROMPT in mask:
+      order, length = valid_first(mask[PROMPT].astype(bool))  # [B, P], [B]
+      tokens = jnp.take_along_axis(tokens, order, axis=1)
+    positions = jnp.broadcast_to(jnp.arange(p), (b, p))  # [B, P]
     h = self.embed(tokens)  # [B, P, D]
     kv = []
     for layer in self.layers:
-      h, layer_kv = layer(h, positions, mask=m)
+      h, layer_kv = layer(h, positions, length=length)
       kv.append(layer_kv)
-    length = jnp.sum(m, axis=1).astype(jnp.int32)  # [B]
     last = jnp.take_along_axis(h, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]
-    return {"kv": tuple(kv), "mask": m, "length": length, "last": last}
+    return {"kv": tuple(kv), "length": length, "last": last}
 
   def decode(self, context: dict[str, Any], ids: jax.Array, past: Past | None = None):
     """[B, W, T] codes of levels past.positions .. -> (hidden [B, W, T, D], per-layer
@@ -174,7 +180,7 @@ class Qwen3(nn.Module):
     kv = []
     for i, layer in enumerate(self.layers):
       pk, pv = context["kv"][i]
-      h, layer_kv = layer(h, positions, prompt=(pk, pv, context["mask"]),
+      h, layer_kv = layer(h, positions, prompt=(pk, pv, context["length"]),
                           past=past.kv[i], rows=past.rows)
       kv.append(layer_kv)
     return h, tuple(kv)
