@@ -76,12 +76,7 @@ def _cudnn(q, k, v, mask, *, causal, lse, key_lengths=None):
 
   try:
     if key_lengths is not None:
-      # A request with no key averages every key it may see (the reference's rule): equal
-      # scores over all of them, which a zero query gives.
-      lengths = jnp.clip(key_lengths, 0, n).astype(jnp.int32)  # [B]
-      empty = lengths == 0
-      q = jnp.where(empty[:, None, None, None, None], jnp.zeros((), q.dtype), q)
-      return fused(q, k, v, jnp.where(empty, n, lengths))
+      return fused(q, k, v, key_lengths)
     lengths = jnp.sum(key_mask, axis=1, dtype=jnp.int32)  # [B]
     prefix = jnp.all(key_mask == (jnp.arange(n)[None, :] < lengths[:, None])) & jnp.all(
         lengths > 0)
@@ -116,12 +111,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   [B, Q, G, R] f32.
 
   key_lengths: [B] int, instead of a mask: request b attends its first key_lengths[b]
-  keys (prefix_mask), which is the mask cuDNN's fused attention takes with no run-time
-  check. impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
+  keys (prefix_mask), all N where key_lengths[b] <= 0 (it has no key of its own); this is
+  the mask cuDNN's fused attention takes with no run-time check.
+
+  impl: None (the table's order: "cudnn", cuDNN's fused attention, for at least
   MIN_CUDNN_KEYS keys in 16 bits on a Hopper GPU, causal (Q = N) or with at least
-  MIN_CUDNN_QUERIES queries, a per-key mask, heads up to 128, no log-sum-exp; "triton",
-  the fused kernel, for a per-key mask [B, 1, 1, 1, N] on a Hopper GPU; then
-  "reference"), or one of them.
+  MIN_CUDNN_QUERIES queries, key_lengths or a per-key mask, heads up to 128, no
+  log-sum-exp; "triton", the fused kernel, for key_lengths or a per-key mask
+  [B, 1, 1, 1, N] on a Hopper GPU; then "reference"), or one of them.
   """
   if q.ndim != 5 or k.shape != v.shape or k.shape[0] != q.shape[0] or (
       k.shape[2:] != (q.shape[2], q.shape[4])):
@@ -136,6 +133,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     if key_lengths.shape != q.shape[:1] or not jnp.issubdtype(key_lengths.dtype, jnp.integer):
       raise ValueError(f"attention: key_lengths must be [B] = [{q.shape[0]}] integers, got "
                        f"{key_lengths.dtype} {key_lengths.shape}")
+    n = k.shape[1]
+    key_lengths = jnp.where(key_lengths > 0, jnp.minimum(key_lengths, n), n).astype(jnp.int32)
     return IMPLEMENTATIONS(impl, q, k, v, None, key_lengths=key_lengths, causal=causal,
                            lse=lse)
   if mask is None:
