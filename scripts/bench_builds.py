@@ -26,6 +26,7 @@ build's over the baseline's, minus 1); prints a table last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -80,6 +81,12 @@ def child(args) -> None:
   except ImportError:  # builds before the Qwen3 family kept the rules in quant
     from onerec_jax.quant import default_rules
   cfg = preset(args.preset).replace(param_dtype="bfloat16")
+  if getattr(cfg, "family", None) == "qwen3":  # computes in bf16, as bench_e2e's
+    cfg = cfg.replace(dtype="bfloat16", **({"max_prompt_len": args.context}
+                                           if args.context else {}))
+  elif args.context:  # the last pathway at that length, as bench_e2e's
+    p = cfg.pathways[-1]
+    cfg = cfg.replace(pathways=(dataclasses.replace(p, max_len=args.context),))
   if args.layers:
     cfg = cfg.replace(n_layers=args.layers,
                       moe_layers=tuple(i for i in cfg.moe_layers if i < args.layers))
@@ -100,6 +107,7 @@ def child(args) -> None:
   compile_s = time.perf_counter() - t0
   scores = jax.device_get(out.scores)
   print(json.dumps({"compile_s": compile_s, "score_sum": float(scores.sum()),
+                    "context_len": cfg.max_context_len,
                     "sources": [os.path.realpath(m.__file__) for m in (gen, onerec_kernels)],
                     "scores_finite": bool((scores > -float("inf")).all())}),
         file=answer, flush=True)
@@ -112,7 +120,8 @@ def child(args) -> None:
 def _start(build: str, tree: str, mode: str, args) -> subprocess.Popen:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
          "--preset", args.preset, "--batch", str(args.batch), "--beam", str(args.beam),
-         "--runs", str(args.runs), "--layers", str(args.layers)]
+         "--runs", str(args.runs), "--layers", str(args.layers), "--context",
+         str(args.context)]
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(
       [_import_path(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
   proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -198,6 +207,8 @@ def main() -> None:
   p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   p.add_argument("--preset", default="moe-4b")
   p.add_argument("--layers", type=int, default=0, help="first N layers only (0: all)")
+  p.add_argument("--context", type=int, default=0,
+                 help="context (Qwen3: prompt) length (0: the preset's)")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--beam", type=int, default=512)
   p.add_argument("--runs", type=int, default=10, help="searches a process times a round")
@@ -220,7 +231,8 @@ def main() -> None:
                   "each waited for after 2 warm-ups, processes timed in turns")
   rows, procs = {}, []
   result.update(baseline_commit=args.baseline_commit, head_commit=git_commit(),
-                preset=args.preset, layers=args.layers or None, batch=args.batch,
+                preset=args.preset, layers=args.layers or None, context=args.context or None,
+                batch=args.batch,
                 beam=args.beam, smoke=args.smoke, serial=args.serial, complete=False,
                 rows=rows)
   try:

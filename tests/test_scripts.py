@@ -70,15 +70,17 @@ def test_bench_builds_smoke(tmp_path):
     shutil.copytree(root / folder, base / folder,
                     ignore=shutil.ignore_patterns("__pycache__"))
   _run("bench_builds.py", "--smoke", "--modes", "bf16", "--baseline", str(base),
-       "--baseline-commit", "copy", "--out", str(out))
+       "--baseline-commit", "copy", "--context", "12", "--out", str(out))
   report = json.loads(out.read_text())
   rows, s = report["rows"], report["summary"]
   assert report["complete"] and set(rows) == {"baseline/bf16", "head/bf16"}
+  assert report["context"] == 12
   for build, tree in (("baseline", base.resolve()), ("head", root)):
     row = rows[f"{build}/bf16"]
     assert row["sources"] == [str(tree / "onerec_jax" / "generate" / "__init__.py"),
                               str(tree / "kernels" / "__init__.py")]
     assert [len(r) for r in row["times_ms"]] == [2, 2] and row["scores_finite"]
+    assert row["context_len"] == 12
   assert rows["baseline/bf16"]["score_sum"] == rows["head/bf16"]["score_sum"]
   ratio = rows["head/bf16"]["latency_ms_median"] / rows["baseline/bf16"]["latency_ms_median"]
   assert s["latency_change"] == s["bf16_latency_change"] == pytest.approx(ratio - 1)
