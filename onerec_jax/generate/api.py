@@ -131,7 +131,7 @@ def generate(params: Any, config: Config, features: Mapping[str, Any], *, beam_w
   """Top beam_width semantic-ID tuples per request by beam search.
 
   features: pathway name -> [B, n, width] (n <= the pathway's max_len), or token ids
-  [B, n] for a pathway of width 0 (a Qwen3 prompt, real tokens first); mask: optional
+  [B, n] for a pathway of width 0 (a Qwen3 prompt, its padding anywhere); mask: optional
   pathway name -> [B, n] bool (True = real token). valid_items: an ItemTable to decode
   only real items (and return their ids). rules: FP8 quantization rules (onerec_jax.quant)
   or None. mesh: the devices the requests are split over (sharding.make_mesh; an EXPERT
