@@ -6,7 +6,8 @@ kernels_bf16 (our kernels, 16-bit weights), fp8 (our kernels under the paper's F
 and the fusions this project added, each taken away once: fp8_attention_xla (the fused
 attention kernel pinned to its XLA reference), fp8_constrained (constrained decoding over
 --items valid items); on request, fp8_attention_triton (the Triton attention kernel where
-cuDNN's fused attention serves) and XLA's command buffers off or on for everything.
+cuDNN's fused attention serves), kernels_bf16_cublas (XLA's GEMMs on cuBLAS rather than
+its Triton GEMM fusions) and XLA's command buffers off or on for everything.
 For every rung: compile time (tracing and lowering, XLA's compile), latency median/min/max
 over --runs runs with inputs on the device, the host's time to enqueue one search,
 requests/s, peak device memory, and a device-time breakdown from CUPTI (every kernel
@@ -63,6 +64,8 @@ RUNGS = {  # name -> (kernel mode, FP8 rules, constrained, XLA_FLAGS added)
     # Not in the default ladder: the attention on the Triton kernel where cuDNN's fused
     # attention would serve (the wide steps' cross-attention);
     "fp8_attention_triton": ("auto,attention=triton", True, False, ""),
+    # Our bf16 kernels with every XLA GEMM on cuBLAS (XLA's Triton GEMM fusions off).
+    "kernels_bf16_cublas": ("auto", False, False, "--xla_gpu_enable_triton_gemm=false"),
     # XLA's command buffers (CUDA graphs) off, and on for
     # every command type that can be captured.
     "fp8_command_buffers_off": ("auto", True, False, "--xla_gpu_enable_command_buffer="),

@@ -50,7 +50,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
 
 
 @pytest.mark.parametrize("script,args", [
-    ("bench_e2e.py", ["--rungs", "xla_bf16,fp8"]),
+    ("bench_e2e.py", ["--rungs", "xla_bf16,fp8,kernels_bf16_cublas"]),
     ("bench_e2e.py", ["--qwen3-table", "--contexts", "16", "--batches", "2", "--jobs", "2"]),
     ("bench_compile.py", ["--precisions", "fp8"]),
     ("bench_frontier.py", []),
@@ -71,6 +71,11 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert row["compiled_from"] == ["exported", "exported"]  # the parallel compile's
     assert 0 < row["beam_overlap"] <= 1
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
+  elif script == "bench_e2e.py":  # each rung ran, its row naming the XLA flags it set
+    flags = {r["rung"]: r["xla_flags"] for r in result["ladder"]}
+    assert flags == {"xla_bf16": "", "fp8": "",
+                     "kernels_bf16_cublas": "--xla_gpu_enable_triton_gemm=false"}
+    assert all(r["latency_ms_median"] > 0 for r in result["ladder"])
   elif script == "bench_frontier.py":
     assert set(result["summary"]["int8_vs_fp8"]) == {"smoke.linear", "smoke.grouped"}
     summary = result["summary"]
