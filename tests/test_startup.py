@@ -71,11 +71,6 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     assert row["compiled_from"] == ["exported", "exported"]  # the parallel compile's
     assert 0 < row["beam_overlap"] <= 1
     assert '"rung"' not in done.stdout  # the table alone: no ladder rung ran
-  elif script == "bench_e2e.py":  # each rung ran, its row naming the XLA flags it set
-    flags = {r["rung"]: r["xla_flags"] for r in result["ladder"]}
-    assert flags == {"xla_bf16": "", "fp8": "",
-                     "kernels_bf16_cublas": "--xla_gpu_enable_triton_gemm=false"}
-    assert all(r["latency_ms_median"] > 0 for r in result["ladder"])
   elif script == "bench_frontier.py":
     assert set(result["summary"]["int8_vs_fp8"]) == {"smoke.linear", "smoke.grouped"}
     summary = result["summary"]
@@ -88,6 +83,9 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   elif script == "bench_e2e.py":
     assert result["summary"]["fp8_ms"] > 0 and result["summary"]["xla_bf16_ms"] > 0
     assert all(0 < r["host_enqueue_ms"] for r in result["ladder"])
+    flags = {r["rung"]: r["xla_flags"] for r in result["ladder"]}  # each rung ran
+    assert flags == {"xla_bf16": "", "fp8": "",
+                     "kernels_bf16_cublas": "--xla_gpu_enable_triton_gemm=false"}
   elif script == "profile_startup.py":  # the warm process read what the cold one compiled
     summary = result["summary"]
     assert summary["warm_compile_s"] < summary["cold_compile_s"]
