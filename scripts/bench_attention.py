@@ -81,8 +81,9 @@ def main():
         yield "triton", cfg, lambda *a, cfg=cfg: triton_gpu.attention(
             *a[:3], a[3][:, 0, 0, 0], causal=causal, lse=lse, config=cfg)
       if (q == n if causal else not lse):  # what cuDNN's implementation takes
-        yield "cudnn", None, lambda *a: attention_op.attention(*a, causal=causal,
-                                                               impl="cudnn")
+        yield "cudnn", None, lambda *a: attention_op.attention(  # as the model calls it
+            *a[:3], key_lengths=jnp.sum(a[3][:, 0, 0, 0], 1, dtype=jnp.int32),
+            causal=causal, impl="cudnn")
       yield "xla", None, lambda *a: attention_reference(*a, causal=causal, lse=lse)
 
     shape_rows = []

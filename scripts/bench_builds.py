@@ -13,8 +13,9 @@ clocks or temperature falls on every build alike. Random bf16 weights made on th
 (the same key in every process: the same weights where both builds lay them out alike),
 random contexts drawn here, the model's default FP8 rules, inputs on the device; only the
 API the two builds share is called (preset, init_params, default_rules, quantize_params,
-pad_batch, beam_search). score_sum, the sum of the search's scores, tells whether the
-builds computed the same.
+pad_batch, beam_search; --context replaces the config's prompt length, or its pathways by
+the last one at that length, as bench_e2e does). score_sum, the sum of the search's
+scores, tells whether the builds computed the same.
 Writes JSON (--out) once the processes have compiled (complete: false) and again at the
 end, with a top-level "summary": per mode the two medians and latency_change (this
 build's over the baseline's, minus 1); prints a table last.
@@ -84,7 +85,7 @@ def child(args) -> None:
   if getattr(cfg, "family", None) == "qwen3":  # computes in bf16, as bench_e2e's
     cfg = cfg.replace(dtype="bfloat16", **({"max_prompt_len": args.context}
                                            if args.context else {}))
-  elif args.context:  # the last pathway at that length, as bench_e2e's
+  elif args.context:  # one pathway, the last, at that length, as bench_e2e's
     p = cfg.pathways[-1]
     cfg = cfg.replace(pathways=(dataclasses.replace(p, max_len=args.context),))
   if args.layers:

@@ -354,6 +354,8 @@ def test_key_lengths_are_the_prefix_mask(monkeypatch):
                                impl="triton")
   np.testing.assert_allclose(np.asarray(got), _attention_np(q, k, v, m), rtol=2e-5,
                              atol=2e-5)
+  np.testing.assert_array_equal(attention_op.prefix_mask(jnp.array([0, 2, 5]), 3)[:, 0, 0, 0],
+                                [[1, 1, 1], [1, 1, 0], [1, 1, 1]])
   with pytest.raises(ValueError, match="a mask or key_lengths, not both"):
     attention_op.attention(*args, jnp.asarray(m)[:, None, None, None, :], key_lengths=lengths)
   with pytest.raises(ValueError, match=r"key_lengths must be \[B\] = \[4\] integers"):

@@ -27,8 +27,10 @@ def key_mask_of(mask: jax.Array, b: int, n: int) -> jax.Array | None:
 
 
 def prefix_mask(key_lengths: jax.Array, n: int) -> jax.Array:
-  """[B, 1, 1, 1, N] bool: request b attends its first key_lengths[b] keys."""
-  return (jnp.arange(n)[None, :] < key_lengths[:, None])[:, None, None, None, :]
+  """[B, 1, 1, 1, N] bool, the mask key_lengths [B] stand for: request b attends its first
+  key_lengths[b] keys, all N where key_lengths[b] <= 0."""
+  lengths = jnp.where(key_lengths > 0, key_lengths, n)
+  return (jnp.arange(n)[None, :] < lengths[:, None])[:, None, None, None, :]
 
 
 def _triton(q, k, v, mask, *, causal, lse, key_lengths=None):
@@ -128,6 +130,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     raise ValueError(f"attention: causal with more queries ({q.shape[1]}) than keys "
                      f"({k.shape[1]})")
   if key_lengths is not None:
+    key_lengths = jnp.asarray(key_lengths)
     if mask is not None:
       raise ValueError("attention: a mask or key_lengths, not both")
     if key_lengths.shape != q.shape[:1] or not jnp.issubdtype(key_lengths.dtype, jnp.integer):

@@ -72,7 +72,8 @@ class ContextProcessor(nn.Module):
   With a mask, each request's valid tokens are put first (in their order), so that the
   context is described by its key counts, which the attention takes as they are (cuDNN's
   fused attention with no run-time check of the mask): the cross-attention does not
-  depend on the order of its keys, and each token's K/V depends on that token alone.
+  depend on the order of its keys, and each token's K/V depends on that token alone. A
+  request with no valid token (generate refuses those) attends every key.
   """
 
   config: Config

@@ -3,9 +3,9 @@
 
 - encode(features, mask): the prompt (features["prompt"] [B, P] token ids, mask [B, P])
   prefilled once per request, its real tokens moved first (in their order): its K/V
-  [B, P, G, dh] per layer (after the per-head k norm and the rotary embedding), its length
-  (the real tokens, which the attention takes as key counts) and the hidden state of its
-  last real token, which gives the level-0 logits;
+  [B, P, G, dh] per layer (after the per-head k norm and the rotary embedding), its
+  real tokens' count ("lengths", which the attention takes as key counts) and the hidden
+  state of its last real token, which gives the level-0 logits;
 - decode(context, ids, past): without a Past, that last hidden state (decoding position
   0 is the prefill's); with one, the tokens of the codes ids [B, W, T] of levels
   past.positions ... at rotary positions prompt length + level, attending the prompt's
@@ -147,7 +147,8 @@ class Qwen3(nn.Module):
              mask: Mapping[str, jax.Array] | None = None) -> dict[str, Any]:
     """Prefills the prompts features["prompt"] [B, P] (mask [B, P]: the real tokens, which
     are moved first, so that the causal attention over them sees only real tokens and
-    the position of the j-th is j)."""
+    the position of the j-th is j). A prompt with no real token (generate refuses those)
+    attends every padding token."""
     tokens = features[PROMPT]
     b, p = tokens.shape
     length = jnp.full((b,), p, jnp.int32)
@@ -161,7 +162,7 @@ class Qwen3(nn.Module):
       h, layer_kv = layer(h, positions, length=length)
       kv.append(layer_kv)
     last = jnp.take_along_axis(h, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]
-    return {"kv": tuple(kv), "length": length, "last": last}
+    return {"kv": tuple(kv), "lengths": length, "last": last}
 
   def decode(self, context: dict[str, Any], ids: jax.Array, past: Past | None = None):
     """[B, W, T] codes of levels past.positions .. -> (hidden [B, W, T, D], per-layer
@@ -176,11 +177,11 @@ class Qwen3(nn.Module):
     levels = past.positions + jnp.arange(t)  # the level of each input code
     offsets = jnp.asarray(cfg.sid_token_offsets, jnp.int32)[levels]  # [T]
     h = self.embed(ids + offsets)  # [B, W, T, D]
-    positions = context["length"][:, None, None] + levels  # [B, W, T]
+    positions = context["lengths"][:, None, None] + levels  # [B, W, T]
     kv = []
     for i, layer in enumerate(self.layers):
       pk, pv = context["kv"][i]
-      h, layer_kv = layer(h, positions, prompt=(pk, pv, context["length"]),
+      h, layer_kv = layer(h, positions, prompt=(pk, pv, context["lengths"]),
                           past=past.kv[i], rows=past.rows)
       kv.append(layer_kv)
     return h, tuple(kv)
