@@ -65,6 +65,16 @@ def device_ms(f, sets, iterations=30):
   return statistics.median(times) / len(sets)
 
 
+def kernel_us(f, args, iterations=30):
+  """f(*args)'s kernels in launch order: [name, median device time in us] each, from
+  CUPTI (where the time of a layer goes)."""
+  import jax
+  from jax.experimental.mosaic.gpu import profiler
+  _, runs = profiler.measure(jax.jit(f), aggregate=False, iterations=iterations)(*args)
+  return [[name, 1e3 * statistics.median(run[i][1] for run in runs)]
+          for i, (name, _) in enumerate(runs[0])]
+
+
 @contextlib.contextmanager
 def perfetto_trace():
   """Runs the block under jax's profiler (its Python tracer off) and then fills the

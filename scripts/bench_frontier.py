@@ -6,13 +6,15 @@ Per shape: the INT8 kernel checked against its reference (poisoned output), then
 run CUPTI device time of the INT8 kernel, the FP8 kernel on the same shape (per-channel
 linear, or the block-scaled grouped GEMM), XLA's int8 dot (int32 accumulation, no scales)
 and XLA's bf16 dot; "int8_vs_fp8" is fp8 time / int8 time (issue 19's target: >= 0.95 at
-the moe-4b gate_up shape). The 32-token MoE gate_up / down add the 4-bit weight bytes
-against FP8's, the 4-bit kernel (W4A8 INT4 and MXFP4, W4A16 INT4; checked against the
-reference first) and the XLA dequantize-and-multiply reference it replaces: "w4_vs_fp8"
-is fp8 time / 4-bit kernel time, the INT4 W4A8 kernel also at other tilings
-(W4_TILINGS). With the 32-token shapes, the whole moe-4b MoE layer
+the moe-4b gate_up shape). The 32-token shapes (the routed experts' gate_up / down, and
+the shared expert's, a dense product) add the 4-bit weight bytes against FP8's, the 4-bit
+kernel (W4A8 INT4 and MXFP4, W4A16 INT4; checked against the reference first) and the
+XLA dequantize-and-multiply reference it replaces: "w4_vs_fp8" is fp8 time / 4-bit
+kernel time, the INT4 W4A8 kernel also at other tilings (W4_TILINGS, each checked
+against the default). With the 32-token shapes, the whole moe-4b MoE layer
 (scripts/bench_common.moe_block: mlp_norm, router, routed and shared experts) at 32
-tokens under the fp8 and the int4_w4a8 recipes. Writes JSON (--out) and prints a table.
+tokens under the fp8 and the int4_w4a8 recipes, with each recipe's kernels. Writes JSON
+(--out) and prints a table.
 
   python scripts/bench_frontier.py --out bench/results/frontier_kernels_h200.json
   python scripts/bench_frontier.py --smoke   # CPU: tiny shapes (the tiny-moe layer),
@@ -23,6 +25,7 @@ tokens under the fp8 and the int4_w4a8 recipes. Writes JSON (--out) and prints a
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -36,11 +39,13 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import device_ms, header, moe_block, num_sets, write_json  # noqa: E402
+from bench_common import (device_ms, header, kernel_us, moe_block, num_sets,  # noqa: E402
+                          write_json)
 
 from onerec_kernels import backend  # noqa: E402
 from onerec_kernels.dequant_gemm import (dequant_grouped_gemm,  # noqa: E402
-                                         dequant_grouped_gemm_reference)
+                                         dequant_grouped_gemm_reference, dequant_linear,
+                                         dequant_linear_reference, triton_gpu)
 from onerec_kernels.fp8_linear import fp8_linear_pallas  # noqa: E402
 from onerec_kernels.gemm_mgpu import core, testing  # noqa: E402
 from onerec_kernels.grouped_gemm import fp8_grouped_gemm_pallas  # noqa: E402
@@ -65,6 +70,9 @@ SHAPES = {
     "moe4b.experts.down": ("grouped", 49152, 1408, 1408, 53),
     "moe4b.experts.gate_up.t32": ("grouped", 96, 1408, 2816, 53),
     "moe4b.experts.down.t32": ("grouped", 96, 1408, 1408, 53),
+    # The shared expert of a MoE layer at 32 tokens: the 4-bit products' dense case.
+    "moe4b.shared.gate_up.t32": ("linear", 32, 1408, 2816, 0),
+    "moe4b.shared.down.t32": ("linear", 32, 1408, 1408, 0),
 }
 SMOKE = {
     "smoke.linear": ("linear", 40, 256, 96, 0),
@@ -75,9 +83,23 @@ SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_step
                            epi_tile_n=64)
 W4A8 = ("int4_w4a8", "mxfp4_w4a8")
 W4 = (*W4A8, "int4_w4a16")  # the schemes the 4-bit kernel is timed on
-# Tilings of the 4-bit kernel timed beside its default: (block_n, block_t, warps, stages).
-W4_TILINGS = [(128, 16, 4, 3), (64, 16, 4, 3), (128, 16, 8, 3), (256, 16, 8, 3),
-              (128, 16, 4, 2), (128, 16, 4, 4), (64, 16, 4, 5), (128, 32, 4, 3)]
+# Tilings of the 4-bit kernel timed beside its default (dequant_gemm.triton_gpu.Config:
+# block_n, block_t, warps, stages; k_splits, ptx); the first is the previous default.
+W4_TILINGS = [dict(block_n=128, block_t=16, warps=4, stages=3, ptx=False),
+              dict(block_n=128, block_t=16, warps=4, stages=3),
+              dict(block_n=64, block_t=16, warps=4, stages=3, ptx=False),
+              dict(block_n=64, block_t=16, warps=4, stages=3),
+              dict(block_n=64, block_t=16, warps=8, stages=3),
+              dict(block_n=128, block_t=16, warps=8, stages=3),
+              dict(block_n=64, block_t=16, warps=4, stages=4),
+              dict(block_n=64, block_t=16, warps=4, stages=2),
+              dict(block_n=64, block_t=32, warps=4, stages=3),
+              dict(block_n=64, block_t=16, warps=4, stages=3, k_splits=2),
+              dict(block_n=128, block_t=32, warps=4, stages=3),
+              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=2),
+              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=6),
+              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=11),
+              dict(block_n=64, block_t=32, warps=4, stages=3, k_splits=4)]
 LAYER_TOKENS = 32
 
 
@@ -141,8 +163,10 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
          "max_rel_err": err, "us": {c: 1e3 * v for c, v in t.items()},
          "int8_vs_fp8": t["pallas_fp8"] / t["pallas_int8"],
          "int8_tops": 2 * m * k * n / t["pallas_int8"] / 1e9}
-  if not linear and m < 1024:  # the weight-read-bound 32-token step
-    row["weight_bytes"] = {"fp8_block": quant.weight_bytes(quant.QArray(*fp8_ops[2:4]))}
+  if m < 1024:  # the weight-read-bound 32-token step
+    fp8_w = fp8_ops[2:4]
+    row["weight_bytes"] = {"fp8" if linear else "fp8_block":
+                           quant.weight_bytes(quant.QArray(*fp8_w))}
     row["w4_vs_fp8"], row["w4_max_rel_err"] = {}, {}
     xb = x.astype(jnp.bfloat16)
     for scheme in W4:
@@ -150,11 +174,13 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
       row["weight_bytes"][scheme] = quant.weight_bytes(q)
       kw = SCHEMES[scheme].ops[3][1].keywords
       ops = [(xb, q.value, q.scale, *gs)] * sets
-      ref = dequant_grouped_gemm_reference(*ops[0], out_dtype=jnp.float32, **kw)
+      reference = dequant_linear_reference if linear else dequant_grouped_gemm_reference
+      ref = reference(*ops[0], out_dtype=jnp.float32, **kw)
       # The smoke run exercises this code on the reference (the Triton kernel's CPU
       # tests run it in Triton's interpreter).
       row["w4_impl"] = "reference" if smoke else "triton"
-      kernel = functools.partial(dequant_grouped_gemm, impl=row["w4_impl"], **kw)
+      entry = dequant_linear if linear else dequant_grouped_gemm
+      kernel = functools.partial(entry, impl=row["w4_impl"], **kw)
       out = jax.jit(functools.partial(kernel, out_dtype=jnp.float32))(*ops[0])
       rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
       assert rel < 2.0**-10, (name, scheme, rel)  # FP8 tensor-core steps: ~2^-13 each
@@ -162,25 +188,36 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
       row["us"][f"triton_{scheme}"] = 1e3 * timer(kernel, ops)
       row["w4_vs_fp8"][scheme] = t["pallas_fp8"] / (row["us"][f"triton_{scheme}"] / 1e3)
       if scheme == "int4_w4a8" and not smoke:  # tilings beside the default
-        from onerec_kernels.dequant_gemm import triton_gpu
         x_q, x_s = quantize_rows(xb)
+        w_ops = (x_q, x_s, q.value[None] if linear else q.value,
+                 q.scale[None] if linear else q.scale,
+                 jnp.array([m], jnp.int32) if linear else gs[0])
+        want = triton_gpu.dequant_grouped_gemm(*w_ops, group=INT4_GROUP, e2m1=False,
+                                               out_dtype=jnp.float32)
+        row["w4_default_config"] = dataclasses.asdict(triton_gpu.default_config(
+            m, 1 if linear else e, n, k, INT4_GROUP))
         for tiling in W4_TILINGS:
-          c = triton_gpu.Config(*tiling)
+          c = triton_gpu.Config(**tiling)
           run = functools.partial(triton_gpu.dequant_grouped_gemm, group=INT4_GROUP,
-                                  e2m1=False, out_dtype=jnp.bfloat16, config=c)
-          label = f"alt_{scheme}_{c.block_n}x{c.block_t}w{c.warps}s{c.stages}"
-          row["us"][label] = 1e3 * timer(run, [(x_q, x_s, q.value, q.scale, *gs)] * sets)
+                                  e2m1=False, config=c)
+          got = jax.jit(functools.partial(run, out_dtype=jnp.float32))(*w_ops)
+          assert float(jnp.max(jnp.abs(got - want))) <= 1e-3 * float(jnp.max(jnp.abs(want))), (
+              name, tiling)  # the same products; splits sum their partials in FP32
+          label = (f"alt_{scheme}_{c.block_n}x{c.block_t}w{c.warps}s{c.stages}"
+                   f"k{c.k_splits}{'' if c.ptx else '_elementwise'}")
+          row["us"][label] = 1e3 * timer(functools.partial(run, out_dtype=jnp.bfloat16),
+                                         [w_ops] * sets)
       if scheme in W4A8:
         row["us"][f"xla_dequant_{scheme}"] = 1e3 * timer(
-            functools.partial(dequant_grouped_gemm_reference, out_dtype=jnp.bfloat16, **kw),
-            ops)
+            functools.partial(reference, out_dtype=jnp.bfloat16, **kw), ops)
   return row
 
 
 def bench_moe_layer(smoke, tokens=LAYER_TOKENS):
   """The MoE block (bench_common.moe_block: mlp_norm, router, routed and shared experts)
   of moe-4b (tiny-moe in the smoke run) at `tokens` tokens under the fp8 and the
-  int4_w4a8 recipes (their rules for the block's modules), in the same run."""
+  int4_w4a8 recipes (their rules for the block's modules), in the same run; on the GPU
+  also each recipe's kernels in launch order with their median device times."""
   cfg = preset("tiny-moe" if smoke else "moe-4b").replace(param_dtype="bfloat16")
   layer = f"layer_{cfg.moe_layers[0]}"
   model = moe_block(cfg, layer, norm=True)
@@ -188,7 +225,7 @@ def bench_moe_layer(smoke, tokens=LAYER_TOKENS):
   x = jax.random.normal(kx, (tokens, cfg.d_model), jnp.bfloat16)
   params = jax.jit(model.init)(kp, x)["params"]
   paths = ["/".join(k[:-1]) for k in traverse_util.flatten_dict(params) if k[-1] == WEIGHT]
-  times = {}
+  times, kernels = {}, {}
   for recipe in ("fp8", "int4_w4a8"):
     rules = quant.Rules(tuple(r for r in recipe_rules(recipe, cfg).rules
                               if any(re.fullmatch(r[0], p) for p in paths)))
@@ -199,9 +236,11 @@ def bench_moe_layer(smoke, tokens=LAYER_TOKENS):
         return model.apply({"params": p}, h)
 
     times[recipe] = (wall_ms if smoke else device_ms)(run, [(x,)])
+    if not smoke:
+      kernels[recipe] = kernel_us(run, (x,))
   return dict(config="tiny-moe" if smoke else "moe-4b", tokens=tokens,
               experts=cfg.n_routed_experts, top_k=cfg.top_k, times_ms=times,
-              w4a8_vs_fp8=times["fp8"] / times["int4_w4a8"])
+              w4a8_vs_fp8=times["fp8"] / times["int4_w4a8"], kernels_us=kernels)
 
 
 def summary(rows: list[dict], layer: dict | None = None) -> dict:
@@ -219,8 +258,9 @@ def summary(rows: list[dict], layer: dict | None = None) -> dict:
          "w4a8_kernel": f"dequant_gemm.{small[0]['w4_impl']}" if small else None}
   if small:
     out["w4a8_vs_fp8_t32"] = {s: {r["name"]: r["w4_vs_fp8"][s] for r in small} for s in W4}
-    out["w4a8_bytes_vs_fp8_t32"] = {s: small[0]["weight_bytes"][s] / small[0]["weight_bytes"]
-                                    ["fp8_block"] for s in W4A8}
+    first = small[0]["weight_bytes"]
+    fp8 = first.get("fp8_block", first.get("fp8"))
+    out["w4a8_bytes_vs_fp8_t32"] = {s: first[s] / fp8 for s in W4A8}
     out["xla_dequant_w4a8_vs_fp8_kernel_t32"] = {
         s: small[0]["us"][f"xla_dequant_{s}"] / small[0]["us"]["pallas_fp8"] for s in W4A8}
   if layer:

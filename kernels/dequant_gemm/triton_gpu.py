@@ -18,31 +18,107 @@ tests (Triton's interpreter) launch what the GPU runs.
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from onerec_kernels import triton_launch
+from onerec_kernels import backend, triton_launch
 from onerec_kernels.gemm_mgpu.core import tile_schedule
 
 
+# Four packed bytes (one 32-bit word; element 2j the low nibble of byte j) of int4 codes ->
+# FP8 e4m3: $0 the four low nibbles' values (the even elements), $1 the high ones'. The
+# sign flip (xor 8) makes a code c the unsigned c + 8; FP16 bits 0x6400 | (c + 8) read
+# 1032 + c, minus 1032 is c exactly; pairs two bytes apart share one FP16x2 register, and
+# cvt converts a pair to two e4m3 bytes (its low half to the low byte), which prmt puts
+# back in byte order.
+_INT4_TO_E4M3 = tl.constexpr("""{
+.reg .b32 w, t, k, e, o;
+.reg .b16 l02, l13, h02, h13;
+xor.b32 w, $2, 0x88888888;
+mov.b32 k, 0x64086408;
+lop3.b32 t, w, 0x000F000F, 0x64006400, 0xea;
+sub.f16x2 t, t, k;
+cvt.rn.satfinite.e4m3x2.f16x2 l02, t;
+shr.u32 t, w, 8;
+lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
+sub.f16x2 t, t, k;
+cvt.rn.satfinite.e4m3x2.f16x2 l13, t;
+shr.u32 t, w, 4;
+lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
+sub.f16x2 t, t, k;
+cvt.rn.satfinite.e4m3x2.f16x2 h02, t;
+shr.u32 t, w, 12;
+lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
+sub.f16x2 t, t, k;
+cvt.rn.satfinite.e4m3x2.f16x2 h13, t;
+mov.b32 e, {l02, l13};
+prmt.b32 $0, e, e, 0x3120;
+mov.b32 o, {h02, h13};
+prmt.b32 $1, o, o, 0x3120;
+}""")
+
+
 @triton.jit
-def _unpack(packed, E2M1: tl.constexpr, DTYPE: tl.constexpr):
-  """Packed bytes [BN, G/2] uint8 -> their 4-bit values [BN, G] in DTYPE: element 2j from
-  byte j's low nibble, 2j + 1 from its high one. Through FP16 bit patterns, exact and
-  with no integer-to-float conversion: int4 code c (two's complement, -8..7) as the FP16
-  bits 0x6400 | (c ^ 8), which read 1024 + 8 + c, minus 1032; an e2m1 code's sign, and
-  its exponent and mantissa placed in FP16's low exponent bits, read as its value times
-  2^-14 (bias 1 against 15; the subnormal 0.5 alike), times 2^14."""
-  b = packed.to(tl.uint16)
-  codes = tl.reshape(tl.join(b & 0xF, b >> 4), (packed.shape[0], 2 * packed.shape[1]))
+def _int4_to_e4m3(packed):
+  """Packed bytes [BN, G/2] uint8 of int4 codes -> (even elements, odd elements), each
+  [BN, G/2] FP8 e4m3, through _INT4_TO_E4M3."""
+  even, odd = tl.inline_asm_elementwise(_INT4_TO_E4M3, "=r,=r,r", [packed],
+                                        dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4)
+  return even.to(tl.float8e4nv, bitcast=True), odd.to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def _decode(codes, E2M1: tl.constexpr, DTYPE: tl.constexpr):
+  """4-bit codes (uint8, one a byte) -> their values in DTYPE, exactly, through FP16 bit
+  patterns and with no integer-to-float conversion: int4 code c (two's complement, -8..7)
+  as the FP16 bits 0x6400 | (c ^ 8), which read 1024 + 8 + c, minus 1032; an e2m1 code's
+  sign, and its exponent and mantissa placed in FP16's low exponent bits, read as its
+  value times 2^-14 (bias 1 against 15; the subnormal 0.5 alike), times 2^14."""
+  c = codes.to(tl.uint16)
   if E2M1:
-    v = (((codes & 8) << 12) | ((codes & 7) << 9)).to(tl.float16, bitcast=True) * 16384.0
+    v = (((c & 8) << 12) | ((c & 7) << 9)).to(tl.float16, bitcast=True) * 16384.0
   else:
-    v = (codes ^ 0x6408).to(tl.float16, bitcast=True) - 1032.0
+    v = (c ^ 0x6408).to(tl.float16, bitcast=True) - 1032.0
   return v.to(DTYPE)
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+  """acc + a b (FP32; IEEE: exact FP32 products, not TF32)."""
+  if IEEE:
+    return tl.dot(a, b, acc, input_precision="ieee")
+  return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _group_product(packed, xt, E2M1: tl.constexpr, PTX: tl.constexpr,
+                   IEEE: tl.constexpr):
+  """One scale group's W X^T: packed bytes [BN, G/2] (element 2j the low nibble of byte j)
+  and activations xt [BT, G] -> [BN, BT] FP32.
+
+  From G = 64 on, as two products of half the group, the even elements' and the odd
+  ones': each byte's nibbles then decode in place, and it is the small activation tile
+  that is split, not the weight tile that is interleaved (the interleave cost about as
+  many instructions as the decoding). A group of 32 keeps one product (an FP8 tl.dot
+  takes at least 32 of K)."""
+  bn: tl.constexpr = packed.shape[0]
+  bt: tl.constexpr = xt.shape[0]
+  g: tl.constexpr = xt.shape[1]
+  acc = tl.zeros((bn, bt), tl.float32)
+  if g >= 64:
+    x_even, x_odd = tl.split(tl.reshape(xt, (bt, g // 2, 2)))  # [BT, G/2] each
+    if PTX:
+      w_even, w_odd = _int4_to_e4m3(packed)  # [BN, G/2] each
+    else:
+      w_even = _decode(packed & 0xF, E2M1, xt.dtype)
+      w_odd = _decode(packed >> 4, E2M1, xt.dtype)
+    return _dot(w_odd, tl.trans(x_odd), _dot(w_even, tl.trans(x_even), acc, IEEE), IEEE)
+  codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (bn, g))  # [BN, G]
+  return _dot(_decode(codes, E2M1, xt.dtype), tl.trans(xt), acc, IEEE)
 
 
 @triton.jit
@@ -56,20 +132,25 @@ def _e8m0(bits):
 
 @triton.jit
 def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
-                         N: tl.constexpr, K: tl.constexpr, E: tl.constexpr,
-                         SLOTS: tl.constexpr, GROUP: tl.constexpr, E2M1: tl.constexpr,
-                         E8M0: tl.constexpr, W4A8: tl.constexpr, IEEE: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                         M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
+                         E: tl.constexpr, SLOTS: tl.constexpr, GROUP: tl.constexpr,
+                         E2M1: tl.constexpr, E8M0: tl.constexpr, W4A8: tl.constexpr,
+                         IEEE: tl.constexpr, PTX: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                         K_SPLITS: tl.constexpr):
   """x [M, K] (fp8 e4m3 with per-token scales xs [M] f32 when W4A8; else 16- or 32-bit,
   xs unread), w [E, N, ceil(K/2)] packed 4-bit (e2m1 codes if E2M1, else int4), ws
   [E, N, ceil(K/GROUP)] (E8M0 codes uint8 if E8M0, else f32), sched [4, SLOTS]
-  (tile_schedule's row_start, group, lo, hi) -> y [M, N]. Grid (cdiv(N, BLOCK_N),
-  SLOTS): program (i, t) computes y[rows of slot t, weight rows i * BLOCK_N + ...] as
-  acc [BLOCK_N, BLOCK_T] = W X^T; slots of the pseudo-group E (rows past the groups)
-  store zeros."""
+  (tile_schedule's row_start, group, lo, hi) -> y [M, N], or [K_SPLITS, M, N] FP32
+  partial products when K_SPLITS > 1. Grid (cdiv(N, BLOCK_N), SLOTS, K_SPLITS): program
+  (i, t, s) computes y[s, rows of slot t, weight rows i * BLOCK_N + ...] as acc
+  [BLOCK_N, BLOCK_T] = W X^T over split s's scale groups; slots of the pseudo-group E
+  (rows past the groups) store zeros. PTX: int4 codes to FP8 through _INT4_TO_E4M3."""
   KB: tl.constexpr = (K + 1) // 2  # bytes of a packed weight row
   KG: tl.constexpr = (K + GROUP - 1) // GROUP  # scale groups of a row
+  SPLIT_KG: tl.constexpr = (KG + K_SPLITS - 1) // K_SPLITS  # scale groups of a split
   t = tl.program_id(1)
+  split = tl.program_id(2)
   row_start = tl.load(sched_ptr + t)
   g = tl.load(sched_ptr + SLOTS + t)
   lo = tl.load(sched_ptr + 2 * SLOTS + t)
@@ -84,23 +165,21 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
   kb = tl.arange(0, GROUP // 2)
   w_row = (tl.minimum(g, E - 1) * N + n).to(tl.int64)  # [BN] rows of w viewed [E * N, .]
   acc = tl.zeros((BLOCK_N, BLOCK_T), tl.float32)
-  for kg in range(0, tl.where(live, KG, 0)):
+  kg0 = split * SPLIT_KG
+  for kg in range(kg0, tl.where(live, tl.minimum(kg0 + SPLIT_KG, KG), kg0)):
     k = kg * GROUP + kk  # [G]
     byte = kg * (GROUP // 2) + kb  # [G/2]
     packed = tl.load(w_ptr + w_row[:, None] * KB + byte[None, :],
                      mask=n_ok[:, None] & (byte < KB)[None, :], other=0)  # [BN, G/2]
     xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + k[None, :],
                  mask=r_ok[:, None] & (k < K)[None, :], other=0.0)  # [BT, G]
-    w = _unpack(packed, E2M1, xt.dtype)  # [BN, G]
-    if IEEE:
-      part = tl.dot(w, tl.trans(xt), input_precision="ieee")
-    else:
-      part = tl.dot(w, tl.trans(xt))  # [BN, BT] f32
+    part = _group_product(packed, xt, E2M1, PTX, IEEE)  # [BN, BT] f32
     s = tl.load(ws_ptr + w_row * KG + kg, mask=n_ok, other=0)  # [BN]
     acc += part * (_e8m0(s) if E8M0 else s)[:, None]
   if W4A8:
     acc *= tl.load(xs_ptr + rows, mask=r_ok & live, other=0.0)[None, :]
-  tl.store(y_ptr + rows[None, :].to(tl.int64) * N + n[:, None],
+  out = y_ptr + split.to(tl.int64) * (M * N)  # this split's partial product
+  tl.store(out + rows[None, :].to(tl.int64) * N + n[:, None],
            acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & r_ok[None, :])
 
 
@@ -112,20 +191,43 @@ def _pow2(n: int) -> int:
 class Config:
   """The kernel's tiling: block_n weight rows a program (the MMA's M side: 64 or 128),
   block_t token rows a program (its N side, a power of two from 16, tl.dot's least),
-  warps and software-pipeline stages. Each main-loop step is one scale group of K."""
+  warps and software-pipeline stages; k_splits programs share each output tile, each
+  over its range of scale groups, writing FP32 partial products summed after (few-row
+  products, whose tiles alone leave most SMs idle). Each main-loop step is one scale
+  group of K."""
 
   block_n: int
   block_t: int
   warps: int
   stages: int
+  k_splits: int = 1
+  ptx: bool = True
+
+  def __post_init__(self):
+    if self.k_splits < 1:
+      raise ValueError(f"Config.k_splits must be at least 1, got {self.k_splits}")
 
 
-def default_config(rows: int, groups: int) -> Config:
-  """128 weight rows a program and the token tile of the mean rows a group (16 at the
-  decode step's one or two rows an expert, up to 128), 4 warps, 3 stages: a heuristic
-  (scripts/bench_frontier.py times it beside other tilings)."""
+# Programs in flight the few-row heuristic aims for: about four a streaming multiprocessor.
+PROGRAMS_PER_SM = 4
+
+
+def default_config(rows: int, groups: int, n: int, k: int, group: int) -> Config:
+  """The token tile of the mean rows a group (16 at the decode step's one or two rows an
+  expert, up to 128); 64 weight rows a program at 16-row token tiles (half the registers
+  of 128, so twice the programs an SM hides each other's waits), else 128; 4 warps, 3
+  stages; K split where the output tiles give fewer than PROGRAMS_PER_SM programs an SM
+  (a dense 32-token product: one row tile), at least two scale groups a split and no
+  split left empty. A heuristic (scripts/bench_frontier.py times it beside other
+  tilings)."""
   block_t = min(128, max(16, _pow2(-(-rows // max(groups, 1)))))
-  return Config(block_n=128, block_t=block_t, warps=4, stages=3)
+  block_n = 64 if block_t == 16 else 128
+  tiles = max(-(-rows // block_t), min(groups, rows), 1)  # row tiles that hold rows
+  want = -(-PROGRAMS_PER_SM * backend.num_sms() // (-(-n // block_n) * tiles))
+  kg = -(-k // group)
+  per_split = -(-kg // max(1, min(want, kg // 2)))
+  return Config(block_n=block_n, block_t=block_t, warps=4, stages=3,
+                k_splits=-(-kg // per_split))
 
 
 def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: bool,
@@ -133,13 +235,14 @@ def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: 
                       ) -> tuple[Config, int, dict]:
   """(config, schedule slots, constexprs) of _dequant_gemm_kernel for x [m, k] times
   weights [groups, n, ceil(k/2)] in 1 x `group` scale groups; the grid is
-  (cdiv(n, config.block_n), slots). fp32 activations multiply in IEEE FP32 (Triton's
-  default would be TF32), as the FP32 reference does."""
-  cfg = config or default_config(m, groups)
+  (cdiv(n, config.block_n), slots, config.k_splits). fp32 activations multiply in IEEE
+  FP32 (Triton's default would be TF32), as the FP32 reference does."""
+  cfg = config or default_config(m, groups, n, k, group)
   slots = tile_schedule(jnp.zeros((groups,), jnp.int32), m, cfg.block_t).shape[1]
-  meta = dict(N=n, K=k, E=groups, SLOTS=slots, GROUP=group, E2M1=e2m1, E8M0=e8m0,
-              W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32, BLOCK_N=cfg.block_n,
-              BLOCK_T=cfg.block_t)
+  meta = dict(M=m, N=n, K=k, E=groups, SLOTS=slots, GROUP=group, E2M1=e2m1, E8M0=e8m0,
+              W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32,
+              PTX=cfg.ptx and w4a8 and not e2m1 and os.environ.get("TRITON_INTERPRET") != "1",
+              BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, K_SPLITS=cfg.k_splits)
   return cfg, slots, meta
 
 
@@ -159,7 +262,11 @@ def dequant_grouped_gemm(x: jax.Array, x_scale: jax.Array | None, w: jax.Array,
   sched = tile_schedule(group_sizes, m, cfg.block_t)  # [4, slots]
   ws = jax.lax.bitcast_convert_type(w_scale, jnp.uint8) if e8m0 else w_scale
   xs = jnp.zeros((1,), jnp.float32) if x_scale is None else x_scale
-  return triton_launch.triton_call(
+  splits = cfg.k_splits
+  y = triton_launch.triton_call(
       _dequant_gemm_kernel, x, xs, w, ws, sched,
-      out=triton_launch.shape((m, n), out_dtype), grid=(-(-n // cfg.block_n), slots),
-      num_warps=cfg.warps, num_stages=cfg.stages, **meta)
+      out=triton_launch.shape((m, n) if splits == 1 else (splits, m, n),
+                              out_dtype if splits == 1 else jnp.float32),
+      grid=(-(-n // cfg.block_n), slots, splits), num_warps=cfg.warps,
+      num_stages=cfg.stages, **meta)
+  return y if splits == 1 else y.sum(0).astype(out_dtype)
