@@ -83,23 +83,19 @@ SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_step
                            epi_tile_n=64)
 W4A8 = ("int4_w4a8", "mxfp4_w4a8")
 W4 = (*W4A8, "int4_w4a16")  # the schemes the 4-bit kernel is timed on
-# Tilings of the 4-bit kernel timed beside its default (dequant_gemm.triton_gpu.Config:
-# block_n, block_t, warps, stages; k_splits, ptx); the first is the previous default.
-W4_TILINGS = [dict(block_n=128, block_t=16, warps=4, stages=3, ptx=False),
-              dict(block_n=128, block_t=16, warps=4, stages=3),
-              dict(block_n=64, block_t=16, warps=4, stages=3, ptx=False),
-              dict(block_n=64, block_t=16, warps=4, stages=3),
-              dict(block_n=64, block_t=16, warps=8, stages=3),
-              dict(block_n=128, block_t=16, warps=8, stages=3),
-              dict(block_n=64, block_t=16, warps=4, stages=4),
-              dict(block_n=64, block_t=16, warps=4, stages=2),
-              dict(block_n=64, block_t=32, warps=4, stages=3),
-              dict(block_n=64, block_t=16, warps=4, stages=3, k_splits=2),
-              dict(block_n=128, block_t=32, warps=4, stages=3),
-              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=2),
-              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=6),
-              dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=11),
-              dict(block_n=64, block_t=32, warps=4, stages=3, k_splits=4)]
+# Tilings of the INT4 W4A8 kernel timed beside its default, per kind of product
+# (dequant_gemm.triton_gpu.Config: block_n, block_t, warps, stages; k_splits, ptx); the
+# grouped list starts with the previous default.
+_T = ("block_n", "block_t", "warps", "stages", "k_splits", "ptx")
+W4_TILINGS = {
+    "grouped": [dict(zip(_T, t)) for t in [
+        (128, 16, 4, 3, 1, False), (128, 16, 4, 3, 1, True), (64, 16, 4, 3, 1, False),
+        (64, 16, 8, 3, 1, True), (128, 16, 8, 3, 1, True), (64, 16, 4, 4, 1, True),
+        (64, 32, 4, 3, 1, True), (64, 16, 4, 3, 2, True)]],
+    "linear": [dict(zip(_T, t)) for t in [
+        (128, 32, 4, 3, 1, True), (128, 32, 4, 3, 2, True), (128, 32, 4, 3, 4, False),
+        (128, 32, 4, 3, 6, True), (128, 32, 4, 3, 11, True), (64, 32, 4, 3, 4, True)]],
+}
 LAYER_TOKENS = 32
 
 
@@ -196,7 +192,7 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
                                                out_dtype=jnp.float32)
         row["w4_default_config"] = dataclasses.asdict(triton_gpu.default_config(
             m, 1 if linear else e, n, k, INT4_GROUP))
-        for tiling in W4_TILINGS:
+        for tiling in W4_TILINGS[kind]:
           c = triton_gpu.Config(**tiling)
           run = functools.partial(triton_gpu.dequant_grouped_gemm, group=INT4_GROUP,
                                   e2m1=False, config=c)
