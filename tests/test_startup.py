@@ -55,6 +55,7 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
     ("bench_compile.py", ["--precisions", "fp8"]),
     ("bench_frontier.py", []),
     ("profile_startup.py", []),
+    ("sass_dequant_gemm.py", []),
 ])
 def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
   out = tmp_path / "r.json"
@@ -86,6 +87,10 @@ def test_benchmark_scripts_at_smoke_size(tmp_path, script, args):
     flags = {r["rung"]: r["xla_flags"] for r in result["ladder"]}  # each rung ran
     assert flags == {"xla_bf16": "", "fp8": "",
                      "kernels_bf16_cublas": "--xla_gpu_enable_triton_gemm=false"}
+  elif script == "sass_dequant_gemm.py":  # compiled for sm_90 here, with no GPU
+    (row,) = result["rows"]
+    assert row["registers"] > 0 and row["stack_bytes"] == 0 and row["programs_per_sm"] >= 1
+    assert row["loop_mix"]["HADD2"] > 0 and 100 < row["loop_instructions"] < 2000
   elif script == "profile_startup.py":  # the warm process read what the cold one compiled
     summary = result["summary"]
     assert summary["warm_compile_s"] < summary["cold_compile_s"]
