@@ -84,17 +84,20 @@ SMOKE_CONFIG = core.Config(tile_m=64, tile_n=64, tile_k=128, max_concurrent_step
 W4A8 = ("int4_w4a8", "mxfp4_w4a8")
 W4 = (*W4A8, "int4_w4a16")  # the schemes the 4-bit kernel is timed on
 # Tilings of the INT4 W4A8 kernel timed beside its default, per kind of product
-# (dequant_gemm.triton_gpu.Config: block_n, block_t, warps, stages; k_splits, ptx); the
-# grouped list starts with the previous default.
-_T = ("block_n", "block_t", "warps", "stages", "k_splits", "ptx")
+# (dequant_gemm.triton_gpu.Config: block_n, block_t, warps, stages, k_splits, decode):
+# the grouped 32-token products' tile sizes, warps, stages and decodings; the dense one's
+# K splits.
+_T = ("block_n", "block_t", "warps", "stages", "k_splits", "decode")
 W4_TILINGS = {
     "grouped": [dict(zip(_T, t)) for t in [
-        (128, 16, 4, 3, 1, False), (128, 16, 4, 3, 1, True), (64, 16, 4, 3, 1, False),
-        (64, 16, 8, 3, 1, True), (128, 16, 8, 3, 1, True), (64, 16, 4, 4, 1, True),
-        (64, 32, 4, 3, 1, True), (64, 16, 4, 3, 2, True)]],
+        (128, 16, 4, 3, 1, "even_odd"), (128, 16, 4, 3, 1, "even_odd_ptx"),
+        (64, 16, 4, 3, 1, "interleave"), (64, 16, 4, 3, 1, "even_odd_ptx"),
+        (64, 16, 8, 3, 1, "even_odd_ptx"), (64, 16, 4, 4, 1, "even_odd_ptx"),
+        (64, 32, 4, 3, 1, "even_odd_ptx"), (64, 16, 4, 3, 2, "even_odd_ptx")]],
     "linear": [dict(zip(_T, t)) for t in [
-        (128, 32, 4, 3, 1, True), (128, 32, 4, 3, 2, True), (128, 32, 4, 3, 4, False),
-        (128, 32, 4, 3, 6, True), (128, 32, 4, 3, 11, True), (64, 32, 4, 3, 4, True)]],
+        (128, 32, 4, 3, 2, "interleave"), (128, 32, 4, 3, 4, "interleave"),
+        (128, 32, 4, 3, 6, "interleave"), (128, 32, 4, 3, 11, "interleave"),
+        (128, 32, 4, 3, 4, "even_odd_ptx"), (64, 32, 4, 3, 4, "even_odd_ptx")]],
 }
 LAYER_TOKENS = 32
 
@@ -191,7 +194,7 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
         want = triton_gpu.dequant_grouped_gemm(*w_ops, group=INT4_GROUP, e2m1=False,
                                                out_dtype=jnp.float32)
         row["w4_default_config"] = dataclasses.asdict(triton_gpu.default_config(
-            m, 1 if linear else e, n, k, INT4_GROUP))
+            m, 1 if linear else e))
         for tiling in W4_TILINGS[kind]:
           c = triton_gpu.Config(**tiling)
           run = functools.partial(triton_gpu.dequant_grouped_gemm, group=INT4_GROUP,
@@ -200,7 +203,7 @@ def bench_shape(name, kind, m, k, n, e, key, smoke):
           assert float(jnp.max(jnp.abs(got - want))) <= 1e-3 * float(jnp.max(jnp.abs(want))), (
               name, tiling)  # the same products; splits sum their partials in FP32
           label = (f"alt_{scheme}_{c.block_n}x{c.block_t}w{c.warps}s{c.stages}"
-                   f"k{c.k_splits}{'' if c.ptx else '_elementwise'}")
+                   f"k{c.k_splits}_{c.decode}")
           row["us"][label] = 1e3 * timer(functools.partial(run, out_dtype=jnp.bfloat16),
                                          [w_ops] * sets)
       if scheme in W4A8:

@@ -34,17 +34,13 @@ SM = 90
 REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 227 * 1024
 WARPS_PER_SM = 64
-# name -> (rows, groups (experts), N, K): the routed experts' gate_up / down at the
-# 32-token step (96 rows over 53 experts), the shared expert's gate_up (dense, 32 rows).
+# name -> (rows, groups (experts), N, K): the routed experts' gate_up at the 32-token step
+# (96 rows over 53 experts; down's loop is the same), the shared expert's (dense, 32
+# rows).
 SHAPES = {"experts.gate_up.t32": (96, 53, 2816, 1408),
-          "experts.down.t32": (96, 53, 1408, 1408),
           "shared.gate_up.t32": (32, 1, 2816, 1408)}
-TILINGS = [dict(block_n=128, block_t=16, warps=4, stages=3, ptx=False),
-           dict(block_n=128, block_t=16, warps=4, stages=3),
-           dict(block_n=64, block_t=16, warps=4, stages=3, ptx=False),
-           dict(block_n=64, block_t=16, warps=4, stages=3),
-           dict(block_n=64, block_t=16, warps=8, stages=3),
-           dict(block_n=128, block_t=32, warps=4, stages=3, k_splits=4)]
+TILINGS = [dict(block_n=bn, block_t=16, warps=warps, stages=3, decode=decode)
+           for bn, warps in ((128, 4), (64, 4), (64, 8)) for decode in triton_gpu.DECODINGS]
 
 
 def _tool(name: str) -> str:
@@ -125,15 +121,14 @@ def main():
   tilings = TILINGS[:1] if args.smoke else TILINGS
   rows = []
   for name, (m, e, n, k) in shapes.items():
-    default = dataclasses.asdict(triton_gpu.default_config(m, e, n, k, 128))
+    default = dataclasses.asdict(triton_gpu.default_config(m, e))
     full = [dataclasses.asdict(triton_gpu.Config(**t)) for t in tilings]
     for tiling in full + ([default] if default not in full and not args.smoke else []):
       rows.append(inspect(name, m, e, n, k, tiling))
       print(json.dumps(rows[-1]), flush=True)
   summary = {f"{r['shape']} {r['config']['block_n']}x{r['config']['block_t']} "
-             f"w{r['config']['warps']} k{r['config']['k_splits']}"
-             f"{'' if r['config']['ptx'] else ' elementwise'}": r["loop_instructions"]
-             for r in rows}
+             f"w{r['config']['warps']} k{r['config']['k_splits']} {r['config']['decode']}":
+             r["loop_instructions"] for r in rows}
   import jax
   import triton
   result = dict(device=f"none (ptxas for sm_{SM})", jax_version=jax.__version__,
@@ -142,13 +137,13 @@ def main():
                 summary=summary, rows=rows)
   if args.out:
     write_json(args.out, result)
-  print(f"{'shape':<20}{'tiling':<28}{'regs':>6}{'stack':>7}{'smem':>8}{'/SM':>5}"
+  print(f"{'shape':<20}{'tiling':<32}{'regs':>6}{'stack':>7}{'smem':>8}{'/SM':>5}"
         f"{'loop':>7}{'/weight':>9}")
   for r in rows:
     c = r["config"]
     tiling = (f"{c['block_n']}x{c['block_t']} w{c['warps']} s{c['stages']} "
-              f"k{c['k_splits']}{'' if c['ptx'] else ' elem'}")
-    print(f"{r['shape']:<20}{tiling:<28}{r['registers']:>6}{r['stack_bytes']:>7}"
+              f"k{c['k_splits']} {c['decode']}")
+    print(f"{r['shape']:<20}{tiling:<32}{r['registers']:>6}{r['stack_bytes']:>7}"
           f"{r['shared_bytes']:>8}{r['programs_per_sm']:>5}{r['loop_instructions']:>7}"
           f"{r['loop_instructions_per_weight']:>9.2f}")
   print("summary:", json.dumps(summary))

@@ -292,22 +292,16 @@ def test_weights_that_do_not_fit_the_activation_raise():
 
 
 def test_default_config():
-  # moe-4b's routed experts at the 32-token step (96 rows, 53 experts): 16-row token
-  # tiles, 64 weight rows a program, 1166-2332 programs: no split.
-  assert triton_gpu.default_config(96, 53, 2816, 1408, 128) == triton_gpu.Config(64, 16, 4, 3)
-  assert triton_gpu.default_config(96, 53, 1408, 1408, 128).k_splits == 1
-  # Its shared expert (one group of 32 rows): 22 or 11 programs, so K (11 groups) splits
-  # 4 ways of 3 groups (5 ways would leave the last split empty).
-  assert triton_gpu.default_config(32, 1, 2816, 1408, 128) == triton_gpu.Config(
-      128, 32, 4, 3, k_splits=4)
-  assert triton_gpu.default_config(32, 1, 1408, 1408, 128).k_splits == 4
-  assert triton_gpu.default_config(32, 1, 2816, 1408, 32).k_splits == 22  # 44 groups of 32
-  assert triton_gpu.default_config(49152, 53, 2816, 1408, 128) == triton_gpu.Config(
-      128, 128, 4, 3)
-  assert triton_gpu.default_config(16384, 1, 2816, 1408, 128).k_splits == 1
-  assert triton_gpu.default_config(0, 53, 2816, 1408, 128).block_t == 16
+  assert triton_gpu.default_config(96, 53) == triton_gpu.Config(128, 16, 4, 3)
+  assert triton_gpu.default_config(32, 1) == triton_gpu.Config(128, 32, 4, 3)
+  assert triton_gpu.default_config(49152, 53).block_t == 128
+  assert triton_gpu.default_config(0, 53).block_t == 16
+  cfg = triton_gpu.default_config(96, 53)
+  assert cfg.k_splits == 1 and cfg.decode == "interleave"
   with pytest.raises(ValueError, match="k_splits must be at least 1"):
     triton_gpu.Config(64, 16, 4, 3, k_splits=0)
+  with pytest.raises(ValueError, match="decode must be one of"):
+    triton_gpu.Config(64, 16, 4, 3, decode="halves")
 
 
 @pytest.mark.parametrize("scheme", ["int4_w4a8", "mxfp4_w4a16"])
@@ -333,38 +327,54 @@ def test_k_splits_interpret(interpret, scheme, splits):
   assert np.all(np.asarray(got)[sum(sizes):] == 0)
 
 
-def test_few_row_dense_product_splits_k_by_default_interpret(interpret):
-  """A dense product of 32 rows through dequant_linear: the default tiling splits K (here 6
-  groups, 3 splits), and the result is the reference's within the bound."""
-  weight, activation = _quantizers("int4_w4a8")
-  x, w = _operands(13, 32, 768, 40, 1)
-  w_value, w_scale = SCHEMES["int4_w4a8"].quantize(w[0])
-  got = dequant_gemm_op.dequant_linear(x, w_value, w_scale, weight=weight,
-                                       activation=activation, out_dtype=jnp.float32,
-                                       impl="triton")
-  (_, meta), = [launch for launch in interpret if launch[0] == "_dequant_gemm_kernel"]
-  assert meta["K_SPLITS"] == 3
-  want = dequant_gemm_op.dequant_linear(x, w_value, w_scale, weight=weight,
-                                        activation=activation, out_dtype=jnp.float32,
-                                        impl="reference")
-  a, wd = _dense_operands(x, w_value[None], w_scale[None], weight, activation)
-  _check(got, want, _bound(a, wd, [32], weight.group))
+@pytest.mark.parametrize("scheme", ["int4_w4a8", "int4_w4a16", "mxfp4_w4a8"])
+@pytest.mark.parametrize("decode", triton_gpu.DECODINGS)
+def test_decodings_interpret(interpret, scheme, decode):
+  """Every decoding (the interleaved one, the even and odd elements' two products,
+  elementwise or, here in the interpreter, with the PTX one's elementwise stand-in) on
+  all 16 codes of both nibbles, a dense product of 20 rows with K off the group: within
+  the bound of the reference. MXFP4's groups of 32 always interleave."""
+  weight, activation = _quantizers(scheme)
+  n, k = 24, 300
+  codes = (np.arange(n * k) * 7 % 16).astype(np.uint8).reshape(1, n, k)
+  if weight.format.name == "int4":
+    values = np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
+  else:
+    values = codes.view(ml_dtypes.float4_e2m1fn)
+  w_value = weight.pack(jnp.asarray(values))
+  _, w_scale = SCHEMES[scheme].quantize(jax.random.normal(jax.random.key(4), (1, n, k)))
+  x = jax.random.normal(jax.random.key(5), (20, k), jnp.bfloat16)
+  x_q, x_s = quantize_activations(x) if activation is not None else (x, None)
+  got = triton_gpu.dequant_grouped_gemm(
+      x_q, x_s, w_value, w_scale, jnp.array([20], jnp.int32), group=weight.group,
+      e2m1=scheme.startswith("mxfp4"), out_dtype=jnp.float32,
+      config=triton_gpu.Config(64, 16, 4, 2, decode=decode))
+  (meta,) = [m for name, m in interpret if name == "_dequant_gemm_kernel"]
+  assert meta["EVEN_ODD"] == (decode != "interleave" and weight.group >= 64)
+  assert not meta["PTX"]  # the interpreter runs no inline PTX
+  want = _grouped(scheme, x, w_value, w_scale, [20], "reference")
+  a, wd = _dense_operands(x, w_value, w_scale, weight, activation)
+  _check(got, want, _bound(a, wd, [20], weight.group))
 
 
 def test_ptx_decoding_is_planned_for_int4_w4a8_where_the_kernel_compiles(monkeypatch):
-  """INT4 weights under FP8 activations decode through PTX where the kernel is compiled;
-  not for MXFP4 or 16-bit activations, not with Config.ptx off, and not under Triton's
+  """decode="even_odd_ptx" decodes through PTX for INT4 weights under FP8 activations where
+  the kernel is compiled; not for MXFP4 or 16-bit activations, and not under Triton's
   interpreter, which runs no inline PTX."""
-  def ptx(e2m1=False, w4a8=True, **cfg):
-    config = triton_gpu.Config(64, 16, 4, 3, **cfg)
-    return triton_gpu.dequant_gemm_plan(96, 256, 256, 3, group=32 if e2m1 else 128,
+  def planned(e2m1=False, w4a8=True, decode="even_odd_ptx"):
+    config = triton_gpu.Config(64, 16, 4, 3, decode=decode)
+    meta = triton_gpu.dequant_gemm_plan(96, 256, 256, 3, group=32 if e2m1 else 128,
                                         e2m1=e2m1, e8m0=e2m1, w4a8=w4a8,
                                         dtype=jnp.float8_e4m3fn if w4a8 else jnp.bfloat16,
-                                        config=config)[2]["PTX"]
+                                        config=config)[2]
+    return meta["EVEN_ODD"], meta["PTX"]
   monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-  assert ptx() and not ptx(e2m1=True) and not ptx(w4a8=False) and not ptx(ptx=False)
+  assert planned() == (True, True)
+  assert planned(e2m1=True) == (False, False)  # groups of 32 interleave
+  assert planned(w4a8=False) == (True, False)
+  assert planned(decode="even_odd") == (True, False)
   monkeypatch.setenv("TRITON_INTERPRET", "1")
-  assert not ptx()
+  assert planned() == (True, False)
 
 
 def _route(key, rows, experts):
@@ -393,49 +403,51 @@ def test_kernel_matches_reference_moe4b_gpu(scheme, rows, n):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("rows,n", [(96, 2816), (16384, 1408)])
-def test_ptx_decoding_equals_the_elementwise_one_gpu(rows, n):
-  """INT4 W4A8 through the PTX decoding and through the elementwise one, same tiling: the
-  same FP8 operands, so bit for bit the same output; every code of both nibbles (-8, never
-  made by the quantizer, included) in the weights."""
+def test_decodings_gpu(rows, n):
+  """INT4 W4A8 at moe-4b's expert shapes, every code of both nibbles (-8, never made by the
+  quantizer, included) in the weights, through each decoding at the default tiling: the
+  PTX one bit for bit the elementwise even/odd one (the same FP8 operands and products),
+  each within the bound of the reference, outputs poisoned first."""
   k, e = 1408, 53
   codes = (np.arange(e * n * k) * 7 % 16).astype(np.uint8).reshape(e, n, k)
   values = np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
-  weight, _ = _quantizers("int4_w4a8")
+  weight, activation = _quantizers("int4_w4a8")
   w_value = weight.pack(jnp.asarray(values))
   w_scale = jax.random.uniform(jax.random.key(1), (e, n, k // 128), jnp.float32, 0.5, 2.0)
   x = jax.random.normal(jax.random.key(rows), (rows, k), jnp.bfloat16)
   x_q, x_s = quantize_activations(x)
   gs = _route(jax.random.key(n), rows - 5, e)
-  outs = {}
-  for ptx in (True, False):
-    cfg = triton_gpu.default_config(rows, e, n, k, 128)
-    cfg = dataclasses.replace(cfg, ptx=ptx)
-    f = jax.jit(lambda *a, cfg=cfg: triton_gpu.dequant_grouped_gemm(
-        *a, group=128, e2m1=False, out_dtype=jnp.float32, config=cfg))
-    outs[ptx] = np.asarray(testing.poisoned_call(lambda: f(x_q, x_s, w_value, w_scale, gs),
-                                                 (rows, n), jnp.float32))
-  np.testing.assert_array_equal(outs[True], outs[False])
   want = _grouped("int4_w4a8", x, w_value, w_scale, gs, "reference")
-  a, wd = _dense_operands(x, w_value, w_scale, weight, _quantizers("int4_w4a8")[1])
-  _check(outs[True], want, _bound(a, wd, gs, 128, gpu=True))
+  a, wd = _dense_operands(x, w_value, w_scale, weight, activation)
+  outs = {}
+  for decode in triton_gpu.DECODINGS:
+    cfg = dataclasses.replace(triton_gpu.default_config(rows, e), decode=decode)
+    f = jax.jit(lambda *args, cfg=cfg: triton_gpu.dequant_grouped_gemm(
+        *args, group=128, e2m1=False, out_dtype=jnp.float32, config=cfg))
+    outs[decode] = np.asarray(testing.poisoned_call(
+        lambda: f(x_q, x_s, w_value, w_scale, gs), (rows, n), jnp.float32))
+    _check(outs[decode], want, _bound(a, wd, gs, 128, gpu=True))
+  np.testing.assert_array_equal(outs["even_odd_ptx"], outs["even_odd"])
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme", ["int4_w4a8", "int4_w4a16", "mxfp4_w4a8"])
 @pytest.mark.parametrize("n", [2816, 1408])
-def test_shared_expert_at_32_tokens_splits_k_gpu(scheme, n):
-  """moe-4b's shared expert at the 32-token step: a dense product whose default tiling
-  splits K; against the reference, output poisoned first."""
+def test_k_splits_at_the_shared_experts_shape_gpu(scheme, n):
+  """moe-4b's shared expert at the 32-token step (a dense product of 32 rows) with K
+  split 4 ways, through jax-triton: against the reference, output poisoned first."""
   k = 1408
   weight, activation = _quantizers(scheme)
   x, w = _operands(n, 32, k, n, 1)
-  w_value, w_scale = SCHEMES[scheme].quantize(w[0])
-  assert triton_gpu.default_config(32, 1, n, k, weight.group).k_splits > 1
-  f = jax.jit(lambda *a: dequant_gemm_op.dequant_linear(
-      *a, weight=weight, activation=activation, out_dtype=jnp.float32, impl="triton"))
-  got = testing.poisoned_call(lambda: f(x, w_value, w_scale), (32, n), jnp.float32)
-  want = dequant_gemm_op.dequant_linear(x, w_value, w_scale, weight=weight,
-                                        activation=activation, out_dtype=jnp.float32,
-                                        impl="reference")
-  a, wd = _dense_operands(x, w_value[None], w_scale[None], weight, activation)
+  w_value, w_scale = SCHEMES[scheme].quantize(w)
+  x_q, x_s = quantize_activations(x) if activation is not None else (x, None)
+  cfg = dataclasses.replace(triton_gpu.default_config(32, 1), k_splits=4)
+  f = jax.jit(lambda *args: triton_gpu.dequant_grouped_gemm(
+      *args, group=weight.group, e2m1=scheme.startswith("mxfp4"), out_dtype=jnp.float32,
+      config=cfg))
+  gs = jnp.array([32], jnp.int32)
+  got = testing.poisoned_call(lambda: f(x_q, x_s, w_value, w_scale, gs), (32, n),
+                              jnp.float32)
+  want = _grouped(scheme, x, w_value, w_scale, [32], "reference")
+  a, wd = _dense_operands(x, w_value, w_scale, weight, activation)
   _check(got, want, _bound(a, wd, [32], weight.group, gpu=True))

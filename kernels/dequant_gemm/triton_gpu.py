@@ -4,10 +4,11 @@ main loop (Hopper).
 The weights stay packed two to a byte in memory ([E, N, ceil(K/2)] uint8, formats.py's
 layout) and are unpacked in registers, one scale group (1 x 128 INT4, 1 x 32 MXFP4) per
 step: the nibbles become FP8 e4m3 (W4A8) or the activation's 16-bit dtype (W4A16),
-exactly (int4 -7..7 and e2m1 values are exact in both), one tl.dot per group with FP32
-accumulation, that group's partial times the weight's group scale added into the FP32
-accumulator; the per-token activation scale (W4A8) is applied in the epilogue. This is
-dequant_gemm's reference up to FP32 summation order.
+exactly (int4 -7..7 and e2m1 values are exact in both), one tl.dot per group (or two:
+Config.decode) with FP32 accumulation, that group's partial times the weight's group
+scale added into the FP32 accumulator; the per-token activation scale (W4A8) is applied
+in the epilogue. Config.k_splits > 1 splits K over programs that write FP32 partial
+products, summed after. This is dequant_gemm's reference up to FP32 summation order.
 
 Swap-AB: the weights are the MMA's M side (block_n weight rows a program) and the few
 token rows its N side (block_t, from 16), so at the decode step, which reads every
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from onerec_kernels import backend, triton_launch
+from onerec_kernels import triton_launch
 from onerec_kernels.gemm_mgpu.core import tile_schedule
 
 
@@ -73,11 +74,12 @@ def _int4_to_e4m3(packed):
 
 @triton.jit
 def _decode(codes, E2M1: tl.constexpr, DTYPE: tl.constexpr):
-  """4-bit codes (uint8, one a byte) -> their values in DTYPE, exactly, through FP16 bit
-  patterns and with no integer-to-float conversion: int4 code c (two's complement, -8..7)
-  as the FP16 bits 0x6400 | (c ^ 8), which read 1024 + 8 + c, minus 1032; an e2m1 code's
-  sign, and its exponent and mantissa placed in FP16's low exponent bits, read as its
-  value times 2^-14 (bias 1 against 15; the subnormal 0.5 alike), times 2^14."""
+  """4-bit codes (8- or 16-bit integers, one code each) -> their values in DTYPE, exactly,
+  through FP16 bit patterns and with no integer-to-float conversion: int4 code c (two's
+  complement, -8..7) as the FP16 bits 0x6400 | (c ^ 8), which read 1024 + 8 + c, minus
+  1032; an e2m1 code's sign, and its exponent and mantissa placed in FP16's low exponent
+  bits, read as its value times 2^-14 (bias 1 against 15; the subnormal 0.5 alike),
+  times 2^14."""
   c = codes.to(tl.uint16)
   if E2M1:
     v = (((c & 8) << 12) | ((c & 7) << 9)).to(tl.float16, bitcast=True) * 16384.0
@@ -95,21 +97,22 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _group_product(packed, xt, E2M1: tl.constexpr, PTX: tl.constexpr,
-                   IEEE: tl.constexpr):
+def _group_product(packed, xt, E2M1: tl.constexpr, EVEN_ODD: tl.constexpr,
+                   PTX: tl.constexpr, IEEE: tl.constexpr):
   """One scale group's W X^T: packed bytes [BN, G/2] (element 2j the low nibble of byte j)
   and activations xt [BT, G] -> [BN, BT] FP32.
 
-  From G = 64 on, as two products of half the group, the even elements' and the odd
-  ones': each byte's nibbles then decode in place, and it is the small activation tile
-  that is split, not the weight tile that is interleaved (the interleave cost about as
-  many instructions as the decoding). A group of 32 keeps one product (an FP8 tl.dot
-  takes at least 32 of K)."""
+  Interleaved (the default): the nibbles widened to 16 bits and interleaved into the
+  group's order, one tl.dot. EVEN_ODD: two tl.dots of half the group, the even elements'
+  and the odd ones': each byte's nibbles decode in place and it is the small activation
+  tile that is split (ptxas spends about as many instructions on the interleave as on the
+  decoding; an FP8 tl.dot takes at least 32 of K, so G >= 64). PTX (with EVEN_ODD, int4
+  codes to FP8): the decoding through _INT4_TO_E4M3."""
   bn: tl.constexpr = packed.shape[0]
   bt: tl.constexpr = xt.shape[0]
   g: tl.constexpr = xt.shape[1]
   acc = tl.zeros((bn, bt), tl.float32)
-  if g >= 64:
+  if EVEN_ODD:
     x_even, x_odd = tl.split(tl.reshape(xt, (bt, g // 2, 2)))  # [BT, G/2] each
     if PTX:
       w_even, w_odd = _int4_to_e4m3(packed)  # [BN, G/2] each
@@ -117,7 +120,8 @@ def _group_product(packed, xt, E2M1: tl.constexpr, PTX: tl.constexpr,
       w_even = _decode(packed & 0xF, E2M1, xt.dtype)
       w_odd = _decode(packed >> 4, E2M1, xt.dtype)
     return _dot(w_odd, tl.trans(x_odd), _dot(w_even, tl.trans(x_even), acc, IEEE), IEEE)
-  codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (bn, g))  # [BN, G]
+  b = packed.to(tl.uint16)
+  codes = tl.reshape(tl.join(b & 0xF, b >> 4), (bn, g))  # [BN, G]
   return _dot(_decode(codes, E2M1, xt.dtype), tl.trans(xt), acc, IEEE)
 
 
@@ -135,8 +139,8 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
                          M: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                          E: tl.constexpr, SLOTS: tl.constexpr, GROUP: tl.constexpr,
                          E2M1: tl.constexpr, E8M0: tl.constexpr, W4A8: tl.constexpr,
-                         IEEE: tl.constexpr, PTX: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                         IEEE: tl.constexpr, EVEN_ODD: tl.constexpr,
+                         PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                          K_SPLITS: tl.constexpr):
   """x [M, K] (fp8 e4m3 with per-token scales xs [M] f32 when W4A8; else 16- or 32-bit,
   xs unread), w [E, N, ceil(K/2)] packed 4-bit (e2m1 codes if E2M1, else int4), ws
@@ -145,7 +149,8 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
   partial products when K_SPLITS > 1. Grid (cdiv(N, BLOCK_N), SLOTS, K_SPLITS): program
   (i, t, s) computes y[s, rows of slot t, weight rows i * BLOCK_N + ...] as acc
   [BLOCK_N, BLOCK_T] = W X^T over split s's scale groups; slots of the pseudo-group E
-  (rows past the groups) store zeros. PTX: int4 codes to FP8 through _INT4_TO_E4M3."""
+  (rows past the groups) store zeros. EVEN_ODD, PTX: how a group decodes
+  (_group_product)."""
   KB: tl.constexpr = (K + 1) // 2  # bytes of a packed weight row
   KG: tl.constexpr = (K + GROUP - 1) // GROUP  # scale groups of a row
   SPLIT_KG: tl.constexpr = (KG + K_SPLITS - 1) // K_SPLITS  # scale groups of a split
@@ -173,7 +178,7 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
                      mask=n_ok[:, None] & (byte < KB)[None, :], other=0)  # [BN, G/2]
     xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * K + k[None, :],
                  mask=r_ok[:, None] & (k < K)[None, :], other=0.0)  # [BT, G]
-    part = _group_product(packed, xt, E2M1, PTX, IEEE)  # [BN, BT] f32
+    part = _group_product(packed, xt, E2M1, EVEN_ODD, PTX, IEEE)  # [BN, BT] f32
     s = tl.load(ws_ptr + w_row * KG + kg, mask=n_ok, other=0)  # [BN]
     acc += part * (_e8m0(s) if E8M0 else s)[:, None]
   if W4A8:
@@ -187,47 +192,42 @@ def _pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
+# How a scale group's weights decode (_group_product): "interleave" (one product), or as
+# the even and odd elements' two products, decoded elementwise or ("even_odd_ptx", INT4
+# weights under FP8 activations) through PTX.
+DECODINGS = ("interleave", "even_odd", "even_odd_ptx")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """The kernel's tiling: block_n weight rows a program (the MMA's M side: 64 or 128),
   block_t token rows a program (its N side, a power of two from 16, tl.dot's least),
   warps and software-pipeline stages; k_splits programs share each output tile, each
-  over its range of scale groups, writing FP32 partial products summed after (few-row
-  products, whose tiles alone leave most SMs idle). Each main-loop step is one scale
-  group of K."""
+  over its range of scale groups, writing FP32 partial products summed after (for
+  few-row products, whose tiles alone leave most SMs idle); decode, one of DECODINGS.
+  Each main-loop step is one scale group of K."""
 
   block_n: int
   block_t: int
   warps: int
   stages: int
   k_splits: int = 1
-  ptx: bool = True
+  decode: str = "interleave"
 
   def __post_init__(self):
     if self.k_splits < 1:
       raise ValueError(f"Config.k_splits must be at least 1, got {self.k_splits}")
+    if self.decode not in DECODINGS:
+      raise ValueError(f"Config.decode must be one of {DECODINGS}, got {self.decode!r}")
 
 
-# Programs in flight the few-row heuristic aims for: about four a streaming multiprocessor.
-PROGRAMS_PER_SM = 4
-
-
-def default_config(rows: int, groups: int, n: int, k: int, group: int) -> Config:
-  """The token tile of the mean rows a group (16 at the decode step's one or two rows an
-  expert, up to 128); 64 weight rows a program at 16-row token tiles (half the registers
-  of 128, so twice the programs an SM hides each other's waits), else 128; 4 warps, 3
-  stages; K split where the output tiles give fewer than PROGRAMS_PER_SM programs an SM
-  (a dense 32-token product: one row tile), at least two scale groups a split and no
-  split left empty. A heuristic (scripts/bench_frontier.py times it beside other
-  tilings)."""
+def default_config(rows: int, groups: int) -> Config:
+  """128 weight rows a program and the token tile of the mean rows a group (16 at the
+  decode step's one or two rows an expert, up to 128), 4 warps, 3 stages, interleaved
+  decoding, no K split: a heuristic (scripts/bench_frontier.py times it beside other
+  tilings, the K splits and the other decodings among them)."""
   block_t = min(128, max(16, _pow2(-(-rows // max(groups, 1)))))
-  block_n = 64 if block_t == 16 else 128
-  tiles = max(-(-rows // block_t), min(groups, rows), 1)  # row tiles that hold rows
-  want = -(-PROGRAMS_PER_SM * backend.num_sms() // (-(-n // block_n) * tiles))
-  kg = -(-k // group)
-  per_split = -(-kg // max(1, min(want, kg // 2)))
-  return Config(block_n=block_n, block_t=block_t, warps=4, stages=3,
-                k_splits=-(-kg // per_split))
+  return Config(block_n=128, block_t=block_t, warps=4, stages=3)
 
 
 def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: bool,
@@ -236,12 +236,17 @@ def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: 
   """(config, schedule slots, constexprs) of _dequant_gemm_kernel for x [m, k] times
   weights [groups, n, ceil(k/2)] in 1 x `group` scale groups; the grid is
   (cdiv(n, config.block_n), slots, config.k_splits). fp32 activations multiply in IEEE
-  FP32 (Triton's default would be TF32), as the FP32 reference does."""
-  cfg = config or default_config(m, groups, n, k, group)
+  FP32 (Triton's default would be TF32), as the FP32 reference does. The even/odd
+  decodings need groups of at least 64 (else the group interleaves); the PTX one applies
+  to INT4 weights under FP8 activations where the kernel is compiled (Triton's
+  interpreter, TRITON_INTERPRET=1, runs no inline PTX: there it decodes elementwise)."""
+  cfg = config or default_config(m, groups)
   slots = tile_schedule(jnp.zeros((groups,), jnp.int32), m, cfg.block_t).shape[1]
   meta = dict(M=m, N=n, K=k, E=groups, SLOTS=slots, GROUP=group, E2M1=e2m1, E8M0=e8m0,
               W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32,
-              PTX=cfg.ptx and w4a8 and not e2m1 and os.environ.get("TRITON_INTERPRET") != "1",
+              EVEN_ODD=cfg.decode != "interleave" and group >= 64,
+              PTX=(cfg.decode == "even_odd_ptx" and group >= 64 and w4a8 and not e2m1
+                   and os.environ.get("TRITON_INTERPRET") != "1"),
               BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, K_SPLITS=cfg.k_splits)
   return cfg, slots, meta
 
