@@ -36,31 +36,14 @@ from onerec_kernels.gemm_mgpu.core import tile_schedule
 # 1032 + c, minus 1032 is c exactly; pairs two bytes apart share one FP16x2 register, and
 # cvt converts a pair to two e4m3 bytes (its low half to the low byte), which prmt puts
 # back in byte order.
-_INT4_TO_E4M3 = tl.constexpr("""{
-.reg .b32 w, t, k, e, o;
-.reg .b16 l02, l13, h02, h13;
-xor.b32 w, $2, 0x88888888;
-mov.b32 k, 0x64086408;
-lop3.b32 t, w, 0x000F000F, 0x64006400, 0xea;
-sub.f16x2 t, t, k;
-cvt.rn.satfinite.e4m3x2.f16x2 l02, t;
-shr.u32 t, w, 8;
-lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
-sub.f16x2 t, t, k;
-cvt.rn.satfinite.e4m3x2.f16x2 l13, t;
-shr.u32 t, w, 4;
-lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
-sub.f16x2 t, t, k;
-cvt.rn.satfinite.e4m3x2.f16x2 h02, t;
-shr.u32 t, w, 12;
-lop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;
-sub.f16x2 t, t, k;
-cvt.rn.satfinite.e4m3x2.f16x2 h13, t;
-mov.b32 e, {l02, l13};
-prmt.b32 $0, e, e, 0x3120;
-mov.b32 o, {h02, h13};
-prmt.b32 $1, o, o, 0x3120;
-}""")
+_INT4_TO_E4M3 = tl.constexpr(
+    "{\n.reg .b32 w, t, k, e, o;\n.reg .b16 l02, l13, h02, h13;\n"
+    "xor.b32 w, $2, 0x88888888;\nmov.b32 k, 0x64086408;\n"
+    + "".join(f"shr.u32 t, w, {shift};\nlop3.b32 t, t, 0x000F000F, 0x64006400, 0xea;\n"
+              f"sub.f16x2 t, t, k;\ncvt.rn.satfinite.e4m3x2.f16x2 {pair}, t;\n"
+              for shift, pair in ((0, "l02"), (8, "l13"), (4, "h02"), (12, "h13")))
+    + "mov.b32 e, {l02, l13};\nprmt.b32 $0, e, e, 0x3120;\n"
+    "mov.b32 o, {h02, h13};\nprmt.b32 $1, o, o, 0x3120;\n}")
 
 
 @triton.jit
