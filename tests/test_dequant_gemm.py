@@ -50,6 +50,15 @@ def _operands(seed, m, k, n, e, dtype=jnp.bfloat16):
   return x, w
 
 
+def _every_code(shape):
+  """uint8 4-bit codes of `shape` in which every code 0..15 lands on even and on odd
+  positions of the last axis (so in low and in high nibbles once packed)."""
+  idx = np.arange(np.prod(shape))
+  codes = ((idx * 7 + idx // 2) % 16).astype(np.uint8).reshape(shape)
+  assert all(len(np.unique(codes[..., j::2])) == 16 for j in (0, 1))
+  return codes
+
+
 def _dense_operands(x, w_value, w_scale, weight, activation):
   """(a [M, K], w [E, N, K]) FP32 as the reference sees them."""
   a = dequant_gemm_op.activation_fp32(x, activation)
@@ -173,7 +182,7 @@ def test_every_int4_nibble_and_fp32_scales_interpret(interpret):
   byte, with FP32 group scales of very different sizes."""
   weight, activation = _quantizers("int4_w4a16")
   n, k = 32, 256
-  codes = (np.arange(n * k) * 7 % 16).astype(np.uint8).reshape(1, n, k)
+  codes = _every_code((1, n, k))
   values = np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
   w_value = weight.pack(jnp.asarray(values))
   assert set(np.asarray(values).astype(np.int8).ravel()) == set(range(-8, 8))
@@ -332,11 +341,11 @@ def test_k_splits_interpret(interpret, scheme, splits):
 def test_decodings_interpret(interpret, scheme, decode):
   """Every decoding (the interleaved one, the even and odd elements' two products,
   elementwise or, here in the interpreter, with the PTX one's elementwise stand-in) on
-  all 16 codes of both nibbles, a dense product of 20 rows with K off the group: within
-  the bound of the reference. MXFP4's groups of 32 always interleave."""
+  all 16 codes of both nibbles, a dense product of 20 rows with K odd and off the group:
+  within the bound of the reference. MXFP4's groups of 32 always interleave."""
   weight, activation = _quantizers(scheme)
-  n, k = 24, 300
-  codes = (np.arange(n * k) * 7 % 16).astype(np.uint8).reshape(1, n, k)
+  n, k = 24, 301
+  codes = _every_code((1, n, k))
   if weight.format.name == "int4":
     values = np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
   else:
@@ -361,20 +370,22 @@ def test_ptx_decoding_is_planned_for_int4_w4a8_where_the_kernel_compiles(monkeyp
   """decode="even_odd_ptx" decodes through PTX for INT4 weights under FP8 activations where
   the kernel is compiled; not for MXFP4 or 16-bit activations, and not under Triton's
   interpreter, which runs no inline PTX."""
-  def planned(e2m1=False, w4a8=True, decode="even_odd_ptx"):
+  def planned(e2m1=False, w4a8=True, decode="even_odd_ptx", group=128):
     config = triton_gpu.Config(64, 16, 4, 3, decode=decode)
-    meta = triton_gpu.dequant_gemm_plan(96, 256, 256, 3, group=32 if e2m1 else 128,
-                                        e2m1=e2m1, e8m0=e2m1, w4a8=w4a8,
+    meta = triton_gpu.dequant_gemm_plan(96, 256, 256, 3, group=group, e2m1=e2m1,
+                                        e8m0=e2m1, w4a8=w4a8,
                                         dtype=jnp.float8_e4m3fn if w4a8 else jnp.bfloat16,
                                         config=config)[2]
     return meta["EVEN_ODD"], meta["PTX"]
   monkeypatch.delenv("TRITON_INTERPRET", raising=False)
   assert planned() == (True, True)
-  assert planned(e2m1=True) == (False, False)  # groups of 32 interleave
+  assert planned(e2m1=True, group=32) == (False, False)  # groups of 32 interleave
+  assert planned(e2m1=True) == (True, False)  # e2m1 codes: no PTX decoding
   assert planned(w4a8=False) == (True, False)
   assert planned(decode="even_odd") == (True, False)
-  monkeypatch.setenv("TRITON_INTERPRET", "1")
-  assert planned() == (True, False)
+  for value in ("1", "true", "ON"):  # Triton's own reading of the variable
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert planned() == (True, False)
 
 
 def _route(key, rows, experts):
@@ -409,7 +420,7 @@ def test_decodings_gpu(rows, n):
   PTX one bit for bit the elementwise even/odd one (the same FP8 operands and products),
   each within the bound of the reference, outputs poisoned first."""
   k, e = 1408, 53
-  codes = (np.arange(e * n * k) * 7 % 16).astype(np.uint8).reshape(e, n, k)
+  codes = _every_code((e, n, k))
   values = np.where(codes >= 8, codes.astype(np.int8) - 16, codes).astype(ml_dtypes.int4)
   weight, activation = _quantizers("int4_w4a8")
   w_value = weight.pack(jnp.asarray(values))
@@ -446,8 +457,77 @@ def test_k_splits_at_the_shared_experts_shape_gpu(scheme, n):
       *args, group=weight.group, e2m1=scheme.startswith("mxfp4"), out_dtype=jnp.float32,
       config=cfg))
   gs = jnp.array([32], jnp.int32)
-  got = testing.poisoned_call(lambda: f(x_q, x_s, w_value, w_scale, gs), (32, n),
-                              jnp.float32)
+  # Poisons a buffer of the partial products' size: what the splits write.
+  got = testing.poisoned_call(lambda: f(x_q, x_s, w_value, w_scale, gs),
+                              (cfg.k_splits, 32, n), jnp.float32)
   want = _grouped(scheme, x, w_value, w_scale, [32], "reference")
   a, wd = _dense_operands(x, w_value, w_scale, weight, activation)
   _check(got, want, _bound(a, wd, [32], weight.group, gpu=True))
+
+
+def _run_ptx(text: str, word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Interprets the instructions of a PTX block on 32-bit words [W] (uint32) in numpy: the
+  ones _INT4_TO_E4M3 uses (xor, mov, shr, lop3, sub.f16x2, cvt e4m3x2.f16x2, prmt), as
+  the PTX manual defines them; $2 is the input, ($0, $1) the outputs."""
+  regs = {"$2": word.astype(np.uint32)}
+
+  def val(a):
+    return regs[a] if a in regs else np.uint32(int(a, 0))
+
+  def f16x2(v):
+    return np.stack([v & 0xFFFF, v >> 16]).astype(np.uint16).view(np.float16)
+
+  for line in text.splitlines():
+    line = line.strip().rstrip(";")
+    if not line or line[0] in "{}.":
+      continue
+    op, args = line.split(None, 1)
+    args = [a.strip() for a in args.replace("{", "").replace("}", "").split(",")]
+    d = args[0]
+    if op == "xor.b32":
+      regs[d] = val(args[1]) ^ val(args[2])
+    elif op == "mov.b32" and len(args) == 3:  # {lo, hi}: two 16-bit halves
+      regs[d] = (val(args[1]) & 0xFFFF) | (val(args[2]) << 16)
+    elif op == "mov.b32":
+      regs[d] = np.broadcast_to(val(args[1]), word.shape).astype(np.uint32)
+    elif op == "shr.u32":
+      regs[d] = val(args[1]) >> val(args[2])
+    elif op == "lop3.b32":
+      a, b, c, lut = (val(x) for x in args[1:])
+      out = np.zeros_like(a)
+      for bits in range(8):  # the LUT's entry for each (a, b, c) bit combination
+        if int(lut) >> bits & 1:
+          sa, sb, sc = (bits >> 2 & 1, bits >> 1 & 1, bits & 1)
+          out |= ((a if sa else ~a) & (b if sb else ~b) & (c if sc else ~c))
+      regs[d] = out
+    elif op == "sub.f16x2":
+      diff = f16x2(val(args[1])) - f16x2(val(args[2]))
+      bits = diff.view(np.uint16).astype(np.uint32)
+      regs[d] = bits[0] | (bits[1] << 16)
+    elif op == "cvt.rn.satfinite.e4m3x2.f16x2":  # the low half to the low byte
+      halves = f16x2(val(args[1])).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+      regs[d] = halves[0].astype(np.uint32) | (halves[1].astype(np.uint32) << 8)
+    elif op == "prmt.b32":
+      src = val(args[1]).astype(np.uint64) | (val(args[2]).astype(np.uint64) << 32)
+      sel = int(val(args[3]))
+      regs[d] = sum(((src >> np.uint64(8 * (sel >> 4 * i & 7))) & np.uint64(0xFF)).astype(
+          np.uint32) << (8 * i) for i in range(4))
+    else:
+      raise AssertionError(f"instruction not modelled: {line}")
+  return regs["$0"], regs["$1"]
+
+
+def test_ptx_decoding_text_decodes_every_code():
+  """_INT4_TO_E4M3, interpreted instruction by instruction (_run_ptx), on every byte value
+  in each of the four byte positions of a word: $0 holds the e4m3 bytes of the four low
+  nibbles, $1 of the high ones, in byte order, as ml_dtypes encodes the sign-extended
+  codes."""
+  rng = np.random.default_rng(0)
+  words = np.concatenate([np.arange(256, dtype=np.uint32) << (8 * j) for j in range(4)]
+                         + [rng.integers(0, 2**32, 4096, dtype=np.uint32)])
+  even, odd = _run_ptx(triton_gpu._INT4_TO_E4M3.value, words)
+  data = words.view(np.uint8).reshape(-1, 4)
+  for got, nibble in ((even, data & 0xF), (odd, data >> 4)):
+    signed = np.where(nibble >= 8, nibble.astype(np.int16) - 16, nibble)
+    want = signed.astype(np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    np.testing.assert_array_equal(got.astype(np.uint32).view(np.uint8).reshape(-1, 4), want)

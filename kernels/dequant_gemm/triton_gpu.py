@@ -4,7 +4,7 @@ main loop (Hopper).
 The weights stay packed two to a byte in memory ([E, N, ceil(K/2)] uint8, formats.py's
 layout) and are unpacked in registers, one scale group (1 x 128 INT4, 1 x 32 MXFP4) per
 step: the nibbles become FP8 e4m3 (W4A8) or the activation's 16-bit dtype (W4A16),
-exactly (int4 -7..7 and e2m1 values are exact in both), one tl.dot per group (or two:
+exactly (int4 -8..7 and e2m1 values are exact in both), one tl.dot per group (or two:
 Config.decode) with FP32 accumulation, that group's partial times the weight's group
 scale added into the FP32 accumulator; the per-token activation scale (W4A8) is applied
 in the epilogue. Config.k_splits > 1 splits K over programs that write FP32 partial
@@ -132,7 +132,8 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
   partial products when K_SPLITS > 1. Grid (cdiv(N, BLOCK_N), SLOTS, K_SPLITS): program
   (i, t, s) computes y[s, rows of slot t, weight rows i * BLOCK_N + ...] as acc
   [BLOCK_N, BLOCK_T] = W X^T over split s's scale groups; slots of the pseudo-group E
-  (rows past the groups) store zeros. EVEN_ODD, PTX: how a group decodes
+  (rows past the groups) store zeros. M is read only with K_SPLITS > 1 (else 0, so that
+  row counts share kernels). EVEN_ODD, PTX: how a group decodes
   (_group_product)."""
   KB: tl.constexpr = (K + 1) // 2  # bytes of a packed weight row
   KG: tl.constexpr = (K + GROUP - 1) // GROUP  # scale groups of a row
@@ -169,6 +170,12 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
   out = y_ptr + split.to(tl.int64) * (M * N)  # this split's partial product
   tl.store(out + rows[None, :].to(tl.int64) * N + n[:, None],
            acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & r_ok[None, :])
+
+
+def _interpreting() -> bool:
+  """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET, read as Triton
+  reads it)."""
+  return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def _pow2(n: int) -> int:
@@ -225,11 +232,11 @@ def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: 
   interpreter, TRITON_INTERPRET=1, runs no inline PTX: there it decodes elementwise)."""
   cfg = config or default_config(m, groups)
   slots = tile_schedule(jnp.zeros((groups,), jnp.int32), m, cfg.block_t).shape[1]
-  meta = dict(M=m, N=n, K=k, E=groups, SLOTS=slots, GROUP=group, E2M1=e2m1, E8M0=e8m0,
-              W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32,
+  meta = dict(M=m if cfg.k_splits > 1 else 0, N=n, K=k, E=groups, SLOTS=slots,
+              GROUP=group, E2M1=e2m1, E8M0=e8m0, W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32,
               EVEN_ODD=cfg.decode != "interleave" and group >= 64,
               PTX=(cfg.decode == "even_odd_ptx" and group >= 64 and w4a8 and not e2m1
-                   and os.environ.get("TRITON_INTERPRET") != "1"),
+                   and not _interpreting()),
               BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, K_SPLITS=cfg.k_splits)
   return cfg, slots, meta
 
