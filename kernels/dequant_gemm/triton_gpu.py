@@ -19,7 +19,6 @@ tests (Triton's interpreter) launch what the GPU runs.
 """
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -172,12 +171,6 @@ def _dequant_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, sched_ptr, y_ptr,
            acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & r_ok[None, :])
 
 
-def _interpreting() -> bool:
-  """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET, read as Triton
-  reads it)."""
-  return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-
-
 def _pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
@@ -236,7 +229,7 @@ def dequant_gemm_plan(m: int, n: int, k: int, groups: int, *, group: int, e2m1: 
               GROUP=group, E2M1=e2m1, E8M0=e8m0, W4A8=w4a8, IEEE=jnp.dtype(dtype) == jnp.float32,
               EVEN_ODD=cfg.decode != "interleave" and group >= 64,
               PTX=(cfg.decode == "even_odd_ptx" and group >= 64 and w4a8 and not e2m1
-                   and not _interpreting()),
+                   and not triton.knobs.runtime.interpret),
               BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, K_SPLITS=cfg.k_splits)
   return cfg, slots, meta
 
